@@ -1,0 +1,130 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::Service;
+
+use super::AuthConfig;
+use super::service::admit;
+use crate::body::ResponseBody;
+use crate::store::Lookup;
+
+pin_project! {
+    /// The response future of [`AuthService`](super::AuthService).
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Called { #[pin] future: S::Future },
+        Waiting {
+            lookup: Lookup,
+            pending: Option<(S, Request<B>)>,
+            config: Arc<AuthConfig>,
+        },
+        Failed { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn called(future: S::Future) -> Self {
+        Self {
+            state: State::Called { future },
+        }
+    }
+
+    pub(crate) fn failed(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Failed {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn waiting(
+        lookup: Lookup,
+        service: S,
+        request: Request<B>,
+        config: Arc<AuthConfig>,
+    ) -> Self {
+        Self {
+            state: State::Waiting {
+                lookup,
+                pending: Some((service, request)),
+                config,
+            },
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                StateProj::Called { future } => {
+                    return future.poll(cx).map_ok(|res| res.map(ResponseBody::new));
+                }
+                StateProj::Waiting {
+                    lookup,
+                    pending,
+                    config,
+                } => {
+                    let result = ready!(Pin::new(lookup).poll(cx));
+                    let (mut service, mut req) = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    match config.finish_key(result) {
+                        Ok(principal) => {
+                            admit(&mut req, Some(principal), config);
+                            let future = service.call(req);
+                            self.as_mut().project().state.set(State::Called { future });
+                        }
+                        Err(error) => {
+                            tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
+                            let response = config.rendering.render(&error, &req);
+                            return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                        }
+                    }
+                }
+                StateProj::Failed { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                }
+            }
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,98 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tower::Service;
+
+use super::{AuthConfig, Decision, ResponseFuture};
+use crate::body::ResponseBody;
+use crate::credential::RequestHead;
+use crate::principal::{Anonymous, Principal};
+
+/// The service [`AuthLayer`](super::AuthLayer) builds around an inner service.
+#[derive(Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    config: Arc<AuthConfig>,
+}
+
+impl<S> AuthService<S> {
+    pub(crate) fn new(inner: S, config: Arc<AuthConfig>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+pub(crate) fn admit<B>(req: &mut Request<B>, principal: Option<Principal>, config: &AuthConfig) {
+    match principal {
+        Some(p) => {
+            tracing::debug!(target: "keygate", principal = p.id(), kind = ?p.kind(), outcome = "authenticated");
+            req.extensions_mut().insert(p);
+        }
+        None => {
+            tracing::debug!(target: "keygate", outcome = "anonymous");
+            req.extensions_mut().insert(Anonymous {
+                rendering: config.rendering.clone(),
+            });
+        }
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for AuthService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: http_body::Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // Never trust a Principal that arrived with the request from further out.
+        req.extensions_mut().remove::<Principal>();
+        match self.config.decide(&RequestHead::of(&req)) {
+            Decision::Admit(principal) => {
+                admit(&mut req, principal, &self.config);
+                ResponseFuture::called(self.inner.call(req))
+            }
+            Decision::Reject(error) => {
+                tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
+                ResponseFuture::failed(self.config.rendering.render(&error, &req))
+            }
+            Decision::Wait(lookup) => {
+                // The ready service goes with the request; a clone takes its place here.
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(lookup, service, req, self.config.clone())
+            }
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for AuthService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,115 @@
+//! axum extractors: [`Principal`] and `Option<Principal>`.
+//!
+//! ```
+//! use axum::{Json, Router, routing::get};
+//! use keygate::{AuthLayer, Principal, store::MemoryStore};
+//!
+//! async fn me(principal: Principal) -> Json<Principal> {
+//!     Json(principal)
+//! }
+//!
+//! async fn greeting(principal: Option<Principal>) -> String {
+//!     match principal {
+//!         Some(p) => format!("hello, {}", p.id()),
+//!         None => "hello, stranger".to_owned(),
+//!     }
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/v1/me", get(me))
+//!     .route("/hello", get(greeting))
+//!     .layer(AuthLayer::new(MemoryStore::new()).optional());
+//! # let _ = app;
+//! ```
+//!
+//! `Principal` rejects with 401 when the request was let through anonymously (optional mode) and
+//! with 500 when no [`AuthLayer`](crate::AuthLayer) ran: the route was left unprotected by
+//! mistake. `Option<Principal>` is `None` only for anonymous requests; it too rejects with 500
+//! when no layer ran, so a forgotten layer never passes for an anonymous caller.
+
+use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum_core::response::{IntoResponse, Response};
+use http::request::Parts;
+
+use crate::error::{AuthError, ErrorContext, Rendering};
+use crate::principal::{Anonymous, Principal};
+
+/// Why a [`Principal`] could not be extracted.
+#[derive(Debug)]
+pub struct PrincipalRejection {
+    error: AuthError,
+    response: http::Response<bytes::Bytes>,
+}
+
+impl PrincipalRejection {
+    fn new(error: AuthError, rendering: &Rendering, parts: &Parts) -> Self {
+        let head = crate::credential::RequestHead {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
+        };
+        let response = rendering
+            .responder
+            .respond(&error, &ErrorContext::new(&rendering.realm, head));
+        Self { error, response }
+    }
+
+    /// The error behind the rejection.
+    pub fn error(&self) -> &AuthError {
+        &self.error
+    }
+}
+
+impl std::fmt::Display for PrincipalRejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for PrincipalRejection {}
+
+impl IntoResponse for PrincipalRejection {
+    fn into_response(self) -> Response {
+        self.response.map(axum_core::body::Body::from)
+    }
+}
+
+fn missing(parts: &Parts) -> PrincipalRejection {
+    match parts.extensions.get::<Anonymous>() {
+        Some(anon) => PrincipalRejection::new(AuthError::MissingCredential, &anon.rendering, parts),
+        None => {
+            tracing::error!(target: "keygate", path = parts.uri.path(), "Principal extracted on a route without AuthLayer");
+            PrincipalRejection::new(AuthError::MissingLayer, &Rendering::default(), parts)
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = PrincipalRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| missing(parts))
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
+    type Rejection = PrincipalRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(Some(p.clone()));
+        }
+        if parts.extensions.get::<Anonymous>().is_some() {
+            return Ok(None);
+        }
+        Err(missing(parts))
+    }
+}

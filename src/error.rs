@@ -1,0 +1,477 @@
+//! [`AuthError`]: every way a request can fail, and the one place it becomes a response.
+//!
+//! | case | HTTP | `WWW-Authenticate` | gRPC |
+//! |---|---|---|---|
+//! | no credential | 401 | `Bearer realm="R"` | 16 `UNAUTHENTICATED` |
+//! | malformed, oversized, ambiguous | 400 | `Bearer realm="R", error="invalid_request"` | 16 `UNAUTHENTICATED` |
+//! | unknown, revoked, expired, bad signature | 401 | `Bearer realm="R", error="invalid_token"` | 16 `UNAUTHENTICATED` |
+//! | missing scope | 403 | `Bearer realm="R", error="insufficient_scope", scope="S"` | 7 `PERMISSION_DENIED` |
+//! | rate limited | 429 + `Retry-After` | — | 8 `RESOURCE_EXHAUSTED` |
+//! | store or limiter unavailable | 503 | — | 14 `UNAVAILABLE` |
+//!
+//! HTTP failures carry an `application/problem+json` body (RFC 9457). gRPC failures (requests
+//! whose `content-type` starts with `application/grpc`) are trailers-only responses: HTTP 200,
+//! `grpc-status` and a percent-encoded `grpc-message`, empty body. Bodies and messages never echo
+//! the credential, and an unknown key reads exactly like a revoked or expired one.
+//!
+//! A service that wants other bodies implements [`ErrorResponder`]:
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::Response;
+//! use keygate::{AuthError, AuthLayer, ErrorContext, ErrorResponder, store::MemoryStore};
+//!
+//! struct PlainText;
+//!
+//! impl ErrorResponder for PlainText {
+//!     fn respond(&self, error: &AuthError, ctx: &ErrorContext<'_>) -> Response<Bytes> {
+//!         if ctx.head.is_grpc() {
+//!             return error.to_grpc_response(); // keep gRPC clients working
+//!         }
+//!         let mut res = error.to_http_response(ctx.realm); // status and headers
+//!         *res.body_mut() = Bytes::from(error.detail());
+//!         res.headers_mut().insert("content-type", "text/plain".parse().unwrap());
+//!         res
+//!     }
+//! }
+//!
+//! let layer = AuthLayer::new(MemoryStore::new()).responder(PlainText);
+//! # let _ = layer;
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::credential::{CredentialError, RequestHead};
+use crate::store::StoreError;
+
+/// Why a credential that was read is not accepted. All are answered alike (401
+/// `invalid_token`), except [`TokenExpired`](Self::TokenExpired), which says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum InvalidCredential {
+    /// No record has this key.
+    UnknownKey,
+    /// The key has its format's prefix but fails its checksum.
+    MalformedKey,
+    /// The key was revoked.
+    RevokedKey,
+    /// The key is disabled.
+    DisabledKey,
+    /// The key is past its expiry, or was rotated out and its grace is over.
+    ExpiredKey,
+    /// The token is past its `exp` (plus leeway).
+    TokenExpired,
+    /// The token is malformed, badly signed, not yet valid, for another issuer or audience, or
+    /// revoked.
+    InvalidToken,
+}
+
+impl InvalidCredential {
+    /// A short, fixed name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::UnknownKey => "unknown_key",
+            Self::MalformedKey => "malformed_key",
+            Self::RevokedKey => "revoked_key",
+            Self::DisabledKey => "disabled_key",
+            Self::ExpiredKey => "expired_key",
+            Self::TokenExpired => "token_expired",
+            Self::InvalidToken => "invalid_token",
+        }
+    }
+}
+
+/// What is unavailable when a request fails with 503.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Unavailable {
+    /// The key store failed or timed out.
+    KeyStore(Arc<StoreError>),
+    /// The rate limiter's backend failed or timed out.
+    RateLimiter(Arc<crate::BoxError>),
+    /// The JWT keys could not be had.
+    JwtKeys,
+}
+
+/// A rate-limited request: what its 429 tells the client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RateLimited {
+    /// How long until the request would be admitted.
+    pub retry_after: Duration,
+    /// Headers describing the limit (`RateLimit`, `RateLimit-Policy`, ...).
+    pub headers: HeaderMap,
+}
+
+impl RateLimited {
+    /// A rejection to retry after `retry_after`, with these headers.
+    pub fn new(retry_after: Duration, headers: HeaderMap) -> Self {
+        Self {
+            retry_after,
+            headers,
+        }
+    }
+}
+
+/// Every way keygate turns a request away.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The request carries no credential.
+    #[error("the request carries no credential")]
+    MissingCredential,
+    /// The credential could not be read: 400 `invalid_request`.
+    #[error(transparent)]
+    InvalidRequest(#[from] CredentialError),
+    /// The credential is not accepted: 401 `invalid_token`.
+    #[error("the credential is not valid ({})", .0.as_str())]
+    InvalidCredential(InvalidCredential),
+    /// The caller lacks a scope: 403 `insufficient_scope`.
+    #[error("the credential lacks the scope {0:?}")]
+    InsufficientScope(Cow<'static, str>),
+    /// Too many requests: 429.
+    #[error("rate limited")]
+    RateLimited(Box<RateLimited>),
+    /// A backend is down: 503.
+    #[error("authentication is unavailable")]
+    Unavailable(Unavailable),
+    /// A handler asked for a `Principal` on a route no `AuthLayer` covers: 500.
+    #[error("no Principal in the request: the route is not behind keygate's AuthLayer")]
+    MissingLayer,
+}
+
+impl AuthError {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingCredential | Self::InvalidCredential(_) => StatusCode::UNAUTHORIZED,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The gRPC status code.
+    pub fn grpc_code(&self) -> u8 {
+        match self {
+            Self::MissingCredential | Self::InvalidRequest(_) | Self::InvalidCredential(_) => 16,
+            Self::InsufficientScope(_) => 7,
+            Self::RateLimited(_) => 8,
+            Self::Unavailable(_) => 14,
+            Self::MissingLayer => 13,
+        }
+    }
+
+    /// A short, fixed name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MissingCredential => "missing_credential",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidCredential(c) => c.as_str(),
+            Self::InsufficientScope(_) => "insufficient_scope",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Unavailable(_) => "unavailable",
+            Self::MissingLayer => "missing_layer",
+        }
+    }
+
+    /// What the client is told: enough to fix a legitimate request, nothing about the key.
+    pub fn detail(&self) -> Cow<'static, str> {
+        match self {
+            Self::MissingCredential => "The request carries no credential.".into(),
+            Self::InvalidRequest(e) => format!("{}.", capitalize(&e.to_string())).into(),
+            Self::InvalidCredential(InvalidCredential::TokenExpired) => {
+                "The token has expired.".into()
+            }
+            Self::InvalidCredential(_) => "The credential is not valid.".into(),
+            Self::InsufficientScope(s) => format!("The credential lacks the scope \"{s}\".").into(),
+            Self::RateLimited(r) => format!(
+                "Too many requests; retry in {} s.",
+                retry_after_secs(r.retry_after)
+            )
+            .into(),
+            Self::Unavailable(_) => "Authentication is unavailable; retry later.".into(),
+            Self::MissingLayer => "The server's authentication is misconfigured: no Principal \
+                                   in the request; is keygate's AuthLayer applied to this route?"
+                .into(),
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 §3) for this error, if it has one.
+    pub fn www_authenticate(&self, realm: &str) -> Option<HeaderValue> {
+        let realm = quote(realm);
+        let value = match self {
+            Self::MissingCredential => format!("Bearer realm={realm}"),
+            Self::InvalidRequest(_) => format!("Bearer realm={realm}, error=\"invalid_request\""),
+            Self::InvalidCredential(InvalidCredential::TokenExpired) => format!(
+                "Bearer realm={realm}, error=\"invalid_token\", error_description=\"token expired\""
+            ),
+            Self::InvalidCredential(_) => format!("Bearer realm={realm}, error=\"invalid_token\""),
+            Self::InsufficientScope(s) => format!(
+                "Bearer realm={realm}, error=\"insufficient_scope\", scope={}",
+                quote(s)
+            ),
+            _ => return None,
+        };
+        HeaderValue::from_str(&value).ok()
+    }
+
+    /// The standard HTTP response: status, headers, `application/problem+json` body.
+    pub fn to_http_response(&self, realm: &str) -> Response<Bytes> {
+        let status = self.status();
+        let (problem_type, title) = match self {
+            Self::RateLimited(_) => (
+                "https://iana.org/assignments/http-problem-types#quota-exceeded",
+                "Request cannot be satisfied as assigned quota has been exceeded",
+            ),
+            _ => ("about:blank", status.canonical_reason().unwrap_or("Error")),
+        };
+        let body = serde_json::json!({
+            "type": problem_type,
+            "title": title,
+            "status": status.as_u16(),
+            "detail": self.detail(),
+        });
+        let mut res = Response::new(Bytes::from(body.to_string()));
+        *res.status_mut() = status;
+        let headers = res.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(v) = self.www_authenticate(realm) {
+            headers.insert(WWW_AUTHENTICATE, v);
+        }
+        match self {
+            Self::RateLimited(r) => {
+                headers.insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(r.retry_after)),
+                );
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                for (name, value) in &r.headers {
+                    headers.append(name, value.clone());
+                }
+            }
+            Self::InvalidCredential(_) | Self::MissingCredential | Self::InvalidRequest(_) => {
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            _ => {}
+        }
+        res
+    }
+
+    /// The standard gRPC response: trailers-only, `grpc-status`, percent-encoded `grpc-message`.
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut res = Response::new(Bytes::new());
+        let headers = res.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_code())),
+        );
+        let message = grpc_percent_encode(&self.detail());
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            headers.insert("grpc-message", v);
+        }
+        if let Self::RateLimited(r) = self {
+            headers.insert(
+                RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(r.retry_after)),
+            );
+            for (name, value) in &r.headers {
+                headers.append(name, value.clone());
+            }
+        }
+        res
+    }
+}
+
+/// Seconds to wait, rounded up, at least 1.
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(first) => first.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// An RFC 9110 quoted-string.
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (' '..='~').contains(&c) => out.push(c),
+            _ => {}
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The gRPC spec's percent-encoding of `grpc-message`: bytes outside 0x20..=0x7E, and `%`.
+fn grpc_percent_encode(s: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// What a responder knows about the failed request.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ErrorContext<'a> {
+    /// The realm configured on the layer.
+    pub realm: &'a str,
+    /// The request's head.
+    pub head: RequestHead<'a>,
+}
+
+impl<'a> ErrorContext<'a> {
+    /// A context for a request with this head in this realm.
+    pub fn new(realm: &'a str, head: RequestHead<'a>) -> Self {
+        Self { realm, head }
+    }
+}
+
+/// Turns an [`AuthError`] into a response. Replace it to change bodies, add headers or log.
+pub trait ErrorResponder: Send + Sync + 'static {
+    /// The response for `error`.
+    fn respond(&self, error: &AuthError, ctx: &ErrorContext<'_>) -> Response<Bytes>;
+}
+
+/// The standard responder: gRPC for gRPC requests, problem+json for the rest.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultResponder;
+
+impl ErrorResponder for DefaultResponder {
+    fn respond(&self, error: &AuthError, ctx: &ErrorContext<'_>) -> Response<Bytes> {
+        if ctx.head.is_grpc() {
+            error.to_grpc_response()
+        } else {
+            error.to_http_response(ctx.realm)
+        }
+    }
+}
+
+/// How a layer renders errors: its realm and responder. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Rendering {
+    pub(crate) realm: Arc<str>,
+    pub(crate) responder: Arc<dyn ErrorResponder>,
+}
+
+impl Rendering {
+    pub(crate) fn render<B>(&self, error: &AuthError, req: &http::Request<B>) -> Response<Bytes> {
+        let ctx = ErrorContext::new(&self.realm, RequestHead::of(req));
+        self.responder.respond(error, &ctx)
+    }
+}
+
+impl Default for Rendering {
+    fn default() -> Self {
+        Self {
+            realm: Arc::from("api"),
+            responder: Arc::new(DefaultResponder),
+        }
+    }
+}
+
+impl fmt::Debug for Rendering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rendering")
+            .field("realm", &self.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn www_authenticate_values() {
+        let realm = "api";
+        let v = |e: AuthError| {
+            e.www_authenticate(realm)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            v(AuthError::MissingCredential).unwrap(),
+            "Bearer realm=\"api\""
+        );
+        assert_eq!(
+            v(AuthError::InvalidRequest(CredentialError::Ambiguous)).unwrap(),
+            "Bearer realm=\"api\", error=\"invalid_request\""
+        );
+        assert_eq!(
+            v(AuthError::InvalidCredential(InvalidCredential::RevokedKey)).unwrap(),
+            "Bearer realm=\"api\", error=\"invalid_token\""
+        );
+        assert_eq!(
+            v(AuthError::InvalidCredential(
+                InvalidCredential::TokenExpired
+            ))
+            .unwrap(),
+            "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+        assert_eq!(
+            v(AuthError::InsufficientScope("a:b".into())).unwrap(),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"a:b\""
+        );
+        assert!(v(AuthError::MissingLayer).is_none());
+        assert_eq!(quote("a\"b\\c\n"), "\"a\\\"b\\\\c\"");
+    }
+
+    #[test]
+    fn unknown_and_revoked_read_alike() {
+        let a = AuthError::InvalidCredential(InvalidCredential::UnknownKey).to_http_response("r");
+        let b = AuthError::InvalidCredential(InvalidCredential::RevokedKey).to_http_response("r");
+        assert_eq!(a.body(), b.body());
+        assert_eq!(a.headers(), b.headers());
+    }
+
+    #[test]
+    fn grpc_rendering() {
+        let res = AuthError::InsufficientScope("é%".into()).to_grpc_response();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["grpc-status"], "7");
+        assert_eq!(
+            res.headers()["grpc-message"],
+            "The credential lacks the scope \"%C3%A9%25\"."
+        );
+        assert!(res.body().is_empty());
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(3)), 3);
+    }
+}

@@ -1,0 +1,178 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use serde::{Serialize, Serializer};
+
+use crate::ratelimit::Quota;
+
+/// A set of scopes (permissions) such as `weather:read`.
+///
+/// Kept sorted, so membership is a binary search and two sets built in different orders are
+/// equal.
+///
+/// ```
+/// use keygate::key::Scopes;
+///
+/// let scopes: Scopes = ["weather:write", "weather:read"].into_iter().collect();
+/// assert!(scopes.contains("weather:read"));
+/// assert!(!scopes.contains("admin"));
+/// assert_eq!(Scopes::from_space_separated("b a a").iter().collect::<Vec<_>>(), ["a", "b"]);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct Scopes(Vec<Box<str>>);
+
+impl Scopes {
+    /// No scopes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses a space-separated list (the OAuth `scope` claim's form).
+    pub fn from_space_separated(s: &str) -> Self {
+        s.split(' ').filter(|s| !s.is_empty()).collect()
+    }
+
+    /// Whether `scope` is in the set.
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.binary_search_by(|s| (**s).cmp(scope)).is_ok()
+    }
+
+    /// The scopes, in sorted order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.0.iter().map(|s| &**s)
+    }
+
+    /// How many scopes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<S: Into<Box<str>>> FromIterator<S> for Scopes {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut v: Vec<Box<str>> = iter.into_iter().map(Into::into).collect();
+        v.sort_unstable();
+        v.dedup();
+        Self(v)
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Scopes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
+    }
+}
+
+/// Whether a key may be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum KeyStatus {
+    /// The key works (until its expiry, if it has one).
+    #[default]
+    Active,
+    /// The key was revoked for good.
+    Revoked,
+    /// The key is switched off for now (an unpaid bill, an investigation) and may be switched
+    /// back on.
+    Disabled,
+}
+
+/// What a store knows about a key: everything but the key itself.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use keygate::{key::KeyRecord, Quota};
+///
+/// let record = KeyRecord::new("key_1", "acme")
+///     .with_scopes(["weather:read"])
+///     .with_quota(Quota::per_minute(100))
+///     .with_expiry(SystemTime::now() + Duration::from_secs(86_400))
+///     .with_metadata("plan", "pro");
+/// assert!(record.is_usable_at(SystemTime::now()));
+/// assert!(record.scopes.contains("weather:read"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// A stable, non-secret id for the key: what logs, metrics and rate limits use.
+    pub id: String,
+    /// Who the key belongs to (a user, a team, a customer account).
+    pub owner: String,
+    /// What the key may do.
+    pub scopes: Scopes,
+    /// The key's own rate limit, overriding the rate-limit layer's default.
+    pub quota: Option<Quota>,
+    /// When the key stops working.
+    pub expires_at: Option<SystemTime>,
+    /// Whether the key may be used at all.
+    pub status: KeyStatus,
+    /// Free-form data a service keeps with the key (plan, contact, labels).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    /// An active key with no scopes, quota, expiry or metadata.
+    pub fn new(id: impl Into<String>, owner: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            owner: owner.into(),
+            scopes: Scopes::new(),
+            quota: None,
+            expires_at: None,
+            status: KeyStatus::Active,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn with_scopes<S: Into<Box<str>>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = scopes.into_iter().collect();
+        self
+    }
+
+    /// Sets the key's own quota.
+    #[must_use]
+    pub fn with_quota(mut self, quota: Quota) -> Self {
+        self.quota = Some(quota);
+        self
+    }
+
+    /// Sets when the key expires.
+    #[must_use]
+    pub fn with_expiry(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the status.
+    #[must_use]
+    pub fn with_status(mut self, status: KeyStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Adds one metadata entry.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Whether the key is active and not expired at `now`.
+    pub fn is_usable_at(&self, now: SystemTime) -> bool {
+        self.status == KeyStatus::Active && self.expires_at.is_none_or(|at| now < at)
+    }
+}

@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs, unreachable_pub)]
+#![warn(rust_2018_idioms, missing_debug_implementations)]
+
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod credential;
+pub mod error;
+pub mod key;
+pub mod principal;
+pub mod ratelimit;
+pub mod scope;
+pub mod store;
+
+#[cfg(feature = "axum")]
+pub mod axum;
+
+pub use auth::{AuthLayer, AuthService};
+pub use credential::{CredentialError, CredentialSource, RequestHead};
+pub use error::{AuthError, DefaultResponder, ErrorContext, ErrorResponder, InvalidCredential};
+pub use principal::{Principal, PrincipalKind};
+pub use ratelimit::Quota;
+pub use scope::RequireScopeLayer;
+
+/// A boxed error, as tower uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The names most services need, in one import.
+pub mod prelude {
+    pub use crate::key::{ApiKey, KeyFormat, KeyRecord, Scopes};
+    pub use crate::store::{KeyStore, MemoryStore};
+    pub use crate::{
+        AuthError, AuthLayer, CredentialSource, Principal, PrincipalKind, Quota, RequireScopeLayer,
+    };
+}

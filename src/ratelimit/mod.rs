@@ -1,0 +1,5 @@
+//! Per-caller rate limiting.
+
+mod quota;
+
+pub use quota::{Quota, QuotaError};

@@ -1,0 +1,261 @@
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How many requests a caller may make: `limit` per `window`, with bursts of up to `burst`.
+///
+/// The limiter spreads the limit evenly over the window (one request every `window / limit`)
+/// and lets a caller who has been quiet save up to `burst` requests.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate::Quota;
+///
+/// let q: Quota = "100/min;burst=20".parse()?;
+/// assert_eq!(q, Quota::per_minute(100).with_burst(20));
+/// assert_eq!(q.limit(), 100);
+/// assert_eq!(q.window(), Duration::from_secs(60));
+/// assert_eq!(q.burst(), 20);
+/// assert_eq!(q.emission_interval(), Duration::from_millis(600));
+/// assert_eq!(q.to_string(), "100/min;burst=20");
+///
+/// assert!("ten/s".parse::<Quota>().is_err());
+/// # Ok::<(), keygate::ratelimit::QuotaError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: NonZeroU32,
+    window: Duration,
+    burst: NonZeroU32,
+}
+
+/// Why a quota could not be built or parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuotaError {
+    /// The text is not of the form `N/UNIT` or `N/UNIT;burst=B`.
+    #[error("a quota looks like \"10/s\", \"100/min\", \"5000/h\" or \"100/min;burst=20\"")]
+    Syntax,
+    /// A count is zero or does not fit in 32 bits.
+    #[error("a quota's limit and burst are whole numbers from 1 to 4294967295")]
+    Count,
+    /// The unit is not one of `s`, `min`, `h`, `d` (or their long forms).
+    #[error("a quota's unit is s, min, h or d")]
+    Unit,
+    /// The window is zero or longer than a year.
+    #[error("a quota's window is between 1 ns and 365 days")]
+    Window,
+}
+
+const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+
+impl Quota {
+    /// `limit` requests per `window`, with a burst of `limit`.
+    pub fn new(limit: u32, window: Duration) -> Result<Self, QuotaError> {
+        let limit = NonZeroU32::new(limit).ok_or(QuotaError::Count)?;
+        if window.is_zero() || window > MAX_WINDOW {
+            return Err(QuotaError::Window);
+        }
+        Ok(Self {
+            limit,
+            window,
+            burst: limit,
+        })
+    }
+
+    /// `n` requests per second. A zero `n` is taken as 1.
+    pub fn per_second(n: u32) -> Self {
+        Self::fixed(n, 1)
+    }
+
+    /// `n` requests per minute. A zero `n` is taken as 1.
+    pub fn per_minute(n: u32) -> Self {
+        Self::fixed(n, 60)
+    }
+
+    /// `n` requests per hour. A zero `n` is taken as 1.
+    pub fn per_hour(n: u32) -> Self {
+        Self::fixed(n, 3600)
+    }
+
+    /// `n` requests per day. A zero `n` is taken as 1.
+    pub fn per_day(n: u32) -> Self {
+        Self::fixed(n, 86_400)
+    }
+
+    fn fixed(n: u32, secs: u64) -> Self {
+        let limit = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limit,
+            window: Duration::from_secs(secs),
+            burst: limit,
+        }
+    }
+
+    /// The same rate with a burst of `burst` requests. A zero `burst` is taken as 1.
+    #[must_use]
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        self
+    }
+
+    /// Requests per window.
+    pub fn limit(&self) -> u32 {
+        self.limit.get()
+    }
+
+    /// The window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Requests a quiet caller may make at once.
+    pub fn burst(&self) -> u32 {
+        self.burst.get()
+    }
+
+    /// The time one request "costs": `window / limit`.
+    pub fn emission_interval(&self) -> Duration {
+        Duration::from_nanos(self.emission_interval_nanos())
+    }
+
+    /// `window / limit` in nanoseconds (at least 1).
+    pub(crate) fn emission_interval_nanos(&self) -> u64 {
+        let nanos = self.window.as_nanos() / u128::from(self.limit.get());
+        u64::try_from(nanos).unwrap_or(u64::MAX).max(1)
+    }
+}
+
+impl fmt::Debug for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Quota({self})")
+    }
+}
+
+impl fmt::Display for Quota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.window.as_secs();
+        let exact = self.window.subsec_nanos() == 0;
+        match (exact, secs) {
+            (true, 1) => write!(f, "{}/s", self.limit)?,
+            (true, 60) => write!(f, "{}/min", self.limit)?,
+            (true, 3600) => write!(f, "{}/h", self.limit)?,
+            (true, 86_400) => write!(f, "{}/d", self.limit)?,
+            _ => write!(f, "{}/{}ms", self.limit, self.window.as_millis())?,
+        }
+        if self.burst != self.limit {
+            write!(f, ";burst={}", self.burst)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Quota {
+    type Err = QuotaError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(';');
+        let rate = parts.next().ok_or(QuotaError::Syntax)?.trim();
+        let (count, unit) = rate.split_once('/').ok_or(QuotaError::Syntax)?;
+        let limit = parse_count(count)?;
+        let window = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hr" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            ms if ms.ends_with("ms") => {
+                let n: u64 = ms[..ms.len() - 2].parse().map_err(|_| QuotaError::Unit)?;
+                Duration::from_millis(n)
+            }
+            _ => return Err(QuotaError::Unit),
+        };
+        let mut quota = Quota::new(limit, window)?;
+        for param in parts {
+            let (name, value) = param.split_once('=').ok_or(QuotaError::Syntax)?;
+            match name.trim() {
+                "burst" => quota.burst = NonZeroU32::MIN.saturating_add(parse_count(value)? - 1),
+                _ => return Err(QuotaError::Syntax),
+            }
+        }
+        Ok(quota)
+    }
+}
+
+fn parse_count(s: &str) -> Result<u32, QuotaError> {
+    let s = s.trim();
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(QuotaError::Syntax);
+    }
+    match s.parse::<u32>() {
+        Ok(0) | Err(_) => Err(QuotaError::Count),
+        Ok(n) => Ok(n),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_forms() {
+        assert_eq!("10/s".parse(), Ok(Quota::per_second(10)));
+        assert_eq!("100/min".parse(), Ok(Quota::per_minute(100)));
+        assert_eq!("5000/h".parse(), Ok(Quota::per_hour(5000)));
+        assert_eq!(
+            "100/min;burst=20".parse(),
+            Ok(Quota::per_minute(100).with_burst(20))
+        );
+        assert_eq!(" 7 / d ".parse(), Ok(Quota::per_day(7)));
+        assert_eq!(
+            "5/250ms".parse::<Quota>().unwrap().window(),
+            Duration::from_millis(250)
+        );
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        for bad in [
+            "",
+            "10",
+            "/s",
+            "x/s",
+            "-1/s",
+            "0/s",
+            "10/fortnight",
+            "10/s;burst",
+            "10/s;burst=0",
+            "10/s;foo=1",
+            "99999999999/s",
+            "10/0ms",
+            "+5/s",
+        ] {
+            assert!(bad.parse::<Quota>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for q in [
+            "10/s",
+            "100/min",
+            "5000/h",
+            "3/d",
+            "100/min;burst=20",
+            "5/250ms",
+        ] {
+            let parsed: Quota = q.parse().unwrap();
+            assert_eq!(parsed.to_string(), q);
+            assert_eq!(parsed.to_string().parse::<Quota>().unwrap(), parsed);
+        }
+    }
+
+    #[test]
+    fn emission_interval() {
+        assert_eq!(
+            Quota::per_second(4).emission_interval(),
+            Duration::from_millis(250)
+        );
+        assert_eq!(Quota::per_second(0).limit(), 1);
+    }
+}
