@@ -9,6 +9,7 @@ pub mod clock;
 pub mod credential;
 pub mod error;
 pub mod key;
+pub mod maybe;
 pub mod principal;
 pub mod ratelimit;
 pub mod scope;
@@ -21,7 +22,7 @@ pub use auth::{AuthLayer, AuthService};
 pub use credential::{CredentialError, CredentialSource, RequestHead};
 pub use error::{AuthError, DefaultResponder, ErrorContext, ErrorResponder, InvalidCredential};
 pub use principal::{Principal, PrincipalKind};
-pub use ratelimit::Quota;
+pub use ratelimit::{Quota, RateLimitLayer};
 pub use scope::RequireScopeLayer;
 
 /// A boxed error, as tower uses.
@@ -30,8 +31,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// The names most services need, in one import.
 pub mod prelude {
     pub use crate::key::{ApiKey, KeyFormat, KeyRecord, Scopes};
+    pub use crate::ratelimit::{MemoryLimiter, RateLimiter};
     pub use crate::store::{KeyStore, MemoryStore};
     pub use crate::{
-        AuthError, AuthLayer, CredentialSource, Principal, PrincipalKind, Quota, RequireScopeLayer,
+        AuthError, AuthLayer, CredentialSource, Principal, PrincipalKind, Quota, RateLimitLayer,
+        RequireScopeLayer,
     };
 }

@@ -40,14 +40,11 @@ mod memory;
 
 pub use memory::{MemoryStore, MemoryStoreError};
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use crate::BoxError;
 use crate::key::{KeyDigest, KeyRecord};
+use crate::maybe::MaybeReady;
 
 /// What a store answers: the record, `None` for an unknown digest, or an error.
 pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;
@@ -77,60 +74,9 @@ impl<T: KeyStore + ?Sized> KeyStore for Box<T> {
     }
 }
 
-/// The future of a [`KeyStore::lookup`]: either an answer that is already known (no allocation)
-/// or a boxed future.
-#[must_use = "a lookup does nothing unless awaited"]
-pub struct Lookup(Repr);
-
-enum Repr {
-    Ready(Option<LookupResult>),
-    Pending(Pin<Box<dyn Future<Output = LookupResult> + Send>>),
-}
-
-impl Lookup {
-    /// An answer known now, as an in-memory store has it.
-    pub fn ready(result: LookupResult) -> Self {
-        Self(Repr::Ready(Some(result)))
-    }
-
-    /// An answer that needs waiting for.
-    pub fn pending<F>(future: F) -> Self
-    where
-        F: Future<Output = LookupResult> + Send + 'static,
-    {
-        Self(Repr::Pending(Box::pin(future)))
-    }
-
-    /// Takes the answer if it is known without waiting.
-    pub(crate) fn take_ready(&mut self) -> Option<LookupResult> {
-        match &mut self.0 {
-            Repr::Ready(r) => r.take(),
-            Repr::Pending(_) => None,
-        }
-    }
-}
-
-impl Future for Lookup {
-    type Output = LookupResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
-        match &mut self.0 {
-            Repr::Ready(r) => Poll::Ready(r.take().unwrap_or(Err(StoreError::Unavailable(
-                "lookup polled after it finished".into(),
-            )))),
-            Repr::Pending(f) => f.as_mut().poll(cx),
-        }
-    }
-}
-
-impl fmt::Debug for Lookup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Repr::Ready(_) => f.write_str("Lookup::Ready"),
-            Repr::Pending(_) => f.write_str("Lookup::Pending"),
-        }
-    }
-}
+/// The future of a [`KeyStore::lookup`]: [`Lookup::ready`] for an answer known now (no
+/// allocation), [`Lookup::pending`] for one to wait for.
+pub type Lookup = MaybeReady<LookupResult>;
 
 /// A store could not answer. Requests fail with 503 (gRPC `UNAVAILABLE`).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,320 @@
+use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use hashbrown::HashTable;
+
+use super::gcra::{self, Decision};
+use super::{Check, Quota, RateLimitError, RateLimiter};
+use crate::clock::{self, Clock, SharedClock};
+
+/// The default limit on tracked keys of a [`MemoryLimiter`].
+pub const DEFAULT_MAX_KEYS: usize = 4_000_000;
+
+/// The in-memory GCRA limiter: one atomic timestamp per key.
+///
+/// Keys live in a sharded hash table. A decision for a known key takes its shard's *read* lock
+/// and updates the key's timestamp with a compare-and-swap, so requests for different keys — and
+/// for the same key — never wait for one another behind a global lock. Only the first request of
+/// a new key takes a shard's write lock.
+///
+/// **Memory stays bounded.** An entry whose theoretical arrival time has passed holds no
+/// information (it is the same as no entry), so it can be dropped at any time. A shard sweeps
+/// such entries out whenever it has doubled in size since its last sweep, so the table holds
+/// about twice the keys active within one burst window at most, and the sweep costs amortised
+/// O(1) per new key. The limiter also never holds more than `max_keys` entries (default
+/// 4,000,000): when a new key arrives at that limit and a full sweep frees nothing, the request
+/// fails with [`RateLimitError::Full`] (503) rather than go unlimited or evict a live limit.
+///
+/// ```
+/// use keygate::ratelimit::{MemoryLimiter, RateLimiter};
+/// use keygate::Quota;
+///
+/// let limiter = MemoryLimiter::new();
+/// let quota = Quota::per_second(2);
+/// let check = |l: &MemoryLimiter| l.check("key_1", &quota, 1).take_ready().unwrap().unwrap();
+/// assert!(check(&limiter).allowed);
+/// assert!(check(&limiter).allowed);
+/// assert!(!check(&limiter).allowed);
+/// ```
+#[derive(Clone)]
+pub struct MemoryLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[RwLock<Shard>]>,
+    shift: u32,
+    hasher: foldhash::fast::RandomState,
+    clock: SharedClock,
+    len: AtomicUsize,
+    max_keys: usize,
+}
+
+struct Shard {
+    table: HashTable<Entry>,
+    sweep_at: usize,
+}
+
+struct Entry {
+    key: Box<str>,
+    hash: u64,
+    tat: AtomicU64,
+}
+
+const MIN_SWEEP_AT: usize = 64;
+
+impl MemoryLimiter {
+    /// A limiter on the system clock.
+    pub fn new() -> Self {
+        Self::build(clock::system(), DEFAULT_MAX_KEYS)
+    }
+
+    fn build(clock: SharedClock, max_keys: usize) -> Self {
+        let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let shards = (parallelism * 8).next_power_of_two().max(2);
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|_| {
+                        RwLock::new(Shard {
+                            table: HashTable::new(),
+                            sweep_at: MIN_SWEEP_AT,
+                        })
+                    })
+                    .collect(),
+                shift: 64 - shards.trailing_zeros(),
+                hasher: foldhash::fast::RandomState::default(),
+                clock,
+                len: AtomicUsize::new(0),
+                max_keys,
+            }),
+        }
+    }
+
+    /// Reads time from `clock` (tests move a [`ManualClock`](crate::clock::ManualClock)).
+    /// Call before the limiter is shared: a new limiter starts empty.
+    #[must_use]
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        Self::build(Arc::new(clock), self.inner.max_keys)
+    }
+
+    /// Tracks at most `max` keys at once (see the type's docs). Starts empty.
+    #[must_use]
+    pub fn with_max_keys(self, max: usize) -> Self {
+        Self::build(self.inner.clock.clone(), max.max(1))
+    }
+
+    /// Keys tracked now (live or not yet swept).
+    pub fn len(&self) -> usize {
+        self.inner.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every entry that holds no information any more; returns how many went.
+    pub fn sweep(&self) -> usize {
+        let now = self.inner.clock.monotonic_nanos();
+        self.inner
+            .shards
+            .iter()
+            .map(|s| {
+                let mut shard = s.write().unwrap_or_else(PoisonError::into_inner);
+                self.inner.sweep_shard(&mut shard, now)
+            })
+            .sum()
+    }
+
+    /// The decision for `key` without spending anything: what the next request of `cost` would
+    /// get. For headers or dashboards.
+    pub fn peek(&self, key: &str, quota: &Quota, cost: u32) -> Decision {
+        let now = self.inner.clock.monotonic_nanos();
+        let hash = self.inner.hasher.hash_one(key);
+        let shard = self
+            .inner
+            .shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let tat = shard
+            .table
+            .find(hash, |e| &*e.key == key)
+            .map_or(0, |e| e.tat.load(Ordering::Acquire));
+        gcra::decide(tat, now, quota, cost).0
+    }
+}
+
+impl Inner {
+    fn shard(&self, hash: u64) -> &RwLock<Shard> {
+        &self.shards[(hash >> self.shift) as usize]
+    }
+
+    fn sweep_shard(&self, shard: &mut Shard, now: u64) -> usize {
+        let before = shard.table.len();
+        shard.table.retain(|e| e.tat.load(Ordering::Acquire) > now);
+        let removed = before - shard.table.len();
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        shard.sweep_at = (shard.table.len() * 2).max(MIN_SWEEP_AT);
+        removed
+    }
+
+    fn decide(&self, key: &str, quota: &Quota, cost: u32) -> Result<Decision, RateLimitError> {
+        let hash = self.hasher.hash_one(key);
+        let lock = self.shard(hash);
+        let now = self.clock.monotonic_nanos();
+        {
+            let shard = lock.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+                return Ok(update(&entry.tat, now, quota, cost));
+            }
+        }
+        let mut shard = lock.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+            return Ok(update(&entry.tat, now, quota, cost));
+        }
+        let (decision, new_tat) = gcra::decide(0, now, quota, cost);
+        let Some(new_tat) = new_tat else {
+            return Ok(decision); // nothing to remember
+        };
+        if shard.table.len() >= shard.sweep_at {
+            self.sweep_shard(&mut shard, now);
+        }
+        if self.len.load(Ordering::Relaxed) >= self.max_keys {
+            drop(shard);
+            self.sweep_all(now);
+            shard = lock.write().unwrap_or_else(PoisonError::into_inner);
+            if self.len.load(Ordering::Relaxed) >= self.max_keys {
+                return Err(RateLimitError::Full);
+            }
+            if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+                return Ok(update(&entry.tat, now, quota, cost));
+            }
+        }
+        shard.table.insert_unique(
+            hash,
+            Entry {
+                key: key.into(),
+                hash,
+                tat: AtomicU64::new(new_tat),
+            },
+            |e| e.hash,
+        );
+        self.len.fetch_add(1, Ordering::Relaxed);
+        Ok(decision)
+    }
+
+    fn sweep_all(&self, now: u64) {
+        for s in self.shards.iter() {
+            let mut shard = s.write().unwrap_or_else(PoisonError::into_inner);
+            self.sweep_shard(&mut shard, now);
+        }
+    }
+}
+
+/// One compare-and-swap loop on a key's timestamp.
+fn update(tat: &AtomicU64, now: u64, quota: &Quota, cost: u32) -> Decision {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let (decision, new_tat) = gcra::decide(current, now, quota, cost);
+        let Some(new_tat) = new_tat else {
+            return decision;
+        };
+        match tat.compare_exchange_weak(current, new_tat, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return decision,
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLimiter")
+            .field("keys", &self.len())
+            .field("max_keys", &self.inner.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter for MemoryLimiter {
+    fn check(&self, key: &str, quota: &Quota, cost: u32) -> Check {
+        Check::ready(self.inner.decide(key, quota, cost))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn allowed(l: &MemoryLimiter, key: &str, q: &Quota) -> bool {
+        l.check(key, q, 1).take_ready().unwrap().unwrap().allowed
+    }
+
+    #[test]
+    fn refill_with_manual_clock() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let q = Quota::per_second(5);
+        assert_eq!((0..10).filter(|_| allowed(&l, "a", &q)).count(), 5);
+        assert!(allowed(&l, "b", &q), "keys are independent");
+        clock.advance(Duration::from_millis(200));
+        assert!(allowed(&l, "a", &q));
+        assert!(!allowed(&l, "a", &q));
+        clock.advance(Duration::from_secs(10));
+        assert_eq!((0..10).filter(|_| allowed(&l, "a", &q)).count(), 5);
+        assert_eq!(l.peek("a", &q, 1).remaining, 0);
+    }
+
+    #[test]
+    fn sweep_forgets_idle_keys_only() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let q = Quota::per_second(1);
+        for i in 0..1000 {
+            assert!(allowed(&l, &format!("k{i}"), &q));
+        }
+        assert!(l.len() <= 1000);
+        clock.advance(Duration::from_millis(500));
+        assert_eq!(l.sweep(), 0, "still inside their window");
+        clock.advance(Duration::from_millis(501));
+        l.sweep();
+        assert_eq!(l.len(), 0);
+    }
+
+    #[test]
+    fn automatic_sweep_bounds_the_table() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let q = Quota::per_second(100);
+        for i in 0..100_000 {
+            allowed(&l, &format!("k{i}"), &q);
+            clock.advance(Duration::from_micros(100)); // each key idle after 1 s
+        }
+        // About 10,000 keys are live at any time; the table may hold twice that per shard.
+        assert!(l.len() < 30_000, "{} entries", l.len());
+    }
+
+    #[test]
+    fn full_limiter_fails_closed() {
+        let l = MemoryLimiter::new().with_max_keys(2);
+        let q = Quota::per_hour(1);
+        assert!(allowed(&l, "a", &q));
+        assert!(allowed(&l, "b", &q));
+        assert!(matches!(
+            l.check("c", &q, 1).take_ready().unwrap(),
+            Err(RateLimitError::Full)
+        ));
+        assert!(!allowed(&l, "a", &q), "known keys keep their limit");
+    }
+}
