@@ -113,3 +113,64 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
         Err(missing(parts))
     }
 }
+
+#[cfg(feature = "jwt")]
+mod claims {
+    use super::*;
+    use crate::error::InvalidCredential;
+    use crate::jwt::Claims;
+    use crate::principal::PrincipalKind;
+
+    fn missing_claims(parts: &Parts) -> PrincipalRejection {
+        match parts.extensions.get::<Principal>() {
+            // An API-key caller on a route that needs a token's claims.
+            Some(p) if p.kind() != PrincipalKind::Jwt => PrincipalRejection::new(
+                AuthError::InvalidCredential(InvalidCredential::InvalidToken),
+                &Rendering::default(),
+                parts,
+            ),
+            Some(_) => {
+                tracing::error!(target: "keygate", "Claims<T> extracted but the JwtVerifier was not configured with .claims::<T>() for this T");
+                PrincipalRejection::new(AuthError::MissingLayer, &Rendering::default(), parts)
+            }
+            None => missing(parts),
+        }
+    }
+
+    /// Rejects like [`Principal`] does; a caller that used an API key instead of a token gets
+    /// 401, and a verifier not configured with `.claims::<T>()` for this `T` gives 500.
+    impl<S: Send + Sync, T: Send + Sync + 'static> FromRequestParts<S> for Claims<T> {
+        type Rejection = PrincipalRejection;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Self, Self::Rejection> {
+            parts
+                .extensions
+                .get::<Claims<T>>()
+                .cloned()
+                .ok_or_else(|| missing_claims(parts))
+        }
+    }
+
+    /// `None` for anonymous and API-key callers; 500 when no layer ran.
+    impl<S: Send + Sync, T: Send + Sync + 'static> OptionalFromRequestParts<S> for Claims<T> {
+        type Rejection = PrincipalRejection;
+
+        async fn from_request_parts(
+            parts: &mut Parts,
+            _state: &S,
+        ) -> Result<Option<Self>, Self::Rejection> {
+            if let Some(c) = parts.extensions.get::<Claims<T>>() {
+                return Ok(Some(c.clone()));
+            }
+            if parts.extensions.get::<Principal>().is_some()
+                || parts.extensions.get::<Anonymous>().is_some()
+            {
+                return Ok(None);
+            }
+            Err(missing(parts))
+        }
+    }
+}

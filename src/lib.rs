@@ -8,6 +8,8 @@ pub mod body;
 pub mod clock;
 pub mod credential;
 pub mod error;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod key;
 pub mod maybe;
 pub mod principal;

@@ -209,6 +209,7 @@ impl Serialize for Principal {
 /// Put in the extensions of a request that [`AuthLayer`](crate::AuthLayer) let through without
 /// a credential (optional mode), so extractors can tell "anonymous" from "no layer".
 #[derive(Clone)]
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 pub(crate) struct Anonymous {
     pub(crate) rendering: crate::error::Rendering,
 }

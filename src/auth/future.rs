@@ -9,10 +9,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::AuthConfig;
 use super::service::admit;
+use super::{Admission, AuthConfig, Wait};
 use crate::body::ResponseBody;
-use crate::store::Lookup;
 
 pin_project! {
     /// The response future of [`AuthService`](super::AuthService).
@@ -33,7 +32,7 @@ pin_project! {
     {
         Called { #[pin] future: S::Future },
         Waiting {
-            lookup: Lookup,
+            wait: Wait,
             pending: Option<(S, Request<B>)>,
             config: Arc<AuthConfig>,
         },
@@ -60,14 +59,14 @@ where
     }
 
     pub(crate) fn waiting(
-        lookup: Lookup,
+        wait: Wait,
         service: S,
         request: Request<B>,
         config: Arc<AuthConfig>,
     ) -> Self {
         Self {
             state: State::Waiting {
-                lookup,
+                wait,
                 pending: Some((service, request)),
                 config,
             },
@@ -88,17 +87,27 @@ where
                     return future.poll(cx).map_ok(|res| res.map(ResponseBody::new));
                 }
                 StateProj::Waiting {
-                    lookup,
+                    wait,
                     pending,
                     config,
                 } => {
-                    let result = ready!(Pin::new(lookup).poll(cx));
+                    let result = match wait {
+                        Wait::Key(lookup) => {
+                            let result = ready!(Pin::new(lookup).poll(cx));
+                            config.finish_key(result).map(Admission::Key)
+                        }
+                        #[cfg(feature = "jwt")]
+                        Wait::Token(refetch, token) => {
+                            ready!(Pin::new(refetch).poll(cx));
+                            config.recheck_token(token)
+                        }
+                    };
                     let (mut service, mut req) = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match config.finish_key(result) {
-                        Ok(principal) => {
-                            admit(&mut req, Some(principal), config);
+                    match result {
+                        Ok(admission) => {
+                            admit(&mut req, admission, config);
                             let future = service.call(req);
                             self.as_mut().project().state.set(State::Called { future });
                         }

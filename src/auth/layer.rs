@@ -44,11 +44,31 @@ impl AuthLayer {
                     format: None,
                     max_len: DEFAULT_MAX_KEY_LEN,
                 }),
+                #[cfg(feature = "jwt")]
+                jwt: None,
                 optional: false,
                 rendering: Rendering::default(),
                 clock: crate::clock::system(),
             }),
         }
+    }
+
+    /// A layer that accepts JWT bearer tokens only.
+    #[cfg(feature = "jwt")]
+    pub fn jwt_only(verifier: crate::jwt::JwtVerifier) -> Self {
+        let mut layer = Self::new(crate::store::MemoryStore::new());
+        let config = layer.config();
+        config.keys = None;
+        config.jwt = Some(verifier);
+        layer
+    }
+
+    /// Also accepts JWT bearer tokens: a credential shaped like a compact JWS goes to
+    /// `verifier`, anything else is looked up as an API key.
+    #[cfg(feature = "jwt")]
+    pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
+        self.config().jwt = Some(verifier);
+        self
     }
 
     fn config(&mut self) -> &mut AuthConfig {

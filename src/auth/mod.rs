@@ -49,37 +49,77 @@ pub(crate) struct KeyAuth {
 pub(crate) struct AuthConfig {
     pub(crate) sources: Vec<CredentialSource>,
     pub(crate) keys: Option<KeyAuth>,
+    #[cfg(feature = "jwt")]
+    pub(crate) jwt: Option<crate::jwt::JwtVerifier>,
     pub(crate) optional: bool,
     pub(crate) rendering: Rendering,
     pub(crate) clock: SharedClock,
 }
 
+/// Who a request was admitted as.
+pub(crate) enum Admission {
+    /// No credential, optional mode.
+    Anonymous,
+    /// An API key.
+    Key(Principal),
+    /// A verified token, with its claims.
+    #[cfg(feature = "jwt")]
+    Token(Arc<crate::jwt::Verified>),
+}
+
+/// What a request waits for.
+pub(crate) enum Wait {
+    /// The key store.
+    Key(Lookup),
+    /// New JWT keys; then the token is checked again.
+    #[cfg(feature = "jwt")]
+    Token(crate::maybe::MaybeReady<()>, Box<str>),
+}
+
 /// What to do with a request, decided without waiting when possible.
 pub(crate) enum Decision {
-    /// Let it through, with this principal (or anonymously, in optional mode).
-    Admit(Option<Principal>),
+    /// Let it through.
+    Admit(Admission),
     /// Turn it away.
     Reject(AuthError),
-    /// Wait for the key store.
-    Wait(Lookup),
+    /// Wait first.
+    Wait(Wait),
 }
 
 impl AuthConfig {
     fn max_credential_len(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.max_len)
+        let keys = self.keys.as_ref().map_or(0, |k| k.max_len);
+        #[cfg(feature = "jwt")]
+        let keys = keys.max(self.jwt.as_ref().map_or(0, |j| j.max_len()));
+        keys
+    }
+
+    #[cfg(feature = "jwt")]
+    pub(crate) fn token_outcome(outcome: crate::jwt::Outcome, token: &str) -> Decision {
+        match outcome {
+            crate::jwt::Outcome::Done(Ok(v)) => Decision::Admit(Admission::Token(v)),
+            crate::jwt::Outcome::Done(Err(e)) => Decision::Reject(e),
+            crate::jwt::Outcome::Refetch(wait) => Decision::Wait(Wait::Token(wait, token.into())),
+        }
     }
 
     pub(crate) fn decide(&self, head: &RequestHead<'_>) -> Decision {
         let found = match credential::extract(&self.sources, head, self.max_credential_len()) {
             Ok(Some(found)) => found,
-            Ok(None) if self.optional => return Decision::Admit(None),
+            Ok(None) if self.optional => return Decision::Admit(Admission::Anonymous),
             Ok(None) => return Decision::Reject(AuthError::MissingCredential),
             Err(e) => return Decision::Reject(AuthError::InvalidRequest(e)),
         };
+        let key = &*found.value;
+        #[cfg(feature = "jwt")]
+        if let Some(jwt) = &self.jwt {
+            if crate::jwt::looks_like_jws(key) {
+                return Self::token_outcome(jwt.check(key, true), key);
+            }
+        }
         let Some(keys) = &self.keys else {
             return Decision::Reject(AuthError::InvalidCredential(InvalidCredential::UnknownKey));
         };
-        let key = &*found.value;
         if key.len() > keys.max_len {
             return Decision::Reject(AuthError::InvalidRequest(CredentialError::TooLong));
         }
@@ -95,10 +135,27 @@ impl AuthConfig {
         let mut lookup = keys.store.lookup(&KeyDigest::of(key));
         match lookup.take_ready() {
             Some(result) => match self.finish_key(result) {
-                Ok(p) => Decision::Admit(Some(p)),
+                Ok(p) => Decision::Admit(Admission::Key(p)),
                 Err(e) => Decision::Reject(e),
             },
-            None => Decision::Wait(lookup),
+            None => Decision::Wait(Wait::Key(lookup)),
+        }
+    }
+
+    /// Checks a token again after its key source fetched keys; no second fetch.
+    #[cfg(feature = "jwt")]
+    pub(crate) fn recheck_token(&self, token: &str) -> Result<Admission, AuthError> {
+        let Some(jwt) = &self.jwt else {
+            return Err(AuthError::InvalidCredential(
+                InvalidCredential::InvalidToken,
+            ));
+        };
+        match jwt.check(token, false) {
+            crate::jwt::Outcome::Done(Ok(v)) => Ok(Admission::Token(v)),
+            crate::jwt::Outcome::Done(Err(e)) => Err(e),
+            crate::jwt::Outcome::Refetch(_) => Err(AuthError::InvalidCredential(
+                InvalidCredential::InvalidToken,
+            )),
         }
     }
 

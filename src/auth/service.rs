@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
-use super::{AuthConfig, Decision, ResponseFuture};
+use super::{Admission, AuthConfig, Decision, ResponseFuture};
 use crate::body::ResponseBody;
 use crate::credential::RequestHead;
 use crate::principal::{Anonymous, Principal};
@@ -39,17 +39,26 @@ impl<S> AuthService<S> {
     }
 }
 
-pub(crate) fn admit<B>(req: &mut Request<B>, principal: Option<Principal>, config: &AuthConfig) {
-    match principal {
-        Some(p) => {
-            tracing::debug!(target: "keygate", principal = p.id(), kind = ?p.kind(), outcome = "authenticated");
-            req.extensions_mut().insert(p);
-        }
-        None => {
+pub(crate) fn admit<B>(req: &mut Request<B>, admission: Admission, config: &AuthConfig) {
+    let extensions = req.extensions_mut();
+    match admission {
+        Admission::Anonymous => {
             tracing::debug!(target: "keygate", outcome = "anonymous");
-            req.extensions_mut().insert(Anonymous {
+            extensions.insert(Anonymous {
                 rendering: config.rendering.clone(),
             });
+        }
+        Admission::Key(p) => {
+            tracing::debug!(target: "keygate", principal = p.id(), kind = "api_key", outcome = "authenticated");
+            extensions.insert(p);
+        }
+        #[cfg(feature = "jwt")]
+        Admission::Token(v) => {
+            tracing::debug!(target: "keygate", principal = v.principal.id(), kind = "jwt", outcome = "authenticated");
+            extensions.insert(v.principal.clone());
+            if let Some(claims) = &v.claims {
+                claims.insert_into(extensions);
+            }
         }
     }
 }
@@ -71,19 +80,19 @@ where
         // Never trust a Principal that arrived with the request from further out.
         req.extensions_mut().remove::<Principal>();
         match self.config.decide(&RequestHead::of(&req)) {
-            Decision::Admit(principal) => {
-                admit(&mut req, principal, &self.config);
+            Decision::Admit(admission) => {
+                admit(&mut req, admission, &self.config);
                 ResponseFuture::called(self.inner.call(req))
             }
             Decision::Reject(error) => {
                 tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
                 ResponseFuture::failed(self.config.rendering.render(&error, &req))
             }
-            Decision::Wait(lookup) => {
+            Decision::Wait(wait) => {
                 // The ready service goes with the request; a clone takes its place here.
                 let clone = self.inner.clone();
                 let service = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(lookup, service, req, self.config.clone())
+                ResponseFuture::waiting(wait, service, req, self.config.clone())
             }
         }
     }

@@ -184,6 +184,25 @@ impl fmt::Debug for KeyDigest {
     }
 }
 
+/// Digests are SHA-256 outputs, already uniform: their first eight bytes are a good hash, and
+/// skipping SipHash saves its cost on every lookup. Only the operator inserts keys, so nobody can
+/// flood one bucket.
+#[derive(Default)]
+pub(crate) struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 ^= u64::from_le_bytes(first);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,7 +121,7 @@ impl UsageTracker {
             .iter()
             .map(|e| (e.key().to_string(), e.value().read()))
             .collect();
-        all.sort_by(|a, b| (b.1.allowed + b.1.limited).cmp(&(a.1.allowed + a.1.limited)));
+        all.sort_by_key(|(_, u)| std::cmp::Reverse(u.allowed + u.limited));
         all
     }
 
@@ -133,7 +133,7 @@ impl UsageTracker {
             false
         });
         self.inner.overflow.take();
-        all.sort_by(|a, b| (b.1.allowed + b.1.limited).cmp(&(a.1.allowed + a.1.limited)));
+        all.sort_by_key(|(_, u)| std::cmp::Reverse(u.allowed + u.limited));
         all
     }
 }

@@ -1,5 +1,5 @@
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -8,7 +8,7 @@ use dashmap::mapref::entry::Entry;
 
 use super::{KeyStore, Lookup};
 use crate::clock::{self, Clock, SharedClock};
-use crate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
+use crate::key::{ApiKey, DigestHasher, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 
 /// The in-memory key store: a concurrent map from key digest to record.
 ///
@@ -290,25 +290,6 @@ impl KeyStore for MemoryStore {
                 _ => Some(slot.record.clone()),
             });
         Lookup::ready(Ok(found))
-    }
-}
-
-/// Digests are SHA-256 outputs, already uniform: their first eight bytes are a good hash, and
-/// skipping SipHash saves its cost on every lookup. Only the operator inserts keys, so nobody can
-/// flood one bucket.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut first = [0u8; 8];
-        let n = bytes.len().min(8);
-        first[..n].copy_from_slice(&bytes[..n]);
-        self.0 ^= u64::from_le_bytes(first);
     }
 }
 

@@ -1,0 +1,83 @@
+//! JWT bearer tokens: [`JwtVerifier`] (pinned algorithms, keys by `kid`, verified-token cache,
+//! [`Revocations`]), typed [`Claims<T>`], and [`TokenIssuer`].
+//!
+//! One [`AuthLayer`](crate::AuthLayer) accepts API keys and JWTs side by side: a Bearer value
+//! shaped like a compact JWS (three base64url segments) goes to the verifier, anything else is
+//! an API key. Both hand the handler a [`Principal`](crate::Principal).
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use keygate::{AuthLayer, jwt::{Claims, JwtKey, JwtVerifier}, store::MemoryStore};
+//!
+//! #[derive(Clone, serde::Deserialize)]
+//! struct MyClaims {
+//!     #[serde(rename = "userId")]
+//!     user_id: u64,
+//! }
+//!
+//! let verifier = JwtVerifier::with_keys([JwtKey::hmac(b"a secret of at least 32 bytes!!")])
+//!     .subject_claim("userId")
+//!     .claims::<MyClaims>();
+//!
+//! let app: Router = Router::new()
+//!     .route("/me", get(|c: Claims<MyClaims>| async move { c.user_id.to_string() }))
+//!     .layer(AuthLayer::new(MemoryStore::new()).jwt(verifier));
+//! # let _ = app;
+//! ```
+
+mod claims;
+mod issuer;
+mod keys;
+mod revocation;
+mod source;
+mod verifier;
+
+pub use issuer::{IssueError, IssuedToken, TokenIssuer};
+pub use jsonwebtoken::Algorithm;
+pub use keys::{JwtKey, JwtKeyError, KeySet};
+pub use revocation::{MemoryRevocations, Revocations, TokenInfo};
+pub use source::{KeySource, StaticKeys};
+pub use verifier::{DEFAULT_CACHE_ENTRIES, DEFAULT_MAX_TOKEN_LEN, JwtVerifier};
+
+pub(crate) use verifier::{Outcome, Verified, looks_like_jws};
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+/// A verified token's claims, decoded into `T`; in request extensions next to the
+/// [`Principal`](crate::Principal) when the verifier was configured with
+/// [`JwtVerifier::claims`]. With the `axum` feature it is an extractor. Cloning is cheap.
+pub struct Claims<T>(Arc<T>);
+
+impl<T> Claims<T> {
+    /// Wraps claims.
+    pub fn new(claims: T) -> Self {
+        Self(Arc::new(claims))
+    }
+
+    /// The shared claims.
+    pub fn into_arc(self) -> Arc<T> {
+        self.0
+    }
+}
+
+impl<T> Clone for Claims<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Deref for Claims<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Claims<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Claims").field(&self.0).finish()
+    }
+}

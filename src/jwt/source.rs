@@ -1,0 +1,76 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use super::KeySet;
+use crate::maybe::MaybeReady;
+
+/// Where a verifier's keys come from: a fixed set, a remote JWKS, or your own source.
+///
+/// `current` is called on every token that is not in the cache, so it must be cheap (hand out
+/// an `Arc` of a snapshot). When a token names a `kid` the current set lacks, the verifier calls
+/// `unknown_kid`; a source that can fetch new keys returns a future that completes when it has
+/// tried (throttled as it sees fit), and the token is checked again against the then current set.
+pub trait KeySource: Send + Sync + 'static {
+    /// The keys trusted now.
+    fn current(&self) -> Arc<KeySet>;
+
+    /// The generation of the current set (see [`KeySet`]); checked on every cache hit, so
+    /// make it cheaper than `current` where you can.
+    fn current_generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// A token names `kid`, which the current set lacks.
+    fn unknown_kid(&self, kid: &str) -> Option<MaybeReady<()>> {
+        let _ = kid;
+        None
+    }
+}
+
+/// A set of keys fixed in configuration; [`replace`](Self::replace) swaps it at run time.
+#[derive(Clone)]
+pub struct StaticKeys {
+    keys: Arc<RwLock<Arc<KeySet>>>,
+    generation: Arc<AtomicU64>,
+}
+
+impl StaticKeys {
+    /// A source of these keys.
+    pub fn new(keys: KeySet) -> Self {
+        Self {
+            generation: Arc::new(AtomicU64::new(keys.generation)),
+            keys: Arc::new(RwLock::new(Arc::new(keys))),
+        }
+    }
+
+    /// Replaces the keys (rotation): tokens of removed keys stop verifying at once, cached or
+    /// not.
+    pub fn replace(&self, keys: KeySet) {
+        let generation = keys.generation;
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        self.generation.store(generation, Ordering::Release);
+    }
+}
+
+impl KeySource for StaticKeys {
+    fn current(&self) -> Arc<KeySet> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn current_generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for StaticKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StaticKeys").field(&self.current()).finish()
+    }
+}

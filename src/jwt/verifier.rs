@@ -1,0 +1,567 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dashmap::DashMap;
+use jsonwebtoken::Algorithm;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use super::claims::{ClaimNames, Registered};
+use super::{Claims, JwtKey, KeySet, KeySource, Revocations, StaticKeys, TokenInfo};
+use crate::clock::{self, Clock, SharedClock};
+use crate::credential::CredentialError;
+use crate::error::{AuthError, InvalidCredential, Unavailable};
+use crate::key::{DigestHasher, KeyDigest};
+use crate::maybe::MaybeReady;
+use crate::principal::{Principal, PrincipalKind};
+
+/// The default limit on a token's length, in bytes.
+pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+/// The default number of verified tokens kept in the cache.
+pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
+
+/// Inserts a verified token's typed claims into request extensions.
+pub(crate) trait InsertClaims: Send + Sync {
+    fn insert_into(&self, extensions: &mut http::Extensions);
+}
+
+impl<T: Send + Sync + 'static> InsertClaims for Claims<T> {
+    fn insert_into(&self, extensions: &mut http::Extensions) {
+        extensions.insert(self.clone());
+    }
+}
+
+type DecodeClaims = fn(&[u8]) -> Result<Arc<dyn InsertClaims>, serde_json::Error>;
+
+fn decode_claims<T: DeserializeOwned + Send + Sync + 'static>(
+    payload: &[u8],
+) -> Result<Arc<dyn InsertClaims>, serde_json::Error> {
+    let claims: T = serde_json::from_slice(payload)?;
+    Ok(Arc::new(Claims::new(claims)))
+}
+
+/// A token that passed verification: what the cache keeps and the layer hands on.
+pub(crate) struct Verified {
+    pub(crate) principal: Principal,
+    pub(crate) claims: Option<Arc<dyn InsertClaims>>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+    iat: Option<u64>,
+    jti: Option<Box<str>>,
+    generation: u64,
+}
+
+/// The outcome of checking a token without waiting.
+pub(crate) enum Outcome {
+    Done(Result<Arc<Verified>, AuthError>),
+    /// The token names a key the source may fetch; check again when this completes.
+    Refetch(MaybeReady<()>),
+}
+
+/// Verifies JWT bearer tokens: signature with a pinned algorithm, then `exp`, `nbf`, `iss`,
+/// `aud`, revocation; caches what it verified.
+///
+/// The rules cannot be talked out of by a token: the algorithms come from the key
+/// configuration (`alg: none` and RS/HS confusion fail), `jku`, `x5u` and `jwk` headers are
+/// never used, a `crit` header is refused, `exp` is required unless turned off, and the length
+/// limit (default 8 KiB) is checked before any decoding.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+///
+/// let secret = b"a secret of at least 32 bytes, please!";
+/// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)])
+///     .issuer(["https://auth.example.com"])
+///     .audience(["weather"])
+///     .leeway(Duration::from_secs(30));
+///
+/// let issuer = TokenIssuer::hmac(secret)
+///     .issuer("https://auth.example.com")
+///     .audience("weather");
+/// let token = issuer.issue("user-1", ["weather:read"]).unwrap();
+///
+/// let principal = verifier.verify(&token.access_token).unwrap();
+/// assert_eq!(principal.id(), "user-1");
+/// assert!(principal.has_scope("weather:read"));
+/// assert!(verifier.verify("not.a.token").is_err());
+/// ```
+#[derive(Clone)]
+#[must_use]
+pub struct JwtVerifier {
+    inner: Arc<Config>,
+}
+
+#[derive(Clone)]
+struct Config {
+    source: Arc<dyn KeySource>,
+    issuers: Option<Vec<String>>,
+    audiences: Option<Vec<String>>,
+    leeway: u64,
+    require_exp: bool,
+    max_len: usize,
+    names: ClaimNames,
+    claims: Option<DecodeClaims>,
+    revocations: Option<Arc<dyn Revocations>>,
+    cache: Option<Arc<Cache>>,
+    clock: SharedClock,
+}
+
+struct Cache {
+    map: DashMap<KeyDigest, Arc<Verified>, std::hash::BuildHasherDefault<DigestHasher>>,
+    max: usize,
+    last_sweep: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Cow<'a, str>,
+    #[serde(default, borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(default)]
+    crit: Option<IgnoredAny>,
+}
+
+const MAX_KID_LEN: usize = 256;
+
+fn invalid() -> AuthError {
+    AuthError::InvalidCredential(InvalidCredential::InvalidToken)
+}
+
+/// Whether `s` has the shape of a compact JWS: three base64url segments, none empty.
+pub(crate) fn looks_like_jws(s: &str) -> bool {
+    let mut dots = 0;
+    let mut segment_len = 0;
+    for b in s.bytes() {
+        match b {
+            b'.' => {
+                if segment_len == 0 {
+                    return false;
+                }
+                dots += 1;
+                segment_len = 0;
+            }
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => segment_len += 1,
+            _ => return false,
+        }
+    }
+    dots == 2 && segment_len > 0
+}
+
+impl JwtVerifier {
+    /// A verifier of tokens signed by keys from `source`.
+    pub fn new(source: impl KeySource) -> Self {
+        // Pin jsonwebtoken's crypto provider to aws-lc-rs, so that another crate in the
+        // build enabling its RustCrypto backend too cannot make it panic at first use.
+        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
+            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
+        );
+        Self {
+            inner: Arc::new(Config {
+                source: Arc::new(source),
+                issuers: None,
+                audiences: None,
+                leeway: 60,
+                require_exp: true,
+                max_len: DEFAULT_MAX_TOKEN_LEN,
+                names: ClaimNames {
+                    subject: "sub".into(),
+                    tier: None,
+                },
+                claims: None,
+                revocations: None,
+                cache: Some(Arc::new(Cache::new(DEFAULT_CACHE_ENTRIES))),
+                clock: clock::system(),
+            }),
+        }
+    }
+
+    /// A verifier of tokens signed by these fixed keys.
+    pub fn with_keys(keys: impl IntoIterator<Item = JwtKey>) -> Self {
+        Self::new(StaticKeys::new(KeySet::new(keys)))
+    }
+
+    fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Accepts only tokens whose `iss` is one of these.
+    pub fn issuer<S: Into<String>>(mut self, issuers: impl IntoIterator<Item = S>) -> Self {
+        self.config().issuers = Some(issuers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Accepts only tokens whose `aud` names one of these.
+    pub fn audience<S: Into<String>>(mut self, audiences: impl IntoIterator<Item = S>) -> Self {
+        self.config().audiences = Some(audiences.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Clock skew tolerated on `exp` and `nbf` (default 60 s; whole seconds).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.config().leeway = leeway.as_secs();
+        self
+    }
+
+    /// Whether tokens must carry `exp` (default true).
+    pub fn require_exp(mut self, required: bool) -> Self {
+        self.config().require_exp = required;
+        self
+    }
+
+    /// The longest token accepted, in bytes (default 8 KiB). Longer ones get 400.
+    pub fn max_token_len(mut self, max: usize) -> Self {
+        self.config().max_len = max;
+        self
+    }
+
+    /// The claim holding the caller's id (default `sub`). Strings and integers are accepted;
+    /// integers are turned into their decimal text.
+    pub fn subject_claim(mut self, claim: &str) -> Self {
+        self.config().names.subject = claim.into();
+        self
+    }
+
+    /// The claim naming the caller's rate-limit tier.
+    pub fn tier_claim(mut self, claim: &str) -> Self {
+        self.config().names.tier = Some(claim.into());
+        self
+    }
+
+    /// Decodes the payload into `T` too, inserted into requests as [`Claims<T>`]. A token
+    /// whose payload does not fit `T` is rejected.
+    pub fn claims<T: DeserializeOwned + Send + Sync + 'static>(mut self) -> Self {
+        self.config().claims = Some(decode_claims::<T>);
+        self
+    }
+
+    /// Checks every token against `revocations` after verification, cached or not.
+    pub fn revocations(mut self, revocations: impl Revocations) -> Self {
+        self.config().revocations = Some(Arc::new(revocations));
+        self
+    }
+
+    /// Keeps up to `entries` verified tokens (default 100,000); 0 turns the cache off.
+    pub fn cache(mut self, entries: usize) -> Self {
+        self.config().cache = (entries > 0).then(|| Arc::new(Cache::new(entries)));
+        self
+    }
+
+    /// Reads time from `clock`.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.config().clock = Arc::new(clock);
+        self
+    }
+
+    /// The longest token accepted.
+    pub(crate) fn max_len(&self) -> usize {
+        self.inner.max_len
+    }
+
+    /// Verifies `token` now, without fetching keys.
+    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        match self.check(token, false) {
+            Outcome::Done(r) => r.map(|v| v.principal.clone()),
+            Outcome::Refetch(_) => Err(invalid()),
+        }
+    }
+
+    /// How many verified tokens the cache holds.
+    pub fn cached(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, |c| c.map.len())
+    }
+
+    pub(crate) fn check(&self, token: &str, may_refetch: bool) -> Outcome {
+        let c = &*self.inner;
+        if token.len() > c.max_len {
+            return Outcome::Done(Err(AuthError::InvalidRequest(CredentialError::TooLong)));
+        }
+        let now = c
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let digest = c.cache.as_ref().map(|_| KeyDigest::of(token));
+        if let (Some(cache), Some(digest)) = (&c.cache, &digest) {
+            if let Some(hit) = cache.map.get(digest).map(|e| e.clone()) {
+                if hit.generation == c.source.current_generation() {
+                    return Outcome::Done(self.still_valid(hit, now));
+                }
+            }
+        }
+        let verified = match self.verify_fully(token, may_refetch) {
+            Ok(v) => Arc::new(v),
+            Err(outcome) => return outcome,
+        };
+        let result = self.still_valid(verified, now);
+        if let (Ok(v), Some(cache), Some(digest)) = (&result, &c.cache, digest) {
+            cache.insert(digest, v.clone(), now, c.leeway);
+        }
+        Outcome::Done(result)
+    }
+
+    /// The checks that depend on time and revocation, made on every use.
+    fn still_valid(&self, v: Arc<Verified>, now: u64) -> Result<Arc<Verified>, AuthError> {
+        let c = &*self.inner;
+        if v.exp.is_some_and(|exp| now > exp.saturating_add(c.leeway)) {
+            return Err(AuthError::InvalidCredential(
+                InvalidCredential::TokenExpired,
+            ));
+        }
+        if v.nbf.is_some_and(|nbf| now.saturating_add(c.leeway) < nbf) {
+            return Err(invalid());
+        }
+        if let Some(revocations) = &c.revocations {
+            let info = TokenInfo {
+                subject: v.principal.id(),
+                jti: v.jti.as_deref(),
+                issued_at: v.iat,
+            };
+            if revocations.is_revoked(&info) {
+                return Err(invalid());
+            }
+        }
+        Ok(v)
+    }
+
+    fn verify_fully(&self, token: &str, may_refetch: bool) -> Result<Verified, Outcome> {
+        let c = &*self.inner;
+        let fail = || Outcome::Done(Err(invalid()));
+        let mut parts = token.splitn(3, '.');
+        let (Some(header_b64), Some(payload_b64), Some(signature)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(fail());
+        };
+        if signature.contains('.') {
+            return Err(fail());
+        }
+        let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| fail())?;
+        let header: Header<'_> = serde_json::from_slice(&header_json).map_err(|_| fail())?;
+        if header.crit.is_some() {
+            return Err(fail());
+        }
+        let alg: Algorithm = header.alg.parse().map_err(|_| fail())?;
+        let kid = header.kid.as_deref();
+        if kid.is_some_and(|k| k.len() > MAX_KID_LEN) {
+            return Err(fail());
+        }
+        let keys = c.source.current();
+        if let Some(kid) = kid {
+            if !keys.has_kid(kid) {
+                if may_refetch {
+                    if let Some(wait) = c.source.unknown_kid(kid) {
+                        return Err(Outcome::Refetch(wait));
+                    }
+                }
+                if keys.keys.is_empty() {
+                    return Err(Outcome::Done(Err(AuthError::Unavailable(
+                        Unavailable::JwtKeys,
+                    ))));
+                }
+                return Err(fail());
+            }
+        }
+        let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
+        let verified = keys.candidates(kid, alg).any(|key| {
+            matches!(
+                jsonwebtoken::crypto::verify(signature, message, &key.key, alg),
+                Ok(true)
+            )
+        });
+        if !verified {
+            if keys.keys.is_empty() {
+                return Err(Outcome::Done(Err(AuthError::Unavailable(
+                    Unavailable::JwtKeys,
+                ))));
+            }
+            return Err(fail());
+        }
+        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| fail())?;
+        let r = Registered::parse(&payload, &c.names).map_err(|_| fail())?;
+        if c.require_exp && r.exp.is_none() {
+            return Err(fail());
+        }
+        if let Some(issuers) = &c.issuers {
+            if !r.iss.as_ref().is_some_and(|iss| issuers.contains(iss)) {
+                return Err(fail());
+            }
+        }
+        if let Some(audiences) = &c.audiences {
+            if !r.aud.iter().any(|a| audiences.contains(a)) {
+                return Err(fail());
+            }
+        }
+        let Some(sub) = r.sub.filter(|s| !s.is_empty()) else {
+            return Err(fail());
+        };
+        let claims = match c.claims {
+            Some(decode) => Some(decode(&payload).map_err(|_| fail())?),
+            None => None,
+        };
+        let mut principal = Principal::new(sub, PrincipalKind::Jwt).with_scopes(r.scopes);
+        if let Some(iss) = r.iss {
+            principal = principal.with_owner(iss);
+        }
+        if let Some(tier) = r.tier {
+            principal = principal.with_tier(tier);
+        }
+        Ok(Verified {
+            principal,
+            claims,
+            exp: r.exp,
+            nbf: r.nbf,
+            iat: r.iat,
+            jti: r.jti.map(Into::into),
+            generation: keys.generation,
+        })
+    }
+}
+
+impl Cache {
+    fn new(max: usize) -> Self {
+        Self {
+            map: DashMap::default(),
+            max,
+            last_sweep: AtomicU64::new(0),
+        }
+    }
+
+    fn insert(&self, digest: KeyDigest, v: Arc<Verified>, now: u64, leeway: u64) {
+        if self.map.len() >= self.max {
+            // At most one sweep a second: a cache full of live tokens is not swept in a loop.
+            let last = self.last_sweep.load(Ordering::Relaxed);
+            if now > last
+                && self
+                    .last_sweep
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                self.map
+                    .retain(|_, v| v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now));
+            }
+            if self.map.len() >= self.max {
+                return;
+            }
+        }
+        self.map.insert(digest, v);
+    }
+}
+
+impl fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &*self.inner;
+        f.debug_struct("JwtVerifier")
+            .field("issuers", &c.issuers)
+            .field("audiences", &c.audiences)
+            .field("leeway", &c.leeway)
+            .field("require_exp", &c.require_exp)
+            .field("max_len", &c.max_len)
+            .field("cached", &self.cached())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::jwt::{MemoryRevocations, TokenIssuer};
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn setup() -> (ManualClock, TokenIssuer, JwtVerifier, MemoryRevocations) {
+        let clock = ManualClock::new();
+        let revocations = MemoryRevocations::new();
+        let issuer = TokenIssuer::hmac(SECRET)
+            .clock(clock.clone())
+            .ttl(Duration::from_secs(120));
+        let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET)])
+            .clock(clock.clone())
+            .leeway(Duration::from_secs(10))
+            .revocations(revocations.clone());
+        (clock, issuer, verifier, revocations)
+    }
+
+    #[test]
+    fn cache_hit_then_expiry_at_exp() {
+        let (clock, issuer, verifier, _) = setup();
+        let token = issuer.issue("u1", ["a"]).unwrap().access_token;
+        assert_eq!(verifier.verify(&token).unwrap().id(), "u1");
+        assert_eq!(verifier.cached(), 1);
+        assert_eq!(verifier.verify(&token).unwrap().id(), "u1");
+        clock.advance(Duration::from_secs(130)); // exp + leeway
+        assert!(verifier.verify(&token).is_ok());
+        clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            verifier.verify(&token),
+            Err(AuthError::InvalidCredential(
+                InvalidCredential::TokenExpired
+            ))
+        ));
+    }
+
+    #[test]
+    fn revocation_while_cached() {
+        let (_, issuer, verifier, revocations) = setup();
+        let token = issuer.issue("u2", ["a"]).unwrap().access_token;
+        assert!(verifier.verify(&token).is_ok());
+        revocations.revoke_subject_before("u2", u64::MAX);
+        assert!(verifier.verify(&token).is_err());
+    }
+
+    #[test]
+    fn key_removed_invalidates_cache() {
+        let clock = ManualClock::new();
+        let keys = StaticKeys::new(KeySet::new([JwtKey::hmac(SECRET).kid("k1")]));
+        let verifier = JwtVerifier::new(keys.clone()).clock(clock.clone());
+        let token = TokenIssuer::hmac(SECRET)
+            .kid("k1")
+            .clock(clock)
+            .issue("u3", ["a"])
+            .unwrap()
+            .access_token;
+        assert!(verifier.verify(&token).is_ok());
+        keys.replace(KeySet::new([JwtKey::hmac(
+            b"another secret, 32 bytes long!!",
+        )
+        .kid("k2")]));
+        assert!(verifier.verify(&token).is_err());
+    }
+
+    #[test]
+    fn wrong_secret_and_tampering_fail() {
+        let (_, _, verifier, _) = setup();
+        let other = TokenIssuer::hmac(b"not the secret, but 32 bytes long")
+            .issue("u", ["a"])
+            .unwrap()
+            .access_token;
+        assert!(verifier.verify(&other).is_err());
+        let (_, issuer, verifier, _) = setup();
+        let mut token = issuer.issue("u", ["a"]).unwrap().access_token;
+        let last = token.pop().unwrap();
+        token.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(verifier.verify(&token).is_err());
+        assert!(matches!(
+            verifier.verify(&"a".repeat(9000)),
+            Err(AuthError::InvalidRequest(CredentialError::TooLong))
+        ));
+    }
+
+    #[test]
+    fn jws_shape() {
+        assert!(looks_like_jws("a.b.c"));
+        assert!(looks_like_jws("eyJhbGciOiJIUzI1NiJ9.e30.sig-_"));
+        assert!(!looks_like_jws("a.b."));
+        assert!(!looks_like_jws("a..c"));
+        assert!(!looks_like_jws("a.b.c.d"));
+        assert!(!looks_like_jws("wk_live_abc"));
+        assert!(!looks_like_jws("a.b.c="));
+    }
+}
