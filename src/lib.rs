@@ -19,6 +19,8 @@ pub mod store;
 
 #[cfg(feature = "axum")]
 pub mod axum;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
 pub use auth::{AuthLayer, AuthService};
 pub use credential::{CredentialError, CredentialSource, RequestHead};

@@ -1,0 +1,166 @@
+//! The PostgreSQL key store of `examples/postgres_store.rs`, against a real server.
+//! Set `KEYGATE_TEST_DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`).
+
+#[allow(dead_code)]
+#[path = "../examples/postgres_store.rs"]
+mod pg;
+
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use http::{Request, StatusCode};
+use keygate::key::{ApiKey, KeyFormat, KeyRecord, KeyStatus};
+use keygate::store::KeyStore;
+use tower::ServiceExt;
+
+async fn store() -> Option<pg::PostgresStore> {
+    let Ok(url) = std::env::var("KEYGATE_TEST_DATABASE_URL") else {
+        println!("skipped: KEYGATE_TEST_DATABASE_URL not set");
+        return None;
+    };
+    let store = pg::PostgresStore::connect(&url, KeyFormat::new("pg_test_").unwrap())
+        .await
+        .expect("connect to KEYGATE_TEST_DATABASE_URL");
+    Some(store)
+}
+
+fn unique(name: &str) -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    format!("{name}-{}", u64::from_le_bytes(r))
+}
+
+async fn status(app: &axum::Router, key: &str) -> StatusCode {
+    let req = Request::get("/v1/me")
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap();
+    app.clone().oneshot(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn issue_lookup_revoke() {
+    let Some(store) = store().await else { return };
+    let id = unique("issue");
+    let record = KeyRecord::new(&id, "acme")
+        .with_scopes(["weather:read", "weather:write"])
+        .with_quota("100/min".parse().unwrap())
+        .with_metadata("plan", "pro");
+    let key = store.issue(&record).await.unwrap();
+    assert!(store.format_check(&key));
+
+    let found = store.lookup(&key.digest()).await.unwrap().expect("found");
+    assert_eq!(found.id, id);
+    assert_eq!(found.owner, "acme");
+    assert!(found.scopes.contains("weather:write"));
+    assert_eq!(found.quota, Some("100/min".parse().unwrap()));
+    assert_eq!(found.metadata.get("plan").map(String::as_str), Some("pro"));
+    assert_eq!(found.status, KeyStatus::Active);
+
+    let unknown = ApiKey::new(unique("nope"));
+    assert!(store.lookup(&unknown.digest()).await.unwrap().is_none());
+
+    let app = pg::app(store.clone());
+    assert_eq!(status(&app, key.expose_secret()).await, StatusCode::OK);
+    assert_eq!(
+        status(&app, unknown.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
+
+    assert_eq!(store.revoke(&id).await.unwrap(), 1);
+    let found = store.lookup(&key.digest()).await.unwrap().unwrap();
+    assert_eq!(found.status, KeyStatus::Revoked);
+    assert_eq!(
+        status(&app, key.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn legacy_keys_and_expiry_in_sql() {
+    let Some(store) = store().await else { return };
+    let id = unique("legacy");
+    let key = ApiKey::new(unique("legacy-plaintext"));
+    store
+        .insert(&key, &KeyRecord::new(&id, "old"))
+        .await
+        .unwrap();
+    let app = pg::app(store.clone());
+    assert_eq!(status(&app, key.expose_secret()).await, StatusCode::OK);
+
+    // The database decides that the key expired.
+    store
+        .set_expiry(&id, Some(SystemTime::now() - Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        status(&app, key.expose_secret()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    store
+        .set_expiry(&id, Some(SystemTime::now() + Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(status(&app, key.expose_secret()).await, StatusCode::OK);
+    // A duplicate digest is refused by the primary key.
+    assert!(
+        store
+            .insert(&key, &KeyRecord::new(unique("dup"), "x"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_lookups() {
+    let Some(store) = store().await else { return };
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let id = unique(&format!("conc{i}"));
+        keys.push(store.issue(&KeyRecord::new(id, "c")).await.unwrap());
+    }
+    let app = pg::app(store.clone());
+    let mut tasks = Vec::new();
+    for round in 0..10 {
+        for key in &keys {
+            let app = app.clone();
+            let key = key.expose_secret().to_owned();
+            tasks.push(tokio::spawn(async move {
+                let req = Request::get("/v1/me")
+                    .header("authorization", format!("Bearer {key}"))
+                    .body(Body::empty())
+                    .unwrap();
+                (round, app.oneshot(req).await.unwrap().status())
+            }));
+        }
+    }
+    let results = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+    .await
+    .expect("200 concurrent lookups finish in time");
+    assert_eq!(results.len(), 200);
+    assert!(results.iter().all(|(_, s)| *s == StatusCode::OK));
+}
+
+#[tokio::test]
+async fn unreachable_database_is_503_not_401() {
+    if std::env::var("KEYGATE_TEST_DATABASE_URL").is_err() {
+        println!("skipped: KEYGATE_TEST_DATABASE_URL not set");
+        return;
+    }
+    // A store whose connection is gone: every lookup fails.
+    let Some(store) = store().await else { return };
+    let id = unique("down");
+    let key = store.issue(&KeyRecord::new(&id, "x")).await.unwrap();
+    let app = pg::app(store.clone());
+    store.close_for_test().await;
+    assert_eq!(
+        status(&app, key.expose_secret()).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
