@@ -308,8 +308,10 @@ fn query<'r>(query: &'r str, name: &str) -> Result<Option<Cow<'r, str>>, Credent
     let mut found = None;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        // Only the value of our parameter is checked: another parameter's name that does not
+        // decode to UTF-8 (a Latin-1 form field) is simply not ours.
         let matches = if k.contains(['%', '+']) {
-            decode(k)?.as_deref() == Some(name)
+            percent_encoding::percent_decode_str(&k.replace('+', " ")).eq(name.bytes())
         } else {
             k == name
         };
@@ -340,26 +342,26 @@ fn decode(s: &str) -> Result<Option<String>, CredentialError> {
 
 fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<Cow<'r, str>>, CredentialError> {
     let mut found = None;
-    // HTTP/2 may split cookies over several headers.
+    // HTTP/2 may split cookies over several headers. Other cookies may hold any bytes; only ours
+    // must be UTF-8, and a non-UTF-8 one is an error, not a missing credential.
     for value in headers.get_all(COOKIE) {
-        let Ok(s) = std::str::from_utf8(value.as_bytes()) else {
-            continue;
-        };
-        for pair in s.split(';') {
-            let Some((k, v)) = pair.split_once('=') else {
+        for pair in value.as_bytes().split(|&b| b == b';') {
+            let Some(eq) = pair.iter().position(|&b| b == b'=') else {
                 continue;
             };
-            if k.trim() == name {
-                if found.is_some() {
-                    return Err(CredentialError::Repeated);
-                }
-                let v = v.trim();
-                found = Some(Cow::Borrowed(
-                    v.strip_prefix('"')
-                        .and_then(|v| v.strip_suffix('"'))
-                        .unwrap_or(v),
-                ));
+            if pair[..eq].trim_ascii() != name.as_bytes() {
+                continue;
             }
+            if found.is_some() {
+                return Err(CredentialError::Repeated);
+            }
+            let v = pair[eq + 1..].trim_ascii();
+            let v = v
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v);
+            let v = std::str::from_utf8(v).map_err(|_| CredentialError::InvalidCharacters)?;
+            found = Some(Cow::Borrowed(v));
         }
     }
     Ok(found)
@@ -467,6 +469,17 @@ mod tests {
             r(get("/").header("x-api-key", non_utf8)),
             Err(CredentialError::InvalidCharacters)
         );
+        // Our cookie must be UTF-8; other cookies may hold anything.
+        let cookie = http::HeaderValue::from_bytes(b"a=\xff; k=\xe9t\xe9").unwrap();
+        assert_eq!(
+            r(get("/").header("cookie", cookie)),
+            Err(CredentialError::InvalidCharacters)
+        );
+        let cookie = http::HeaderValue::from_bytes(b"a=\xff; k=abc").unwrap();
+        assert_eq!(r(get("/").header("cookie", cookie)), Ok(Some("abc".into())));
+        // Another parameter's name that is not UTF-8 once decoded is just not ours.
+        assert_eq!(r(get("/?stra%DFe=1&key=abc")), Ok(Some("abc".into())));
+        assert_eq!(r(get("/?%FF")), Ok(None));
     }
 
     #[test]

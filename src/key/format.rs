@@ -107,7 +107,7 @@ impl KeyFormat {
         }
         let crc = crc32fast::hash(key.as_bytes());
         push_base62(&mut key, crc);
-        ApiKey::new(key)
+        ApiKey::with_prefix(key, self.prefix.len())
     }
 
     /// Whether `key` starts with this format's prefix (and so must pass [`check`](Self::check)).

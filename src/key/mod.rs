@@ -28,49 +28,61 @@ use zeroize::Zeroize;
 
 /// A presented or generated API key: a secret.
 ///
-/// `Debug` and `Display` show at most the key's non-secret prefix (the part before and including
-/// the last `_`, when the key follows a [`KeyFormat`]), never the secret part. The memory holding the
+/// `Debug` and `Display` show only the non-secret prefix of a key made by
+/// [`KeyFormat::generate`], and nothing of any other key (a prefix cannot be told from secret
+/// characters in a key of unknown format). The memory holding the
 /// key is wiped when the value is dropped.
 ///
 /// ```
 /// use keygate::key::ApiKey;
 ///
-/// let key = ApiKey::new("legacy-3c1f9a0d2b");
+/// let key = ApiKey::new("legacy_3c1f9a0d2b");
 /// assert_eq!(key.to_string(), "…");
-/// assert_eq!(key.expose_secret(), "legacy-3c1f9a0d2b");
+/// assert_eq!(key.expose_secret(), "legacy_3c1f9a0d2b");
 /// ```
 #[derive(Clone)]
-pub struct ApiKey(Box<str>);
+pub struct ApiKey {
+    key: Box<str>,
+    /// Length of the known, non-secret prefix (0 when unknown).
+    prefix_len: usize,
+}
 
 impl ApiKey {
     /// Wraps a key given as text.
     pub fn new(key: impl Into<String>) -> Self {
-        Self(key.into().into_boxed_str())
+        Self {
+            key: key.into().into_boxed_str(),
+            prefix_len: 0,
+        }
+    }
+
+    /// A key whose first `prefix_len` bytes are a known, public prefix.
+    pub(crate) fn with_prefix(key: String, prefix_len: usize) -> Self {
+        Self {
+            prefix_len: prefix_len.min(key.len()),
+            key: key.into_boxed_str(),
+        }
     }
 
     /// The plaintext key. Show it to its owner once, when it is issued; never log it.
     pub fn expose_secret(&self) -> &str {
-        &self.0
+        &self.key
     }
 
     /// The SHA-256 digest under which stores keep this key.
     pub fn digest(&self) -> KeyDigest {
-        KeyDigest::of(&self.0)
+        KeyDigest::of(&self.key)
     }
 
-    /// The part of the key that is safe to show: everything up to and including its last `_`
-    /// when that is no more than a quarter of the key, else nothing.
+    /// The part of the key that is safe to show.
     fn public_prefix(&self) -> &str {
-        match self.0.rfind('_') {
-            Some(i) if (i + 1) * 4 <= self.0.len() => &self.0[..=i],
-            _ => "",
-        }
+        self.key.get(..self.prefix_len).unwrap_or("")
     }
 }
 
 impl Drop for ApiKey {
     fn drop(&mut self) {
-        self.0.zeroize();
+        self.key.zeroize();
     }
 }
 
@@ -89,7 +101,7 @@ impl fmt::Display for ApiKey {
 impl PartialEq for ApiKey {
     /// Compares in constant time.
     fn eq(&self, other: &Self) -> bool {
-        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+        self.key.as_bytes().ct_eq(other.key.as_bytes()).into()
     }
 }
 
@@ -233,7 +245,9 @@ mod tests {
         let key = ApiKey::new("wk_live_SECRETSECRETSECRETSECRETSECRET");
         let shown = format!("{key:?} {key}");
         assert!(!shown.contains("SECRET"), "{shown}");
-        assert!(shown.contains("wk_live_"));
+        assert!(!shown.contains("wk_"), "prefix of a key of unknown format: {shown}");
+        let generated = KeyFormat::new("wk_live_").unwrap().generate();
+        assert_eq!(format!("{generated}"), "wk_live_…");
         let legacy = ApiKey::new("SECRET_x");
         assert!(!format!("{legacy:?} {legacy}").contains("SECRET"));
         let digest = format!("{:?}", KeyDigest::of("k"));

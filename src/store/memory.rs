@@ -34,6 +34,8 @@ use crate::key::{ApiKey, DigestHasher, KeyDigest, KeyFormat, KeyRecord, KeyStatu
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
+    /// Per handle, so that [`with_clock`](Self::with_clock) never has to copy a shared store.
+    clock: SharedClock,
 }
 
 struct Inner {
@@ -41,7 +43,6 @@ struct Inner {
     /// Record id → the digests of its keys (more than one while a rotation's grace lasts).
     by_id: DashMap<String, Vec<KeyDigest>>,
     format: KeyFormat,
-    clock: SharedClock,
 }
 
 struct Slot {
@@ -78,38 +79,20 @@ impl MemoryStore {
                 by_digest: DashMap::default(),
                 by_id: DashMap::new(),
                 format,
-                clock: clock::system(),
             }),
+            clock: clock::system(),
         }
     }
 
-    /// Uses `clock` for expiry and rotation deadlines (tests move a
-    /// [`ManualClock`](crate::clock::ManualClock) by hand).
+    /// Uses `clock` for rotation deadlines (tests move a
+    /// [`ManualClock`](crate::clock::ManualClock) by hand), in this handle and the clones made
+    /// from it. The keys stay shared with every clone, made before or after. Key expiry is checked
+    /// by [`AuthLayer::clock`](crate::AuthLayer::clock).
     #[must_use]
     pub fn with_clock(self, clock: impl Clock) -> Self {
-        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|shared| Inner {
-            by_digest: shared
-                .by_digest
-                .iter()
-                .map(|e| {
-                    (
-                        *e.key(),
-                        Slot {
-                            record: e.record.clone(),
-                            retire_at: e.retire_at,
-                        },
-                    )
-                })
-                .collect(),
-            by_id: shared.by_id.clone(),
-            format: shared.format.clone(),
-            clock: shared.clock.clone(),
-        });
         Self {
-            inner: Arc::new(Inner {
-                clock: Arc::new(clock),
-                ..inner
-            }),
+            clock: Arc::new(clock),
+            ..self
         }
     }
 
@@ -196,7 +179,7 @@ impl MemoryStore {
     /// Issues a new key for the record `id`. Its current keys keep working for `grace`, then
     /// fail as if unknown. A zero `grace` retires them at once.
     pub fn rotate(&self, id: &str, grace: Duration) -> Result<ApiKey, MemoryStoreError> {
-        let now = self.inner.clock.now();
+        let now = self.clock.now();
         let retire_at = now.checked_add(grace).unwrap_or(now);
         let mut digests = self
             .inner
@@ -211,7 +194,8 @@ impl MemoryStore {
                 .map(|s| s.record.clone())
                 .ok_or(MemoryStoreError::UnknownId)?
         };
-        // Forget keys whose grace is over; shorten none that is still running.
+        // Forget keys whose grace is over. A running grace may end sooner (a second rotation with
+        // less grace, after a leak), never later.
         digests.retain(|d| {
             let mut keep = true;
             if let Some(mut slot) = self.inner.by_digest.get_mut(d) {
@@ -286,7 +270,7 @@ impl KeyStore for MemoryStore {
             .by_digest
             .get(digest)
             .and_then(|slot| match slot.retire_at {
-                Some(at) if at <= self.inner.clock.now() => None,
+                Some(at) if at <= self.clock.now() => None,
                 _ => Some(slot.record.clone()),
             });
         Lookup::ready(Ok(found))
