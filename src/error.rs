@@ -29,7 +29,7 @@
 //!             return error.to_grpc_response(); // keep gRPC clients working
 //!         }
 //!         let mut res = error.to_http_response(ctx.realm); // status and headers
-//!         *res.body_mut() = Bytes::from(error.detail());
+//!         *res.body_mut() = Bytes::from(error.detail().into_owned());
 //!         res.headers_mut().insert("content-type", "text/plain".parse().unwrap());
 //!         res
 //!     }

@@ -27,11 +27,12 @@
 //! //     .await?;
 //! ```
 
-use tonic::Status;
 use tonic::server::NamedService;
+use tonic::{Code, Status};
 
 use crate::auth::AuthService;
-use crate::principal::Principal;
+use crate::error::AuthError;
+use crate::principal::{Anonymous, Principal};
 use crate::ratelimit::RateLimit;
 use crate::scope::RequireScope;
 
@@ -49,12 +50,17 @@ impl<S: NamedService> NamedService for RequireScope<S> {
 
 /// Reads keygate's results from a `tonic::Request`.
 pub trait RequestExt {
-    /// The authenticated caller, or `Status::unauthenticated` when there is none (the method is
-    /// not behind `AuthLayer`, or the request was let through anonymously).
+    /// The authenticated caller. Without one: `Status::unauthenticated` when the request was
+    /// let through anonymously ([`AuthLayer::optional`](crate::AuthLayer::optional)), and
+    /// `Status::internal` when no `AuthLayer` ran at all (the method was left unprotected by
+    /// mistake), as the axum extractor answers 401 and 500.
     #[allow(clippy::result_large_err)]
     fn principal(&self) -> Result<&Principal, Status>;
 
-    /// The verified token's claims, or `Status::unauthenticated`.
+    /// The verified token's claims: the failures of [`principal`](Self::principal), or
+    /// `Status::unauthenticated` when the caller did not present a token with such claims (an
+    /// API key, or a verifier not configured with
+    /// [`JwtVerifier::claims`](crate::jwt::JwtVerifier::claims)).
     #[cfg(feature = "jwt")]
     #[allow(clippy::result_large_err)]
     fn claims<T: Send + Sync + 'static>(&self) -> Result<&crate::jwt::Claims<T>, Status>;
@@ -62,15 +68,26 @@ pub trait RequestExt {
 
 impl<B> RequestExt for tonic::Request<B> {
     fn principal(&self) -> Result<&Principal, Status> {
-        self.extensions()
-            .get::<Principal>()
-            .ok_or_else(|| Status::unauthenticated("The request carries no credential."))
+        let extensions = self.extensions();
+        extensions.get::<Principal>().ok_or_else(|| {
+            if extensions.get::<Anonymous>().is_some() {
+                status(&AuthError::MissingCredential)
+            } else {
+                status(&AuthError::MissingLayer)
+            }
+        })
     }
 
     #[cfg(feature = "jwt")]
     fn claims<T: Send + Sync + 'static>(&self) -> Result<&crate::jwt::Claims<T>, Status> {
+        self.principal()?;
         self.extensions()
             .get::<crate::jwt::Claims<T>>()
-            .ok_or_else(|| Status::unauthenticated("The request carries no token claims."))
+            .ok_or_else(|| Status::unauthenticated("The credential carries no token claims."))
     }
+}
+
+/// The gRPC status of `error`, with the message keygate's responses carry.
+fn status(error: &AuthError) -> Status {
+    Status::new(Code::from_i32(error.grpc_code().into()), error.detail())
 }

@@ -62,7 +62,17 @@ impl<'de> Visitor<'de> for Seed<'_> {
         let mut r = Registered::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let k = &*key;
-            if k == &*self.0.subject {
+            if k == &*self.0.subject && matches!(k, "iss" | "jti") {
+                // A registered claim used as the subject (`.subject_claim("iss")`) still counts
+                // as itself, for the issuer rule and revocation by `jti`.
+                let value: String = map.next_value()?;
+                r.sub = Some(value.clone());
+                if k == "iss" {
+                    r.iss = Some(value);
+                } else {
+                    r.jti = Some(value);
+                }
+            } else if k == &*self.0.subject {
                 r.sub = Some(map.next_value::<Subject>()?.0);
             } else if self.0.tier.as_deref() == Some(k) {
                 r.tier = Some(map.next_value::<Subject>()?.0);

@@ -188,6 +188,12 @@ impl KeySet {
         }
     }
 
+    /// This set's generation: unique per `KeySet::new`, for
+    /// [`KeySource::current_generation`](super::KeySource::current_generation).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The keys.
     pub fn keys(&self) -> &[JwtKey] {
         &self.keys

@@ -27,6 +27,8 @@
 
 mod claims;
 mod issuer;
+#[cfg(feature = "jwks")]
+mod jwks;
 mod keys;
 mod revocation;
 mod source;
@@ -34,6 +36,8 @@ mod verifier;
 
 pub use issuer::{IssueError, IssuedToken, TokenIssuer};
 pub use jsonwebtoken::Algorithm;
+#[cfg(feature = "jwks")]
+pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
 pub use revocation::{MemoryRevocations, Revocations, TokenInfo};
 pub use source::{KeySource, StaticKeys};

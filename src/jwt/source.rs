@@ -10,7 +10,9 @@ use crate::maybe::MaybeReady;
 /// `current` is called on every token that is not in the cache, so it must be cheap (hand out
 /// an `Arc` of a snapshot). When a token names a `kid` the current set lacks, the verifier calls
 /// `unknown_kid`; a source that can fetch new keys returns a future that completes when it has
-/// tried (throttled as it sees fit), and the token is checked again against the then current set.
+/// tried, and the token is checked again against the then current set. Any client can send a
+/// token naming any `kid` (the signature cannot be checked before the key is known), so a
+/// source that fetches must throttle: return `None` while a fetch would come too soon.
 pub trait KeySource: Send + Sync + 'static {
     /// The keys trusted now.
     fn current(&self) -> Arc<KeySet>;

@@ -124,8 +124,13 @@ struct Header<'a> {
     alg: Cow<'a, str>,
     #[serde(default, borrow)]
     kid: Option<Cow<'a, str>>,
-    #[serde(default)]
+    /// `Some` whenever the member is there, even as `null`.
+    #[serde(default, deserialize_with = "present")]
     crit: Option<IgnoredAny>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>, D::Error> {
+    IgnoredAny::deserialize(d).map(Some)
 }
 
 const MAX_KID_LEN: usize = 256;
@@ -187,8 +192,15 @@ impl JwtVerifier {
         Self::new(StaticKeys::new(KeySet::new(keys)))
     }
 
+    /// The configuration, to change a rule. Clones of a verifier share its cache; one whose
+    /// rules change gets a cache of its own, so that it never reuses a verdict reached under
+    /// other rules (issuer, audience, subject claim, claims type, ...).
     fn config(&mut self) -> &mut Config {
-        Arc::make_mut(&mut self.inner)
+        let config = Arc::make_mut(&mut self.inner);
+        if let Some(cache) = &mut config.cache {
+            *cache = Arc::new(Cache::new(cache.max));
+        }
+        config
     }
 
     /// Accepts only tokens whose `iss` is one of these.
@@ -343,6 +355,11 @@ impl JwtVerifier {
             return Err(fail());
         }
         let header_json = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| fail())?;
+        // A JOSE header is a JSON object (RFC 7515 §4); serde would also read `Header` from a
+        // JSON array such as `["HS256"]`.
+        if header_json.trim_ascii_start().first() != Some(&b'{') {
+            return Err(fail());
+        }
         let header: Header<'_> = serde_json::from_slice(&header_json).map_err(|_| fail())?;
         if header.crit.is_some() {
             return Err(fail());

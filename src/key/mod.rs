@@ -245,7 +245,10 @@ mod tests {
         let key = ApiKey::new("wk_live_SECRETSECRETSECRETSECRETSECRET");
         let shown = format!("{key:?} {key}");
         assert!(!shown.contains("SECRET"), "{shown}");
-        assert!(!shown.contains("wk_"), "prefix of a key of unknown format: {shown}");
+        assert!(
+            !shown.contains("wk_"),
+            "prefix of a key of unknown format: {shown}"
+        );
         let generated = KeyFormat::new("wk_live_").unwrap().generate();
         assert_eq!(format!("{generated}"), "wk_live_…");
         let legacy = ApiKey::new("SECRET_x");

@@ -30,8 +30,12 @@ mod headers;
 mod layer;
 mod memory;
 mod quota;
+#[cfg(feature = "redis")]
+mod redis;
 mod usage;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, FailurePolicy, RedisLimiter};
 pub use gcra::Decision;
 pub use headers::HeaderStyle;
 pub use layer::{ANONYMOUS_KEY, RateLimit, RateLimitLayer, ResponseFuture};

@@ -1,0 +1,235 @@
+//! The in-memory limiter per decision, against `governor`'s keyed limiter in the same run.
+//!
+//! `cargo bench --bench ratelimit`
+//!
+//! Groups, each with `keygate` and `governor` on equivalent quotas:
+//! - `admitted/1_key` and `admitted/100k_keys`: 10⁹ per hour with a burst of 10⁹, of which each
+//!   key spent 10⁸ at once before measuring: every decision is admitted and is a full
+//!   read-modify-write of a live key's state;
+//! - `denied/1_key` and `denied/100k_keys`: 1 per hour with a burst of 1, spent before
+//!   measuring: every decision is a denial (a read, no write);
+//! - `idle/100k_keys`: 10⁹ per second, nothing spent ahead, so a key is idle again a nanosecond
+//!   after its request. keygate forgets idle keys (its sweep), so most of its decisions insert
+//!   the key anew; governor keeps every key until told to shrink.
+//!
+//! The 100k-key groups go round-robin over pre-built key strings (`key_` + 16 hex digits), all
+//! inserted before measuring.
+//!
+//! Diagnostics: `keygate_manual_clock` reads a `ManualClock` (one atomic load) instead of the
+//! system clock, to show what the clock read costs; `keygate_quanta_clock` reads governor's
+//! TSC-based quanta clock through keygate's `Clock` trait, to show keygate with governor's clock;
+//! the `parts` group times the pieces of a
+//! decision on their own (keygate's clock read, `Instant::now`, governor's quanta clock, and
+//! `Quota::emission_interval`, which keygate computes with a 128-bit division per decision).
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use governor::{DefaultKeyedRateLimiter, Quota as GQuota, RateLimiter as GRateLimiter};
+use keygate::Quota;
+use keygate::clock::ManualClock;
+use keygate::ratelimit::{MemoryLimiter, RateLimiter};
+
+const MANY: usize = 100_000;
+const HUGE: u32 = 1_000_000_000;
+
+fn keys(n: usize) -> Vec<String> {
+    // Shaped like key record ids.
+    (0..n).map(|i| format!("key_{i:016x}")).collect()
+}
+
+fn keygate_allowed(l: &MemoryLimiter, key: &str, q: &Quota) -> bool {
+    l.check(key, q, 1)
+        .take_ready()
+        .expect("ready")
+        .expect("no error")
+        .allowed
+}
+
+/// governor's clock (quanta, TSC-based) as a keygate `Clock`.
+struct Tsc {
+    clock: governor::clock::DefaultClock,
+    origin: governor::clock::QuantaInstant,
+}
+
+impl Tsc {
+    fn new() -> Self {
+        use governor::clock::Clock as _;
+        let clock = governor::clock::DefaultClock::default();
+        let origin = clock.now();
+        Self { clock, origin }
+    }
+}
+
+impl keygate::clock::Clock for Tsc {
+    fn now(&self) -> std::time::SystemTime {
+        std::time::SystemTime::now()
+    }
+
+    fn monotonic_nanos(&self) -> u64 {
+        use governor::clock::{Clock as _, Reference as _};
+        self.clock.now().duration_since(self.origin).as_u64()
+    }
+}
+
+struct Setup {
+    name: &'static str,
+    sizes: &'static [usize],
+    keygate: Quota,
+    governor: GQuota,
+    /// Units each key spends at once before measuring.
+    spend: u32,
+    /// Whether every measured decision must be admitted (else denied).
+    admitted: bool,
+}
+
+fn setups() -> [Setup; 3] {
+    let huge = NonZeroU32::new(HUGE).unwrap();
+    let one = NonZeroU32::new(1).unwrap();
+    [
+        Setup {
+            name: "admitted",
+            sizes: &[1, MANY],
+            keygate: Quota::per_hour(HUGE),
+            governor: GQuota::per_hour(huge),
+            spend: HUGE / 10,
+            admitted: true,
+        },
+        Setup {
+            name: "denied",
+            sizes: &[1, MANY],
+            keygate: Quota::per_hour(1),
+            governor: GQuota::per_hour(one),
+            spend: 1,
+            admitted: false,
+        },
+        Setup {
+            name: "idle",
+            sizes: &[MANY],
+            keygate: Quota::per_second(HUGE),
+            governor: GQuota::per_second(huge),
+            spend: 1,
+            admitted: true,
+        },
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let all_keys = keys(MANY);
+    for setup in setups() {
+        for &n in setup.sizes {
+            let keys = &all_keys[..n];
+            let label = if n == 1 { "1_key" } else { "100k_keys" };
+            let mut group = c.benchmark_group(format!("{}/{label}", setup.name));
+            group.throughput(Throughput::Elements(1));
+            group.warm_up_time(Duration::from_secs(1));
+            group.measurement_time(Duration::from_secs(3));
+
+            let q = setup.keygate;
+            let mut limiters = vec![("keygate", MemoryLimiter::new())];
+            if setup.name != "idle" {
+                // A clock that never moves would keep "idle" keys alive: not the same test.
+                let manual = MemoryLimiter::new().with_clock(ManualClock::new());
+                limiters.push(("keygate_manual_clock", manual));
+            }
+            limiters.push((
+                "keygate_quanta_clock",
+                MemoryLimiter::new().with_clock(Tsc::new()),
+            ));
+            for (name, limiter) in limiters {
+                // Insert every key, spending `spend` units at once.
+                for k in keys {
+                    let d = limiter.check(k, &q, setup.spend).take_ready();
+                    assert!(d.unwrap().unwrap().allowed);
+                }
+                if setup.name != "idle" {
+                    assert_eq!(limiter.len(), keys.len());
+                }
+                assert_eq!(keygate_allowed(&limiter, &keys[0], &q), setup.admitted);
+                let mut i = 0;
+                group.bench_function(name, |b| {
+                    b.iter(|| {
+                        let key = &keys[i];
+                        i += 1;
+                        if i == keys.len() {
+                            i = 0;
+                        }
+                        black_box(limiter.check(black_box(key), &q, 1).take_ready())
+                    })
+                });
+                // Check the decisions measured were the intended ones.
+                assert_eq!(keygate_allowed(&limiter, &keys[i], &q), setup.admitted);
+                if setup.name == "idle" {
+                    println!(
+                        "{name}: {} of {n} keys tracked after measuring",
+                        limiter.len()
+                    );
+                }
+            }
+
+            let governor: DefaultKeyedRateLimiter<String> = GRateLimiter::keyed(setup.governor);
+            let spend = NonZeroU32::new(setup.spend).unwrap();
+            for k in keys {
+                assert!(matches!(governor.check_key_n(k, spend), Ok(Ok(_))));
+            }
+            assert_eq!(governor.len(), keys.len());
+            assert_eq!(governor.check_key(&keys[0]).is_ok(), setup.admitted);
+            let mut i = 0;
+            group.bench_function("governor", |b| {
+                b.iter(|| {
+                    let key = &keys[i];
+                    i += 1;
+                    if i == keys.len() {
+                        i = 0;
+                    }
+                    black_box(governor.check_key(black_box(key)).is_ok())
+                })
+            });
+            assert_eq!(governor.check_key(&keys[i]).is_ok(), setup.admitted);
+            group.finish();
+        }
+    }
+}
+
+fn parts(c: &mut Criterion) {
+    use governor::clock::{Clock as _, DefaultClock};
+    use keygate::clock::{Clock as _, SystemClock};
+
+    let mut group = c.benchmark_group("parts");
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(2));
+    let system = SystemClock;
+    group.bench_function("keygate_system_clock", |b| {
+        b.iter(|| black_box(&system).monotonic_nanos())
+    });
+    let shared: std::sync::Arc<dyn keygate::clock::Clock> = std::sync::Arc::new(SystemClock);
+    group.bench_function("keygate_system_clock_dyn", |b| {
+        b.iter(|| black_box(&shared).monotonic_nanos())
+    });
+    group.bench_function("instant_now", |b| b.iter(std::time::Instant::now));
+    let start = std::time::Instant::now();
+    group.bench_function("instant_elapsed_u64", |b| {
+        b.iter(|| {
+            let d = black_box(start).elapsed();
+            d.as_secs() * 1_000_000_000 + u64::from(d.subsec_nanos())
+        })
+    });
+    let tsc: std::sync::Arc<dyn keygate::clock::Clock> = std::sync::Arc::new(Tsc::new());
+    group.bench_function("quanta_as_keygate_clock_dyn", |b| {
+        b.iter(|| black_box(&tsc).monotonic_nanos())
+    });
+    let quanta = DefaultClock::default();
+    group.bench_function("governor_quanta_clock", |b| {
+        b.iter(|| black_box(&quanta).now())
+    });
+    let q = Quota::per_hour(HUGE);
+    group.bench_function("quota_emission_interval", |b| {
+        b.iter(|| black_box(&q).emission_interval())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, parts);
+criterion_main!(benches);

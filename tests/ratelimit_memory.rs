@@ -1,0 +1,455 @@
+//! `MemoryLimiter` on its own: exactness under concurrency (OS threads and tokio tasks, one key
+//! and many), resident memory for 1,000,000 keys before and after the sweep, and random
+//! sequences checked against a reference model of GCRA.
+//!
+//! Every limiter here reads a `ManualClock` that the concurrent tests never move, so "exactly N"
+//! is exact: no refill can sneak in while the threads run.
+//!
+//! The tests take one lock so that the memory test measures its own allocations only; run
+//! `cargo test --test ratelimit_memory -- --nocapture` to see the figures.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use keygate::Quota;
+use keygate::clock::ManualClock;
+use keygate::ratelimit::{Decision, MemoryLimiter, RateLimiter};
+
+/// Serialises the tests of this file (see the module docs).
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn limiter() -> (MemoryLimiter, ManualClock) {
+    let clock = ManualClock::new();
+    (MemoryLimiter::new().with_clock(clock.clone()), clock)
+}
+
+fn decide(l: &MemoryLimiter, key: &str, q: &Quota, cost: u32) -> Decision {
+    l.check(key, q, cost)
+        .take_ready()
+        .expect("the memory limiter answers at once")
+        .expect("the memory limiter does not fail below max_keys")
+}
+
+const THREADS: usize = 8;
+/// Concurrent checks per key and round.
+const M: usize = 1000;
+/// Quota and burst.
+const N: u32 = 100;
+const ROUNDS: usize = 200;
+
+// ---------------------------------------------------------------------------------------------
+// Exactness under concurrency
+
+/// Runs `rounds` rounds on `THREADS` threads started once; in each round every thread waits for
+/// the others, then calls `f(round, thread)`. Returns, per round, the sum of what they returned.
+fn rounds_on_threads<F>(rounds: usize, f: F) -> Vec<usize>
+where
+    F: Fn(usize, usize) -> usize + Sync,
+{
+    let barrier = Barrier::new(THREADS);
+    let per_thread: Vec<Vec<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (barrier, f) = (&barrier, &f);
+                s.spawn(move || {
+                    (0..rounds)
+                        .map(|round| {
+                            barrier.wait();
+                            f(round, t)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (0..rounds)
+        .map(|r| per_thread.iter().map(|v| v[r]).sum())
+        .collect()
+}
+
+#[test]
+fn one_key_from_os_threads_admits_exactly_n() {
+    let _g = serial();
+    let (limiter, _clock) = limiter();
+    let q = Quota::per_hour(N);
+    assert_eq!(q.burst(), N);
+    // Each round a fresh key, so the first requests also race to insert it.
+    let keys: Vec<String> = (0..ROUNDS).map(|r| format!("key-{r}")).collect();
+    let admitted = rounds_on_threads(ROUNDS, |round, _| {
+        (0..M / THREADS)
+            .filter(|_| decide(&limiter, &keys[round], &q, 1).allowed)
+            .count()
+    });
+    for (round, admitted) in admitted.into_iter().enumerate() {
+        assert_eq!(admitted, N as usize, "round {round}");
+        assert!(!limiter.peek(&keys[round], &q, 1).allowed, "round {round}");
+    }
+    assert_eq!(limiter.len(), ROUNDS);
+}
+
+#[test]
+fn racing_to_insert_a_new_key_admits_exactly_one() {
+    let _g = serial();
+    let (limiter, _clock) = limiter();
+    // A burst of one: whoever inserts the key spends it; everyone else must see that entry.
+    let q = Quota::per_hour(1);
+    const RACES: usize = 2000;
+    let keys: Vec<String> = (0..RACES).map(|r| format!("new-{r}")).collect();
+    let admitted = rounds_on_threads(RACES, |round, _| {
+        usize::from(decide(&limiter, &keys[round], &q, 1).allowed)
+    });
+    let wrong: Vec<_> = admitted
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a != 1)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "rounds (round, admitted) not 1: {wrong:?}"
+    );
+    assert_eq!(limiter.len(), RACES, "one entry per key");
+}
+
+#[test]
+fn one_key_from_tokio_tasks_admits_exactly_n() {
+    let _g = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(THREADS)
+        .build()
+        .unwrap();
+    let (limiter, _clock) = limiter();
+    let q = Quota::per_hour(N);
+    runtime.block_on(async {
+        for round in 0..ROUNDS {
+            let key: Arc<str> = format!("key-{round}").into();
+            let barrier = Arc::new(tokio::sync::Barrier::new(M));
+            let tasks: Vec<_> = (0..M)
+                .map(|_| {
+                    let (limiter, barrier, key) = (limiter.clone(), barrier.clone(), key.clone());
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        limiter.check(&key, &q, 1).await.unwrap().allowed
+                    })
+                })
+                .collect();
+            let mut admitted = 0;
+            for t in tasks {
+                admitted += usize::from(t.await.unwrap());
+            }
+            assert_eq!(admitted, N as usize, "round {round}");
+        }
+    });
+}
+
+#[test]
+fn many_keys_at_once_each_admit_exactly_n() {
+    let _g = serial();
+    let (limiter, _clock) = limiter();
+    let q = Quota::per_hour(N);
+    const KEYS: usize = 64;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("tenant-{i}")).collect();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    // Each thread makes M / THREADS checks per key, visiting the keys in its own order, so that
+    // every key is contended by every thread while all keys are in flight at once.
+    let per_thread: Vec<Vec<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (limiter, barrier, keys) = (&limiter, barrier.clone(), &keys);
+                s.spawn(move || {
+                    let mut admitted = vec![0usize; KEYS];
+                    barrier.wait();
+                    for i in 0..M / THREADS * KEYS {
+                        let k = (i * (2 * t + 1) + t * 7) % KEYS;
+                        if decide(limiter, &keys[k], &q, 1).allowed {
+                            admitted[k] += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (k, key) in keys.iter().enumerate() {
+        let total: usize = per_thread.iter().map(|a| a[k]).sum();
+        assert_eq!(total, N as usize, "{key}");
+    }
+    assert_eq!(limiter.len(), KEYS);
+}
+
+#[test]
+fn concurrent_costs_never_overspend() {
+    let _g = serial();
+    let (limiter, _clock) = limiter();
+    let q = Quota::per_hour(N);
+    let keys: Vec<String> = (0..ROUNDS).map(|r| format!("key-{r}")).collect();
+    // Costs 1, 2, 3 in turn: every admitted unit is counted.
+    let spent = rounds_on_threads(ROUNDS, |round, t| {
+        (0..M / THREADS)
+            .map(|i| (i + t) % 3 + 1)
+            .filter(|&cost| decide(&limiter, &keys[round], &q, cost as u32).allowed)
+            .sum()
+    });
+    for (round, spent) in spent.into_iter().enumerate() {
+        let spent = u32::try_from(spent).unwrap();
+        let key = &keys[round];
+        // Never more than N; and a denial only happens with more than N - 3 spent.
+        assert!((N - 2..=N).contains(&spent), "round {round}: {spent} spent");
+        // The stored state agrees with what was admitted: no update was lost.
+        let left = N - spent;
+        let next = limiter.peek(key, &q, left.max(1));
+        assert_eq!(next.allowed, left > 0, "round {round}: {spent} spent");
+        assert!(!limiter.peek(key, &q, left + 1).allowed, "round {round}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory
+
+/// Resident set size of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    let kb: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .expect("VmRSS in kB");
+    kb * 1024
+}
+
+/// Sends one check for each of `n` distinct keys (`key_` + 16 hex digits, like a record id).
+fn drive(limiter: &MemoryLimiter, q: &Quota, offset: u64, n: u64) {
+    let mut key = String::with_capacity(32);
+    for i in offset..offset + n {
+        key.clear();
+        write!(key, "key_{i:016x}").unwrap();
+        assert!(decide(limiter, &key, q, 1).allowed);
+    }
+}
+
+#[test]
+fn million_keys_resident_bytes_before_and_after_sweep() {
+    let _g = serial();
+    let n: u64 = 1_000_000;
+    let build = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    println!("memory test: {n} keys ({build} build)");
+
+    let (limiter, clock) = limiter();
+    let q = Quota::per_minute(10);
+    let base = rss_bytes();
+    let started = Instant::now();
+    drive(&limiter, &q, 0, n);
+    let elapsed = started.elapsed();
+    let full = rss_bytes();
+    assert_eq!(
+        limiter.len() as u64,
+        n,
+        "every key is live within its window"
+    );
+    let per_key = (full.saturating_sub(base)) as f64 / n as f64;
+    println!(
+        "  before sweep: {} keys, RSS {:.1} MiB -> {:.1} MiB, {per_key:.1} bytes/key, {:.0} ns/new key",
+        limiter.len(),
+        base as f64 / 1048576.0,
+        full as f64 / 1048576.0,
+        elapsed.as_nanos() as f64 / n as f64,
+    );
+    assert!(per_key < 400.0, "{per_key:.1} bytes per key");
+
+    // Half a window later nothing is idle yet.
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(limiter.sweep(), 0);
+    // Past the window every entry is the same as no entry.
+    clock.advance(Duration::from_secs(60));
+    let started = Instant::now();
+    let swept = limiter.sweep();
+    let sweep_time = started.elapsed();
+    assert_eq!(swept as u64, n);
+    assert_eq!(limiter.len(), 0);
+    assert!(limiter.is_empty());
+    let after = rss_bytes();
+    println!(
+        "  after sweep:  {} keys, RSS {:.1} MiB ({:.1} bytes/key of the first batch still resident: \
+         the tables keep their capacity, the allocator keeps freed key strings), sweep {:?}",
+        limiter.len(),
+        after as f64 / 1048576.0,
+        after.saturating_sub(base) as f64 / n as f64,
+        sweep_time,
+    );
+
+    // The memory is reused: a quarter as many new keys cost (almost) nothing more.
+    let m = n / 4;
+    drive(&limiter, &q, n, m);
+    assert_eq!(limiter.len() as u64, m);
+    let again = rss_bytes();
+    let growth = again.saturating_sub(after) as f64 / m as f64;
+    println!(
+        "  refilled:     {} new keys, RSS {:.1} MiB, growth {growth:.1} bytes/key",
+        limiter.len(),
+        again as f64 / 1048576.0,
+    );
+    assert!(
+        growth < per_key / 2.0,
+        "swept memory is not reused: {growth:.1} bytes/key growth"
+    );
+    clock.advance(Duration::from_secs(61));
+    assert_eq!(limiter.sweep() as u64, m);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random sequences against a reference model
+
+/// xorshift64*: enough randomness for test inputs, reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform-ish in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// GCRA written the other way round, as a leaky bucket: `level` is the backlog in nanoseconds,
+/// draining at one nanosecond per nanosecond; a request of cost `c` adds `c × T` if the backlog
+/// then stays within `burst × T`.
+#[derive(Default, Clone, Copy)]
+struct Model {
+    level: u64,
+    at: u64,
+}
+
+impl Model {
+    fn drain(&mut self, now: u64) {
+        self.level = self.level.saturating_sub(now - self.at);
+        self.at = now;
+    }
+
+    /// The decision, and the backlog to keep if admitted.
+    fn decide(&self, now: u64, q: &Quota, cost: u32) -> (Decision, Option<u64>) {
+        let mut m = *self;
+        m.drain(now);
+        let t = q.emission_interval().as_nanos() as u64;
+        let tau = t * u64::from(q.burst());
+        let want = m.level + t * u64::from(cost);
+        if want <= tau {
+            let d = Decision {
+                allowed: true,
+                remaining: ((tau - want) / t) as u32,
+                reset_after: Duration::from_nanos(want),
+                retry_after: Duration::ZERO,
+            };
+            (d, Some(want))
+        } else {
+            let d = Decision {
+                allowed: false,
+                remaining: ((tau - m.level) / t) as u32,
+                reset_after: Duration::from_nanos(m.level),
+                retry_after: Duration::from_nanos(want - tau),
+            };
+            (d, None)
+        }
+    }
+}
+
+fn random_quota(rng: &mut Rng) -> Quota {
+    let limit = 1 + rng.below(60) as u32;
+    let window = [
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Duration::from_millis(1 + rng.below(5000)),
+    ][rng.below(4) as usize];
+    let burst = 1 + rng.below(u64::from(limit) * 2) as u32;
+    Quota::new(limit, window).unwrap().with_burst(burst)
+}
+
+#[test]
+fn random_sequences_match_a_reference_model() {
+    let _g = serial();
+    const SEEDS: u64 = 200;
+    const STEPS: usize = 500;
+    const KEYS: usize = 3;
+    let mut admitted = 0;
+    let mut denied = 0;
+    for seed in 1..=SEEDS {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let q = random_quota(&mut rng);
+        let t = q.emission_interval().as_nanos() as u64;
+        let (limiter, clock) = limiter();
+        let start = clock_nanos(&clock);
+        let mut models = [Model {
+            level: 0,
+            at: start,
+        }; KEYS];
+        let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
+        let mut now = start;
+        for step in 0..STEPS {
+            // Advance by nothing, a fraction of T, exactly T's, or a long idle time.
+            let by = match rng.below(6) {
+                0 | 1 => 0,
+                2 => rng.below(t),
+                3 => t * rng.below(3),
+                4 => rng.below(3 * t) + 1,
+                _ => t * u64::from(q.burst()) + rng.below(t),
+            };
+            clock.advance(Duration::from_nanos(by));
+            now += by;
+            let k = rng.below(KEYS as u64) as usize;
+            // Costs from 0 to a little more than the burst.
+            let cost = rng.below(u64::from(q.burst()) + 2) as u32;
+            let what = format!("seed {seed} step {step} quota {q:?} key {k} cost {cost} +{by}ns");
+
+            let (expected, keep) = models[k].decide(now, &q, cost);
+            assert_eq!(limiter.peek(&keys[k], &q, cost), expected, "peek: {what}");
+            let got = decide(&limiter, &keys[k], &q, cost);
+            assert_eq!(got, expected, "{what}");
+            models[k].drain(now);
+            if let Some(level) = keep {
+                models[k].level = level;
+                admitted += 1;
+            } else {
+                denied += 1;
+            }
+            // Sweeping never changes a decision.
+            if rng.below(50) == 0 {
+                limiter.sweep();
+                let live = models.iter().filter(|m| m.level > now - m.at).count();
+                assert!(limiter.len() >= live, "{what}");
+            }
+        }
+    }
+    println!("model check: {admitted} admitted, {denied} denied decisions matched");
+    // Both outcomes are exercised substantially.
+    assert!(
+        admitted > 10_000 && denied > 10_000,
+        "{admitted} / {denied}"
+    );
+}
+
+fn clock_nanos(clock: &ManualClock) -> u64 {
+    use keygate::clock::Clock;
+    clock.monotonic_nanos()
+}

@@ -1,0 +1,626 @@
+//! The Redis rate limiter against a real Redis.
+//!
+//! Set `KEYGATE_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`) to run the tests that need a
+//! server; without it they print `skipped: KEYGATE_TEST_REDIS_URL not set` and pass. Each test
+//! uses its own random key prefix, so tests (and parallel runs) never share a key. The failure
+//! tests point at a closed port and need no server; the recovery test starts (and kills) a
+//! private `redis-server` of its own when the binary is installed.
+#![cfg(feature = "redis")]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::routing::get;
+use http::{Request, StatusCode};
+use keygate::clock::ManualClock;
+use keygate::key::KeyRecord;
+use keygate::ratelimit::{
+    Decision, FailurePolicy, MemoryLimiter, RateLimitError, RateLimitLayer, RateLimiter,
+    RedisLimiter,
+};
+use keygate::store::MemoryStore;
+use keygate::{AuthLayer, Quota};
+use redis::AsyncCommands;
+use tower::{ServiceBuilder, ServiceExt};
+
+/// No test runs longer than this.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+/// The timeout of limiters that must answer even under load (exactness tests).
+const PATIENT: Duration = Duration::from_secs(5);
+/// The timeout of limiters whose failure answers are timed.
+const SHORT: Duration = Duration::from_millis(100);
+/// What a loaded 2-core machine may add to a timed answer.
+const SLACK: Duration = Duration::from_millis(400);
+/// A port nothing listens on.
+const CLOSED_PORT_URL: &str = "redis://127.0.0.1:1/";
+
+fn redis_url() -> Option<String> {
+    match std::env::var("KEYGATE_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: KEYGATE_TEST_REDIS_URL not set");
+            None
+        }
+    }
+}
+
+/// A prefix no other test or run uses.
+fn unique_prefix(test: &str) -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    format!("keygate-test:{test}:{:016x}:", u64::from_le_bytes(r))
+}
+
+async fn bounded<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_LIMIT, f)
+        .await
+        .expect("the test took too long")
+}
+
+async fn limiter(url: &str, test: &str) -> RedisLimiter {
+    RedisLimiter::connect(url)
+        .await
+        .expect("connect to KEYGATE_TEST_REDIS_URL")
+        .prefix(unique_prefix(test))
+        .timeout(PATIENT)
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Redis's clock, in nanoseconds since the epoch.
+async fn redis_now(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await.unwrap();
+    (secs * 1_000_000 + micros) * 1_000
+}
+
+async fn check(l: &impl RateLimiter, key: &str, q: &Quota) -> Decision {
+    l.check(key, q, 1).await.expect("a decision")
+}
+
+/// Runs `total` checks of `key` from `tasks` tasks at once (each on one of `limiters`), and
+/// returns how many were admitted.
+async fn admitted_concurrently(
+    limiters: &[Arc<dyn RateLimiter>],
+    key: &str,
+    quota: Quota,
+    tasks: usize,
+    total: usize,
+) -> usize {
+    let start = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let limiter = limiters[i % limiters.len()].clone();
+            let start = start.clone();
+            let key = key.to_owned();
+            let n = total / tasks + usize::from(i < total % tasks);
+            tokio::spawn(async move {
+                start.wait().await;
+                let checks = (0..n).map(|_| limiter.check(&key, &quota, 1));
+                let decisions = futures_join_all(checks).await;
+                decisions
+                    .into_iter()
+                    .map(|d| usize::from(d.expect("Redis answers").allowed))
+                    .sum::<usize>()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for h in handles {
+        admitted += h.await.unwrap();
+    }
+    admitted
+}
+
+/// Awaits every future at once (each check is its own in-flight Redis call).
+async fn futures_join_all<F: Future + Send + 'static>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    for f in fs {
+        set.spawn(f);
+    }
+    let mut out = Vec::new();
+    while let Some(r) = set.join_next().await {
+        out.push(r.unwrap());
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Exactness
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checks_for_one_key_admit_exactly_the_burst() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let l = limiter(&url, "concurrent").await;
+        // 50 per hour: nothing refills while the test runs.
+        let admitted =
+            admitted_concurrently(&[Arc::new(l)], "key_1", Quota::per_hour(50), 8, 200).await;
+        assert_eq!(admitted, 50);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_limiters_on_one_redis_share_one_limit() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let prefix = unique_prefix("shared");
+        // One on a connection manager, one on a plain multiplexed connection.
+        let a = limiter(&url, "unused").await.prefix(prefix.clone());
+        let b = RedisLimiter::with_connection(raw(&url).await)
+            .prefix(prefix.clone())
+            .timeout(PATIENT);
+        let q = Quota::per_hour(50);
+        let both: [Arc<dyn RateLimiter>; 2] = [Arc::new(a.clone()), Arc::new(b.clone())];
+        let admitted = admitted_concurrently(&both, "key_1", q, 8, 200).await;
+        assert_eq!(admitted, 50);
+        // Both see the spent limit; another key is untouched.
+        assert!(!check(&a, "key_1", &q).await.allowed);
+        assert!(!check(&b, "key_1", &q).await.allowed);
+        assert!(check(&b, "key_2", &q).await.allowed);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn decisions_match_the_in_memory_gcra() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let redis = limiter(&url, "fields").await;
+        // The reference: the same GCRA in memory, its clock standing still.
+        let memory = MemoryLimiter::new().with_clock(ManualClock::new());
+        let q = Quota::per_hour(5).with_burst(4); // T = 720 s
+        let started = Instant::now();
+        let mut denied = 0;
+        for cost in [1, 1, 2, 1, 1, 3, 1] {
+            let r = redis.check("key_1", &q, cost).await.unwrap();
+            let m = memory.check("key_1", &q, cost).await.unwrap();
+            let elapsed = started.elapsed() + Duration::from_millis(1);
+            assert_eq!(
+                (r.allowed, r.remaining),
+                (m.allowed, m.remaining),
+                "cost {cost}"
+            );
+            // Redis's clock moved on a little; the in-memory one did not.
+            assert!(r.reset_after <= m.reset_after, "{r:?} {m:?}");
+            assert!(r.reset_after + elapsed >= m.reset_after, "{r:?} {m:?}");
+            assert!(r.retry_after <= m.retry_after, "{r:?} {m:?}");
+            assert!(r.retry_after + elapsed >= m.retry_after, "{r:?} {m:?}");
+            if !r.allowed {
+                denied += 1;
+                assert!(r.retry_after > Duration::ZERO);
+            } else {
+                assert_eq!(r.retry_after, Duration::ZERO);
+            }
+        }
+        assert_eq!(denied, 4);
+
+        // The sequence counts down: 3, 2, 1, 0, then denied with nothing left.
+        let q = Quota::per_hour(4);
+        let rem: Vec<_> = futures_seq(&redis, "key_2", &q, 5).await;
+        assert_eq!(
+            rem,
+            [(true, 3), (true, 2), (true, 1), (true, 0), (false, 0)]
+        );
+    })
+    .await;
+}
+
+async fn futures_seq(l: &RedisLimiter, key: &str, q: &Quota, n: usize) -> Vec<(bool, u32)> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = check(l, key, q).await;
+        out.push((d.allowed, d.remaining));
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_stored_timestamp_is_exact_to_the_nanosecond() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let l = limiter(&url, "exact").await;
+        let mut conn = raw(&url).await;
+        // T = 3,333,333,333 ns: not a whole number of microseconds.
+        let q = Quota::new(3, Duration::from_secs(10)).unwrap();
+        let t = 3_333_333_333;
+        let before = redis_now(&mut conn).await;
+        let d = check(&l, "key_1", &q).await;
+        let after = redis_now(&mut conn).await;
+        let tat: u64 = conn.get(l.redis_key("key_1")).await.unwrap();
+        assert_eq!(d.reset_after, Duration::from_nanos(t));
+        let now = tat - t;
+        assert!(
+            (before..=after).contains(&now),
+            "{before} <= {now} <= {after}"
+        );
+        assert_eq!(now % 1000, 0, "Redis's TIME is in microseconds");
+        // The next request moves the stored time on by exactly T.
+        let d2 = check(&l, "key_1", &q).await;
+        let tat2: u64 = conn.get(l.redis_key("key_1")).await.unwrap();
+        assert_eq!(tat2 - tat, t);
+        assert_eq!(d2.remaining, 1);
+        // A cost that does not fit: nothing is stored, the answer says how long to wait.
+        let d3 = l.check("key_1", &q, 3).await.unwrap();
+        assert!(!d3.allowed);
+        let tat3: u64 = conn.get(l.redis_key("key_1")).await.unwrap();
+        assert_eq!(tat3, tat2);
+        assert!(
+            d3.retry_after > Duration::from_nanos(t)
+                && d3.retry_after <= Duration::from_nanos(2 * t)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_denied_caller_is_admitted_after_retry_after() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let l = limiter(&url, "refill").await;
+        let q = Quota::per_second(100).with_burst(1); // T = 10 ms
+        let mut admitted_after_wait = 0;
+        // Redis's clock is real: wait what it says, a few times.
+        for _ in 0..3 {
+            let first = check(&l, "key_1", &q).await;
+            let denied = if first.allowed {
+                check(&l, "key_1", &q).await
+            } else {
+                first
+            };
+            if denied.allowed {
+                continue; // 10 ms passed between the two checks on a busy machine
+            }
+            assert!(denied.retry_after > Duration::ZERO);
+            assert!(denied.retry_after <= Duration::from_millis(10));
+            tokio::time::sleep(denied.retry_after + Duration::from_millis(1)).await;
+            admitted_after_wait += usize::from(check(&l, "key_1", &q).await.allowed);
+        }
+        assert!(admitted_after_wait >= 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quotas_longer_than_104_days_count_in_microseconds() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let l = limiter(&url, "long").await;
+        let mut conn = raw(&url).await;
+        let year = Quota::new(2, Duration::from_secs(365 * 86_400)).unwrap();
+        let d = check(&l, "key_1", &year).await;
+        assert_eq!((d.allowed, d.remaining), (true, 1));
+        let tat: String = conn.get(l.redis_key("key_1")).await.unwrap();
+        assert!(tat.ends_with("000"), "{tat}");
+        let d = check(&l, "key_1", &year).await;
+        assert_eq!((d.allowed, d.remaining), (true, 0));
+        let d = check(&l, "key_1", &year).await;
+        assert!(!d.allowed);
+        assert!(d.retry_after > Duration::from_secs(182 * 86_400));
+        let pttl: i64 = conn.pttl(l.redis_key("key_1")).await.unwrap();
+        assert!(pttl > 0 && pttl <= 365 * 86_400_000, "{pttl}");
+
+        // A key written by a nanosecond quota, read by a microsecond one: nothing is lost.
+        let short = Quota::new(3, Duration::from_secs(10)).unwrap();
+        check(&l, "key_2", &short).await;
+        let d = check(&l, "key_2", &year.with_burst(3)).await;
+        assert_eq!((d.allowed, d.remaining), (true, 1));
+        assert!(d.reset_after > Duration::from_secs(365 * 86_400 / 2));
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle keys
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn idle_keys_expire_once_the_burst_has_refilled() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let l = limiter(&url, "expiry").await;
+        let mut conn = raw(&url).await;
+        let q = Quota::per_hour(50);
+        for _ in 0..50 {
+            check(&l, "key_1", &q).await;
+        }
+        let pttl: i64 = conn.pttl(l.redis_key("key_1")).await.unwrap();
+        assert!(pttl > 0, "the key expires");
+        assert!(pttl <= 3_600_000, "within the window: {pttl} ms");
+        assert!(pttl > 3_500_000, "not before the burst refilled: {pttl} ms");
+
+        // A key refilled after 50 ms disappears by itself.
+        let q = Quota::per_second(20);
+        check(&l, "key_2", &q).await;
+        let pttl: i64 = conn.pttl(l.redis_key("key_2")).await.unwrap();
+        assert!((1..=50).contains(&pttl), "{pttl} ms");
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let exists: bool = conn.exists(l.redis_key("key_2")).await.unwrap();
+        assert!(!exists);
+        assert_eq!(check(&l, "key_2", &q).await.remaining, 19);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the layer
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_layer_answers_429_with_retry_after_once_the_limit_is_spent() {
+    let Some(url) = redis_url() else { return };
+    bounded(async {
+        let store = MemoryStore::new();
+        let key = store.issue(KeyRecord::new("key_1", "acme")).unwrap();
+        let l = limiter(&url, "layer").await;
+        let app: Router = Router::new()
+            .route("/v1/current.json", get(|| async { "sunny" }))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(AuthLayer::new(store))
+                    .layer(RateLimitLayer::new(l.clone(), Quota::per_hour(3))),
+            );
+        let request = || {
+            Request::get("/v1/current.json")
+                .header("authorization", format!("Bearer {}", key.expose_secret()))
+                .body(Body::empty())
+                .unwrap()
+        };
+        for left in [2, 1, 0] {
+            let res = app.clone().oneshot(request()).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let header = res.headers()["ratelimit"].to_str().unwrap();
+            assert!(
+                header.starts_with(&format!("\"default\";r={left};t=")),
+                "{header}"
+            );
+        }
+        let res = app.clone().oneshot(request()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=1200).contains(&retry), "Retry-After: {retry}");
+        assert_eq!(res.headers()["cache-control"], "no-store");
+        // The principal's id is the key, never the secret.
+        let mut conn = raw(&url).await;
+        let exists: bool = conn.exists(l.redis_key("key_1")).await.unwrap();
+        assert!(exists);
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failure: a closed port (no server needed)
+// ---------------------------------------------------------------------------------------------
+
+fn unreachable(policy: FailurePolicy) -> RedisLimiter {
+    RedisLimiter::connect_lazy(CLOSED_PORT_URL)
+        .unwrap()
+        .timeout(SHORT)
+        .on_failure(policy)
+}
+
+/// One check, which must answer within the timeout (plus scheduling slack).
+async fn timed_check(l: &RedisLimiter, key: &str, q: &Quota) -> Result<Decision, RateLimitError> {
+    let start = Instant::now();
+    let result = tokio::time::timeout(SHORT + SLACK, l.check(key, q, 1))
+        .await
+        .expect("the failure policy answers within the timeout");
+    assert!(start.elapsed() <= SHORT + SLACK, "{:?}", start.elapsed());
+    result
+}
+
+#[tokio::test]
+async fn closed_port_fails_closed_by_default_within_the_timeout() {
+    bounded(async {
+        let l = unreachable(FailurePolicy::default());
+        let q = Quota::per_hour(5);
+        for _ in 0..5 {
+            let e = timed_check(&l, "key_1", &q).await.unwrap_err();
+            assert!(
+                matches!(e, RateLimitError::Timeout | RateLimitError::Backend(_)),
+                "{e:?}"
+            );
+        }
+        assert!(!l.is_healthy());
+        // A construction that must connect fails rather than hang.
+        let start = Instant::now();
+        assert!(RedisLimiter::connect(CLOSED_PORT_URL).await.is_err());
+        assert!(start.elapsed() < Duration::from_secs(6));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn closed_port_fails_open_when_told_to() {
+    bounded(async {
+        let l = unreachable(FailurePolicy::Open);
+        let q = Quota::per_hour(5).with_burst(7);
+        for _ in 0..10 {
+            let d = timed_check(&l, "key_1", &q).await.unwrap();
+            assert!(d.allowed);
+            assert_eq!(d.remaining, 7);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closed_port_falls_back_to_an_exact_memory_limit() {
+    bounded(async {
+        let l = unreachable(FailurePolicy::Fallback(MemoryLimiter::new()));
+        let q = Quota::per_hour(5);
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let l = l.clone();
+            set.spawn(async move { timed_check(&l, "key_1", &q).await.unwrap().allowed });
+        }
+        let mut admitted = 0;
+        while let Some(allowed) = set.join_next().await {
+            admitted += usize::from(allowed.unwrap());
+        }
+        assert_eq!(admitted, 5);
+        let d = timed_check(&l, "key_2", &q).await.unwrap();
+        assert_eq!((d.allowed, d.remaining), (true, 4));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn debug_never_shows_the_password() {
+    bounded(async {
+        let l = RedisLimiter::connect_lazy("redis://user:hunter2@127.0.0.1:1/3").unwrap();
+        let debug = format!("{l:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("127.0.0.1:1/3"), "{debug}");
+        assert!(debug.contains("keygate:rl:"), "{debug}");
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recovery: a private redis-server, killed and started again
+// ---------------------------------------------------------------------------------------------
+
+/// A private `redis-server` on `port`, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(port: u16) -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self(child))
+    }
+
+    async fn ready(port: u16) {
+        let url = format!("redis://127.0.0.1:{port}/");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(client) = redis::Client::open(url.as_str()) {
+                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+                    if pong.is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_limiter_recovers_when_redis_returns() {
+    let port = free_port();
+    let Some(server) = Server::start(port) else {
+        println!("skipped: redis-server not installed");
+        return;
+    };
+    bounded(async move {
+        Server::ready(port).await;
+        let url = format!("redis://127.0.0.1:{port}/");
+        let l = RedisLimiter::connect(&url)
+            .await
+            .unwrap()
+            .timeout(SHORT)
+            .prefix(unique_prefix("recovery"));
+        let q = Quota::per_hour(3);
+        assert!(timed_check(&l, "key_1", &q).await.unwrap().allowed);
+
+        // A frozen Redis (the connection stays open, nothing answers): the timeout answers.
+        server.signal("STOP");
+        for _ in 0..3 {
+            let e = timed_check(&l, "key_1", &q).await.unwrap_err();
+            assert!(matches!(e, RateLimitError::Timeout), "{e:?}");
+        }
+        server.signal("CONT");
+        let d = timed_check(&l.clone().timeout(PATIENT), "thawed", &q).await;
+        assert!(d.unwrap().allowed, "answers again once thawed");
+        // The requests that timed out reached Redis after all, and counted (as documented).
+        let d = timed_check(&l.clone().timeout(PATIENT), "key_1", &q).await;
+        assert!(!d.unwrap().allowed);
+
+        server.kill();
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            let e = timed_check(&l, "key_1", &q).await.unwrap_err();
+            answers.push((e.to_string(), start.elapsed()));
+        }
+        println!("answers while Redis is down: {answers:?}");
+        assert!(!l.is_healthy());
+
+        // Same port, fresh server: no data, no script loaded (the limiter reloads it).
+        let _server = Server::start(port).expect("redis-server starts again");
+        Server::ready(port).await;
+        let start = Instant::now();
+        let first = loop {
+            if let Ok(d) = timed_check(&l, "key_2", &q).await {
+                break d;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no recovery after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        println!("recovered {:?} after the restart", start.elapsed());
+        assert!(l.is_healthy());
+        assert_eq!((first.allowed, first.remaining), (true, 2));
+        let rest: Vec<_> = futures_seq(&l.clone().timeout(PATIENT), "key_2", &q, 3).await;
+        assert_eq!(rest, [(true, 1), (true, 0), (false, 0)]);
+    })
+    .await;
+}

@@ -1,0 +1,1245 @@
+//! Drives `examples/weather.rs` end to end over real TCP on `127.0.0.1:0`: the example's own
+//! source is compiled into this test, its server started on a free port, and called with
+//! `reqwest` the way its printed curl commands call it.
+//!
+//! The Redis test needs a server: set `KEYGATE_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`)
+//! and enable the `redis` feature; without the variable it prints
+//! `skipped: KEYGATE_TEST_REDIS_URL not set` and passes.
+
+#![cfg(all(feature = "axum", feature = "jwt"))]
+
+#[allow(dead_code)] // `main` and `shutdown_signal` are the binary's, not the test's.
+#[path = "../examples/weather.rs"]
+mod weather;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+use keygate::key::{ApiKey, KeyRecord};
+use reqwest::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A `JWT_SECRET` for the tests that mint or check tokens themselves.
+const SECRET: &str = "a test secret of at least 32 bytes, for HS256";
+/// The problem type of a 429.
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// A running copy of the example.
+struct Server {
+    addr: SocketAddr,
+    /// What the example printed at start.
+    banner: String,
+    services: weather::Services,
+    keys: weather::Keys,
+    client: reqwest::Client,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The example's configuration from these variables (and nothing from the process environment).
+fn config(vars: &[(&str, &str)]) -> Result<weather::Config, weather::ConfigError> {
+    weather::Config::from_vars(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    })
+}
+
+impl Server {
+    /// Starts the example as `main` does, with these environment variables.
+    async fn start(vars: &[(&str, &str)]) -> Self {
+        let mut vars = vars.to_vec();
+        if !vars.iter().any(|(k, _)| *k == "KEYGATE_ADDR") {
+            vars.push(("KEYGATE_ADDR", "127.0.0.1:0"));
+        }
+        let config = config(&vars).expect("a valid configuration");
+        let services = weather::services(&config).await.expect("services");
+        let listener = TcpListener::bind(config.addr).await.expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let mut banner = Vec::new();
+        weather::banner(&mut banner, addr, &services).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let app = weather::app(&services);
+        let task = tokio::spawn(weather::serve(listener, app, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            banner: String::from_utf8(banner).expect("a UTF-8 banner"),
+            keys: services.keys.clone(),
+            services,
+            client: reqwest::Client::new(),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{path_and_query}", self.addr)
+    }
+
+    fn demo_key(&self) -> &str {
+        self.keys
+            .demo_key
+            .as_ref()
+            .expect("a demo key")
+            .expose_secret()
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = self.client.request(method, self.url(path_and_query));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Reply::from(req.send().await.expect("the server answers")).await
+    }
+
+    async fn get(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request(Method::GET, path_and_query, headers).await
+    }
+
+    async fn post(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Reply {
+        self.request(Method::POST, path_and_query, headers).await
+    }
+
+    /// `GET` with `Authorization: Bearer {token}`.
+    async fn get_bearer(&self, path_and_query: &str, token: &str) -> Reply {
+        let bearer = format!("Bearer {token}");
+        self.get(path_and_query, &[("authorization", &bearer)])
+            .await
+    }
+
+    /// A token for `key` from `POST /v1/token`.
+    async fn token_for(&self, key: &str) -> String {
+        let reply = self.post("/v1/token", &[("x-api-key", key)]).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.json()["access_token"]
+            .as_str()
+            .expect("an access_token")
+            .to_owned()
+    }
+
+    /// Runs the banner's shell commands as a shell would, in order, with `vars` set: each
+    /// `curl [-g] [-s] [-X METHOD] [-H HEADER]... URL`, and `TOKEN=$(curl ... | sed ...)`.
+    async fn run_banner(&self, vars: &[(&str, &str)]) -> Vec<Ran> {
+        let mut vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut ran = Vec::new();
+        for line in self.banner.lines().map(str::trim) {
+            if let Some(sub) = line.strip_prefix("TOKEN=$(") {
+                let sub = sub.strip_suffix(')').expect("TOKEN=$(...)");
+                let (command, filter) = sub.split_once(" | ").expect("curl ... | sed ...");
+                assert_eq!(filter, weather::EXTRACT_TOKEN, "{line}");
+                let call = self.curl(command, &vars).await;
+                // What the sed filter does: it reads one line and keeps the access_token.
+                let body = &call.reply.body;
+                assert!(!body.contains('\n'), "{body}");
+                let start = body.rfind(r#""access_token":""#).expect("an access_token") + 16;
+                let token = &body[start..start + body[start..].find('"').unwrap()];
+                assert_eq!(call.reply.json()["access_token"], token);
+                vars.insert("TOKEN".to_owned(), token.to_owned());
+                ran.push(call);
+            } else if line.starts_with("curl ") {
+                ran.push(self.curl(line, &vars).await);
+            }
+        }
+        ran
+    }
+
+    async fn curl(&self, command: &str, vars: &HashMap<String, String>) -> Ran {
+        let words = shell_words(command, vars);
+        assert_eq!(words[0], "curl", "{command}");
+        let (mut method, mut headers, mut url) = (Method::GET, Vec::new(), None);
+        let mut words = words.into_iter().skip(1);
+        while let Some(word) = words.next() {
+            match word.as_str() {
+                "-g" | "-s" => {}
+                "-X" => method = words.next().expect("a method").parse().unwrap(),
+                "-H" => {
+                    let h = words.next().expect("a header");
+                    let (name, value) = h.split_once(": ").expect("a 'Name: value' header");
+                    headers.push((name.to_owned(), value.to_owned()));
+                }
+                flag if flag.starts_with('-') => panic!("{command}: unknown flag {flag}"),
+                _ => {
+                    assert!(url.is_none(), "{command}: two URLs");
+                    url = Some(word);
+                }
+            }
+        }
+        let url = url.expect("a URL");
+        assert!(
+            url.starts_with(&format!("http://{}/", self.addr)),
+            "{command}"
+        );
+        let mut req = self.client.request(method.clone(), &url);
+        for (name, value) in &headers {
+            req = req.header(name, value);
+        }
+        let reply = Reply::from(req.send().await.expect("the server answers")).await;
+        Ran {
+            command: command.to_owned(),
+            method,
+            url,
+            headers,
+            reply,
+        }
+    }
+
+    /// Stops the server gracefully and checks that it ended without error.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let task = self.task.take().unwrap();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), task)
+            .await
+            .expect("the server stops within 10 s")
+            .expect("the server task did not panic");
+        result.expect("the server ended without an I/O error");
+    }
+}
+
+/// A banner command that was run.
+struct Ran {
+    command: String,
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    reply: Reply,
+}
+
+impl Ran {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits a command line into words as `sh` does for the banner's commands: `'...'` literally,
+/// `"..."` and bare words with `$NAME` expanded (an unset variable fails the test).
+fn shell_words(line: &str, vars: &HashMap<String, String>) -> Vec<String> {
+    fn expand(
+        chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+        vars: &HashMap<String, String>,
+        out: &mut String,
+    ) {
+        let mut name = String::new();
+        while let Some(&c) = chars.peek() {
+            if !(c.is_ascii_alphanumeric() || c == '_') {
+                break;
+            }
+            name.push(c);
+            chars.next();
+        }
+        let value = vars
+            .get(&name)
+            .unwrap_or_else(|| panic!("${name} is not set"));
+        out.push_str(value);
+    }
+    let mut words = Vec::new();
+    let (mut word, mut in_word) = (String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                word.extend(chars.by_ref().take_while(|&c| c != '\''));
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '$' => expand(&mut chars, vars, &mut word),
+                        '\\' | '`' => panic!("{line}: unexpected {c} in double quotes"),
+                        c => word.push(c),
+                    }
+                }
+            }
+            '$' => {
+                in_word = true;
+                expand(&mut chars, vars, &mut word);
+            }
+            '\\' | '`' | '|' | ';' | '&' | '(' | ')' | '<' | '>' => {
+                panic!("{line}: unexpected {c}")
+            }
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
+/// A token's claims, decoded without checking anything.
+fn claims(token: &str) -> Value {
+    let payload = token.split('.').nth(1).expect("a compact JWS");
+    let bytes = URL_SAFE_NO_PAD.decode(payload).expect("base64url");
+    serde_json::from_slice(&bytes).expect("a JSON payload")
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    async fn from(res: reqwest::Response) -> Self {
+        Self {
+            status: res.status(),
+            headers: res.headers().clone(),
+            body: res.text().await.expect("a text body"),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: impl reqwest::header::AsHeaderName) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// A problem+json error with this status.
+    fn assert_problem(&self, status: StatusCode) {
+        assert_eq!(self.status, status, "body: {}", self.body);
+        assert_eq!(self.header(CONTENT_TYPE), Some("application/problem+json"));
+        let body = self.json();
+        assert_eq!(body["status"], status.as_u16(), "{body}");
+        assert!(
+            body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{body}"
+        );
+        assert!(body["title"].is_string(), "{body}");
+    }
+
+    /// A 429 of the error contract.
+    fn assert_rate_limited(&self) {
+        self.assert_problem(StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(self.json()["type"], QUOTA_EXCEEDED, "{}", self.body);
+        let retry: u64 = self
+            .header(RETRY_AFTER)
+            .expect("Retry-After")
+            .parse()
+            .expect("Retry-After in seconds");
+        assert!(retry >= 1, "Retry-After: {retry}");
+        assert_eq!(self.header(CACHE_CONTROL), Some("no-store"));
+        assert!(self.header("ratelimit-policy").is_some());
+        assert!(
+            self.header("ratelimit")
+                .is_some_and(|v| v.contains(";r=0;")),
+            "{:?}",
+            self.headers
+        );
+        assert!(self.header(WWW_AUTHENTICATE).is_none());
+    }
+
+    /// A 401 `invalid_token`.
+    fn assert_invalid_token(&self) {
+        self.assert_problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            self.header(WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="weather", error="invalid_token""#)
+        );
+    }
+
+    /// A 200 weather report for `city`.
+    fn assert_weather(&self, city: &str) {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
+        assert_eq!(self.header(CONTENT_TYPE), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["location"]["name"], city, "{body}");
+        let temp = body["current"]["temp_c"]
+            .as_f64()
+            .expect("a numeric temp_c");
+        assert!((-10.0..35.0).contains(&temp), "{body}");
+        assert!(body["current"]["condition"]["text"].is_string(), "{body}");
+        assert!(body["current"]["humidity"].is_u64(), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn banner_starts_with_the_address_and_its_curl_commands_work() {
+    let server = Server::start(&[]).await;
+    let mut lines = server.banner.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("listening on http://{}", server.addr).as_str())
+    );
+    let key = server.demo_key().to_owned();
+    assert!(key.starts_with(weather::KEY_PREFIX), "{key}");
+    assert!(weather::key_format().check(&key).is_ok());
+    assert!(
+        server.banner.contains("rate limit: 10/s per key"),
+        "{}",
+        server.banner
+    );
+    assert_eq!(server.services.backend, weather::LimiterBackend::Memory);
+
+    let ran = server.run_banner(&[]).await;
+    // query, x-api-key, Bearer key, token minted, token used
+    let mut places = [false; 5];
+    for call in &ran {
+        assert_eq!(
+            call.reply.status,
+            StatusCode::OK,
+            "{}: {}",
+            call.command,
+            call.reply.body
+        );
+        places[0] |= call.url.contains(&format!("key={key}&"));
+        places[1] |= call.header("x-api-key") == Some(&key);
+        places[2] |= call.header("authorization") == Some(&format!("Bearer {key}"));
+        if call.url.ends_with("/v1/token") {
+            assert_eq!(call.method, Method::POST);
+            assert_eq!(call.header("x-api-key"), Some(key.as_str()));
+            places[3] = true;
+        }
+        if let Some(token) = call
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .filter(|t| t.matches('.').count() == 2)
+        {
+            if call.url.ends_with("/v1/me") {
+                assert_eq!(call.reply.json()["kind"], "jwt", "{}", call.reply.body);
+                assert_eq!(call.reply.json()["id"], "demo", "{}", call.reply.body);
+            }
+            assert_eq!(claims(token)["sub"], "demo");
+            places[4] = true;
+        }
+    }
+    assert_eq!(places, [true; 5], "{}", server.banner);
+    assert!(ran.len() >= 8, "{}", server.banner);
+    server.stop().await;
+}
+#[tokio::test]
+async fn current_weather_with_the_key_in_each_place() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+
+    let by_query = server
+        .get(&format!("/v1/current.json?key={key}&q=London"), &[])
+        .await;
+    by_query.assert_weather("London");
+    let by_header = server
+        .get("/v1/current.json?q=London", &[("x-api-key", &key)])
+        .await;
+    by_header.assert_weather("London");
+    let bearer = format!("Bearer {key}");
+    let by_bearer = server
+        .get("/v1/current.json?q=London", &[("authorization", &bearer)])
+        .await;
+    by_bearer.assert_weather("London");
+
+    // Deterministic: the same city gives the same report, another city another one.
+    assert_eq!(by_query.body, by_header.body);
+    assert_eq!(by_query.body, by_bearer.body);
+    let paris = server
+        .get("/v1/current.json?q=Paris", &[("x-api-key", &key)])
+        .await;
+    paris.assert_weather("Paris");
+    assert_ne!(paris.json()["current"], by_query.json()["current"]);
+
+    // Query values are percent-decoded.
+    server
+        .get("/v1/current.json?q=New%20York", &[("x-api-key", &key)])
+        .await
+        .assert_weather("New York");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_key_is_401_with_a_challenge() {
+    let server = Server::start(&[]).await;
+    for path in ["/v1/current.json?q=London", "/v1/me"] {
+        let reply = server.get(path, &[]).await;
+        reply.assert_problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            reply.header(WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="weather""#),
+            "{path}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_keys_are_401_invalid_token() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    // One character changed: fails the checksum.
+    let last = if key.ends_with('A') { "B" } else { "A" };
+    let typo = format!("{}{last}", &key[..key.len() - 1]);
+    // Well formed, but never issued by this server.
+    let unknown = weather::key_format().generate();
+    let bad = [
+        typo.as_str(),
+        unknown.expose_secret(),
+        "legacy-key-nobody-registered",
+    ];
+    for bad_key in bad {
+        let reply = server
+            .get("/v1/current.json?q=London", &[("x-api-key", bad_key)])
+            .await;
+        reply.assert_problem(StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            reply.header(WWW_AUTHENTICATE),
+            Some(r#"Bearer realm="weather", error="invalid_token""#),
+            "{bad_key}"
+        );
+        assert!(!reply.body.contains(bad_key), "{}", reply.body);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_keys_in_one_request_are_400() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    let reply = server
+        .get(
+            &format!("/v1/current.json?key={key}&q=London"),
+            &[("x-api-key", &key)],
+        )
+        .await;
+    reply.assert_problem(StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(r#"Bearer realm="weather", error="invalid_request""#)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn missing_or_empty_q_is_400() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    for path in [
+        "/v1/current.json".to_owned(),
+        "/v1/current.json?q=".to_owned(),
+        "/v1/current.json?q=%20%20".to_owned(),
+        format!("/v1/current.json?key={key}"),
+    ] {
+        let headers: &[(&str, &str)] = if path.contains("key=") {
+            &[]
+        } else {
+            &[("x-api-key", &key)]
+        };
+        let reply = server.get(&path, headers).await;
+        reply.assert_problem(StatusCode::BAD_REQUEST);
+        assert!(reply.body.contains("Parameter q"), "{path}: {}", reply.body);
+        assert!(!reply.body.contains(&key), "{}", reply.body);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn me_shows_the_principal_and_never_the_key() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    let reply = server.get("/v1/me", &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header(CONTENT_TYPE), Some("application/json"));
+    let me = reply.json();
+    assert_eq!(me["id"], "demo", "{me}");
+    assert_eq!(me["kind"], "api_key", "{me}");
+    assert_eq!(me["scopes"], serde_json::json!(["weather:read"]), "{me}");
+    assert!(!reply.body.contains(&key), "{}", reply.body);
+    // Not even the part after the public prefix.
+    assert!(
+        !reply.body.contains(&key[weather::KEY_PREFIX.len()..]),
+        "{}",
+        reply.body
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn current_weather_needs_the_scope_but_me_does_not() {
+    let server = Server::start(&[]).await;
+    let no_scope = ApiKey::new("a-key-without-weather-read");
+    server
+        .keys
+        .store
+        .insert(&no_scope, KeyRecord::new("no-scope", "test"))
+        .unwrap();
+    let key = no_scope.expose_secret();
+    let reply = server
+        .get("/v1/current.json?q=London", &[("x-api-key", key)])
+        .await;
+    reply.assert_problem(StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(r#"Bearer realm="weather", error="insufficient_scope", scope="weather:read""#)
+    );
+    let me = server.get("/v1/me", &[("x-api-key", key)]).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.json()["id"], "no-scope");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_needs_no_key() {
+    let server = Server::start(&[]).await;
+    let reply = server.get("/healthz", &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.body, "ok");
+    assert!(reply.header(WWW_AUTHENTICATE).is_none());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn weather_api_keys_registers_legacy_keys_instead_of_a_demo_key() {
+    let server = Server::start(&[(
+        "WEATHER_API_KEYS",
+        "legacy-key-one, 3c1f9a0d2b7e4f61,,wk_test_from_elsewhere",
+    )])
+    .await;
+    assert!(server.keys.demo_key.is_none());
+    assert_eq!(server.keys.store.len(), 3);
+    assert_eq!(
+        server.banner.lines().next(),
+        Some(format!("listening on http://{}", server.addr).as_str())
+    );
+    for (i, key) in [
+        "legacy-key-one",
+        "3c1f9a0d2b7e4f61",
+        "wk_test_from_elsewhere",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert!(!server.banner.contains(key), "{}", server.banner);
+        let bearer = format!("Bearer {key}");
+        server
+            .get("/v1/current.json?q=Oslo", &[("authorization", &bearer)])
+            .await
+            .assert_weather("Oslo");
+        let me = server.get(&format!("/v1/me?key={key}"), &[]).await;
+        assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+        assert_eq!(me.json()["id"], format!("key-{}", i + 1));
+        assert_eq!(me.json()["scopes"], serde_json::json!(["weather:read"]));
+        assert!(!me.body.contains(key), "{}", me.body);
+    }
+    // With a key list, no key is issued: a well-formed key of the demo format is unknown.
+    let stranger = weather::key_format().generate();
+    server
+        .get(
+            "/v1/current.json?q=Oslo",
+            &[("x-api-key", stranger.expose_secret())],
+        )
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+
+    // The banner's commands work with YOUR_KEY set, the token flow included.
+    let ran = server.run_banner(&[("YOUR_KEY", "legacy-key-one")]).await;
+    assert!(ran.len() >= 4, "{}", server.banner);
+    for call in &ran {
+        assert_eq!(call.reply.status, StatusCode::OK, "{}", call.command);
+    }
+    let me = ran
+        .iter()
+        .find(|c| c.url.ends_with("/v1/me"))
+        .expect("a call of /v1/me");
+    assert_eq!(me.reply.json()["kind"], "jwt", "{}", me.reply.body);
+    assert_eq!(me.reply.json()["id"], "key-1", "{}", me.reply.body);
+    server.stop().await;
+}
+
+#[test]
+fn configuration() {
+    let none = weather::Config::from_vars(|_| None).unwrap();
+    assert_eq!(none.addr, "127.0.0.1:3000".parse().unwrap());
+    assert!(none.api_keys.is_empty());
+    assert_eq!(none.rate_limit, keygate::Quota::per_second(10));
+    assert!(none.redis_url.is_none());
+    assert_eq!(none.redis_prefix, "weather:rl:");
+    assert!(none.jwt_secret.is_none());
+    assert!(none.jwt_subject_claim.is_none());
+    assert!(none.jwt_issuer.is_none() && none.jwt_audience.is_none());
+
+    let vars = |addr: &'static str, keys: &'static str| {
+        move |name: &str| match name {
+            "KEYGATE_ADDR" => Some(addr.to_owned()),
+            "WEATHER_API_KEYS" => Some(keys.to_owned()),
+            _ => None,
+        }
+    };
+    let set =
+        weather::Config::from_vars(vars("[::1]:8080", " alpha-secret , beta-secret,")).unwrap();
+    assert_eq!(set.addr, "[::1]:8080".parse().unwrap());
+    let keys: Vec<&str> = set.api_keys.iter().map(ApiKey::expose_secret).collect();
+    assert_eq!(keys, ["alpha-secret", "beta-secret"]);
+    // Config's Debug output never shows the keys.
+    let shown = format!("{set:?}");
+    assert!(!shown.contains("alpha-secret"), "{shown}");
+    assert!(!shown.contains("beta-secret"), "{shown}");
+
+    assert!(matches!(
+        weather::Config::from_vars(vars("localhost", "")),
+        Err(weather::ConfigError::Addr(_))
+    ));
+
+    // Keys the layer would always turn away are refused at start.
+    let refused = |keys: &'static str| {
+        let config = weather::Config::from_vars(vars("127.0.0.1:0", keys)).unwrap();
+        match weather::keys(&config) {
+            Err(weather::ConfigError::Key { position, .. }) => position,
+            other => panic!("{keys:?} accepted: {other:?}"),
+        }
+    };
+    assert_eq!(refused("ok-key,wk_live_not-a-real-key"), 2);
+    assert_eq!(refused("same,other,same"), 3);
+    let long: &'static str = Box::leak("x".repeat(513).into_boxed_str());
+    assert_eq!(refused(long), 1);
+}
+
+#[test]
+fn rate_limit_configuration() {
+    let quota = |v: &str| config(&[("RATE_LIMIT", v)]).map(|c| c.rate_limit);
+    assert_eq!(quota("5/s").unwrap(), keygate::Quota::per_second(5));
+    assert_eq!(
+        quota(" 100/min;burst=20 ").unwrap(),
+        keygate::Quota::per_minute(100).with_burst(20)
+    );
+    // Blank is unset: the default.
+    assert_eq!(quota("  ").unwrap(), keygate::Quota::per_second(10));
+    for bad in ["ten/s", "10", "0/s", "10/fortnight", "10/s;burst=0"] {
+        match quota(bad) {
+            Err(e @ weather::ConfigError::RateLimit(..)) => {
+                let message = e.to_string();
+                assert!(message.starts_with("RATE_LIMIT="), "{message}");
+                assert!(message.contains(bad), "{message}");
+            }
+            other => panic!("RATE_LIMIT={bad:?} accepted: {other:?}"),
+        }
+    }
+
+    // REDIS_URL: used with the `redis` feature, a configuration error without it.
+    let redis = config(&[("REDIS_URL", "redis://:hunter2@127.0.0.1:6379/")]);
+    #[cfg(feature = "redis")]
+    {
+        let redis = redis.unwrap();
+        assert_eq!(
+            redis.redis_url.as_deref(),
+            Some("redis://:hunter2@127.0.0.1:6379/")
+        );
+        // Debug never shows the URL, which may hold a password.
+        let shown = format!("{redis:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            config(&[("REDIS_PREFIX", "mine:")]).unwrap().redis_prefix,
+            "mine:"
+        );
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let e = redis.unwrap_err();
+        assert!(matches!(e, weather::ConfigError::RedisFeature), "{e:?}");
+        assert!(e.to_string().contains("--features redis"), "{e}");
+    }
+    // Unset and blank are the same: in memory.
+    assert!(config(&[("REDIS_URL", " ")]).unwrap().redis_url.is_none());
+}
+
+#[test]
+fn jwt_configuration() {
+    let c = config(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_SUBJECT_CLAIM", "userId"),
+        ("JWT_ISSUER", "https://auth.example.com"),
+        ("JWT_AUDIENCE", "weather"),
+    ])
+    .unwrap();
+    assert_eq!(c.jwt_secret.as_deref(), Some(SECRET.as_bytes()));
+    assert_eq!(c.jwt_subject_claim.as_deref(), Some("userId"));
+    assert_eq!(c.jwt_issuer.as_deref(), Some("https://auth.example.com"));
+    assert_eq!(c.jwt_audience.as_deref(), Some("weather"));
+    // Debug never shows the secret.
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("test secret"), "{shown}");
+
+    // `sub` is the default; an empty secret is a mistake, not "no secret".
+    let c = config(&[("JWT_SUBJECT_CLAIM", "sub")]).unwrap();
+    assert!(c.jwt_subject_claim.is_none());
+    assert!(matches!(
+        config(&[("JWT_SECRET", "")]),
+        Err(weather::ConfigError::EmptySecret)
+    ));
+    // A claim the issuer writes itself cannot name the caller.
+    for claim in ["exp", "scope", "aud"] {
+        assert!(
+            matches!(
+                config(&[("JWT_SUBJECT_CLAIM", claim)]),
+                Err(weather::ConfigError::SubjectClaim(_))
+            ),
+            "{claim}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn responses_carry_rate_limit_headers_and_healthz_is_not_limited() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    let first = server
+        .get("/v1/current.json?q=London", &[("x-api-key", &key)])
+        .await;
+    first.assert_weather("London");
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some(r#""default";q=10;w=1"#)
+    );
+    assert_eq!(first.header("ratelimit"), Some(r#""default";r=9;t=1"#));
+    let me = server.get("/v1/me", &[("x-api-key", &key)]).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert!(
+        me.header("ratelimit")
+            .is_some_and(|v| v.starts_with(r#""default";r=8;"#)),
+        "{:?}",
+        me.headers
+    );
+    // Errors the handler gives pass through the limiter too, and carry the headers.
+    let no_q = server.get("/v1/current.json", &[("x-api-key", &key)]).await;
+    no_q.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(no_q.header("ratelimit").is_some());
+
+    // /healthz: open, not limited, no headers.
+    for _ in 0..20 {
+        let health = server.get("/healthz", &[]).await;
+        assert_eq!(health.status, StatusCode::OK);
+        assert!(health.header("ratelimit").is_none());
+        assert!(health.header("ratelimit-policy").is_none());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_fourth_request_of_a_key_is_429_while_another_key_is_served() {
+    let server = Server::start(&[
+        ("RATE_LIMIT", "3/min"),
+        ("WEATHER_API_KEYS", "first-key-0001,second-key-0002"),
+    ])
+    .await;
+    assert!(server.banner.contains("rate limit: 3/min per key"));
+    for remaining in [2, 1, 0] {
+        let ok = server
+            .get(
+                "/v1/current.json?q=Rome",
+                &[("x-api-key", "first-key-0001")],
+            )
+            .await;
+        ok.assert_weather("Rome");
+        assert_eq!(ok.header("ratelimit-policy"), Some(r#""default";q=3;w=60"#));
+        let value = ok.header("ratelimit").unwrap();
+        assert!(
+            value.starts_with(&format!(r#""default";r={remaining};"#)),
+            "{value}"
+        );
+    }
+    let limited = server
+        .get(
+            "/v1/current.json?q=Rome",
+            &[("x-api-key", "first-key-0001")],
+        )
+        .await;
+    limited.assert_rate_limited();
+    // One request every 20 s: the next is admitted within 20 s.
+    let retry: u64 = limited.header(RETRY_AFTER).unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry), "Retry-After: {retry}");
+    // Every route behind the limiter, by the same key.
+    server
+        .get("/v1/me", &[("x-api-key", "first-key-0001")])
+        .await
+        .assert_rate_limited();
+
+    // Another key has its own limit.
+    server
+        .get(
+            "/v1/current.json?q=Rome",
+            &[("x-api-key", "second-key-0002")],
+        )
+        .await
+        .assert_weather("Rome");
+    // A failed authentication spends nothing and is still 401.
+    server
+        .get("/v1/me", &[("x-api-key", "nobody-0003")])
+        .await
+        .assert_invalid_token();
+    assert_eq!(server.get("/healthz", &[]).await.status, StatusCode::OK);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn post_token_returns_an_oauth_token_response() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    let reply = server.post("/v1/token", &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header(CONTENT_TYPE), Some("application/json"));
+    assert_eq!(reply.header(CACHE_CONTROL), Some("no-store"));
+    assert!(reply.header("ratelimit").is_some());
+    let body = reply.json();
+    let fields: Vec<&str> = body
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(fields, ["access_token", "expires_in", "token_type"]);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 7200);
+    let token = body["access_token"].as_str().unwrap();
+    assert!(!reply.body.contains(&key));
+
+    // The key's id as subject, its scopes, 2 h, HS256.
+    let claims = claims(token);
+    assert_eq!(claims["sub"], "demo", "{claims}");
+    assert_eq!(claims["scope"], "weather:read", "{claims}");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        7200
+    );
+    assert!(claims["jti"].is_string(), "{claims}");
+    assert!(claims.get("iss").is_none() && claims.get("aud").is_none());
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["alg"], "HS256");
+
+    // Each call mints a new token.
+    assert_ne!(server.token_for(&key).await, token);
+
+    // GET is not the way, and a credential is needed.
+    let get = server.get("/v1/token", &[("x-api-key", &key)]).await;
+    assert_eq!(get.status, StatusCode::METHOD_NOT_ALLOWED);
+    let anonymous = server.post("/v1/token", &[]).await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        anonymous.header(WWW_AUTHENTICATE),
+        Some(r#"Bearer realm="weather""#)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_minted_token_works_on_every_endpoint_as_a_jwt_caller() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    let token = server.token_for(&key).await;
+
+    let by_key = server
+        .get("/v1/current.json?q=Lima", &[("x-api-key", &key)])
+        .await;
+    let by_token = server.get_bearer("/v1/current.json?q=Lima", &token).await;
+    by_token.assert_weather("Lima");
+    assert_eq!(by_token.body, by_key.body);
+    assert!(by_token.header("ratelimit").is_some());
+
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    let me = me.json();
+    assert_eq!(me["id"], "demo", "{me}");
+    assert_eq!(me["kind"], "jwt", "{me}");
+    assert_eq!(me["scopes"], json!(["weather:read"]), "{me}");
+
+    // A token cannot mint tokens: the caller is known (403), its credential may not do this.
+    let again = server
+        .post(
+            "/v1/token",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await;
+    again.assert_problem(StatusCode::FORBIDDEN);
+    assert!(again.json()["detail"].as_str().unwrap().contains("API key"));
+
+    // One changed byte in the signature: 401.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    server
+        .get_bearer("/v1/me", &forged)
+        .await
+        .assert_invalid_token();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_signed_with_another_secret_is_401() {
+    let server = Server::start(&[("JWT_SECRET", SECRET)]).await;
+    let key = server.demo_key().to_owned();
+    let other = TokenIssuer::hmac(b"another secret, also at least 32 bytes long")
+        .issue("demo", ["weather:read"])
+        .unwrap();
+    for path in ["/v1/me", "/v1/current.json?q=Oslo"] {
+        let reply = server.get_bearer(path, &other.access_token).await;
+        reply.assert_invalid_token();
+        assert!(!reply.body.contains(&other.access_token));
+    }
+    // The server's own secret does verify (JWT_SECRET is the signing and verifying secret).
+    let minted = server.token_for(&key).await;
+    let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET.as_bytes())]);
+    assert_eq!(verifier.verify(&minted).unwrap().id(), "demo");
+    let ours = TokenIssuer::hmac(SECRET.as_bytes())
+        .issue("someone-else", ["weather:read"])
+        .unwrap();
+    let me = server.get_bearer("/v1/me", &ours.access_token).await;
+    assert_eq!(me.json()["id"], "someone-else", "{}", me.body);
+
+    // Without JWT_SECRET, the secret is random: two servers never accept each other's tokens.
+    let a = Server::start(&[]).await;
+    let b = Server::start(&[]).await;
+    let from_a = a.token_for(a.demo_key()).await;
+    a.get_bearer("/v1/me", &from_a).await.json();
+    b.get_bearer("/v1/me", &from_a).await.assert_invalid_token();
+    for s in [server, a, b] {
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_in_minted_tokens_and_required_of_others() {
+    let iss = "https://auth.example.com";
+    let server = Server::start(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_ISSUER", iss),
+        ("JWT_AUDIENCE", "weather"),
+    ])
+    .await;
+    let key = server.demo_key().to_owned();
+    let token = server.token_for(&key).await;
+    let claims = claims(&token);
+    assert_eq!(claims["iss"], iss, "{claims}");
+    assert_eq!(claims["aud"], "weather", "{claims}");
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.json()["kind"], "jwt");
+    server
+        .get_bearer("/v1/current.json?q=Quito", &token)
+        .await
+        .assert_weather("Quito");
+
+    // Right secret, wrong or missing iss / aud: 401.
+    let issuer = TokenIssuer::hmac(SECRET.as_bytes());
+    let tokens = [
+        issuer.clone().issue("demo", [weather::SCOPE]).unwrap(),
+        issuer
+            .clone()
+            .issuer("https://elsewhere.example.com")
+            .audience("weather")
+            .issue("demo", [weather::SCOPE])
+            .unwrap(),
+        issuer
+            .clone()
+            .issuer(iss)
+            .audience("billing")
+            .issue("demo", [weather::SCOPE])
+            .unwrap(),
+    ];
+    for t in &tokens {
+        server
+            .get_bearer("/v1/me", &t.access_token)
+            .await
+            .assert_invalid_token();
+    }
+    let good = issuer
+        .issuer(iss)
+        .audience("weather")
+        .issue("demo", [weather::SCOPE])
+        .unwrap();
+    let me = server.get_bearer("/v1/me", &good.access_token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn jwt_subject_claim_user_id_works_end_to_end() {
+    let server = Server::start(&[
+        ("JWT_SECRET", SECRET),
+        ("JWT_SUBJECT_CLAIM", "userId"),
+        ("WEATHER_API_KEYS", "user-key-0001"),
+    ])
+    .await;
+    let token = server.token_for("user-key-0001").await;
+    let claims = claims(&token);
+    assert_eq!(claims["userId"], "key-1", "{claims}");
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.json()["id"], "key-1");
+    assert_eq!(me.json()["kind"], "jwt");
+    server
+        .get_bearer("/v1/current.json?q=Nairobi", &token)
+        .await
+        .assert_weather("Nairobi");
+
+    // The seed's tokens: `{"userId": 12345}`, a number; `sub` is not read.
+    let seed = TokenIssuer::hmac(SECRET.as_bytes())
+        .issue_with(
+            "not-the-caller",
+            [weather::SCOPE],
+            json!({ "userId": 12345 }),
+        )
+        .unwrap();
+    let me = server.get_bearer("/v1/me", &seed.access_token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(me.json()["id"], "12345");
+    // A token without the claim names nobody: 401.
+    let no_user = TokenIssuer::hmac(SECRET.as_bytes())
+        .issue("key-1", [weather::SCOPE])
+        .unwrap();
+    server
+        .get_bearer("/v1/me", &no_user.access_token)
+        .await
+        .assert_invalid_token();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_and_its_tokens_share_one_rate_limit() {
+    let server = Server::start(&[("RATE_LIMIT", "3/min")]).await;
+    let key = server.demo_key().to_owned();
+    // 1: minting a token costs a request of the key.
+    let token = server.token_for(&key).await;
+    // 2: the token.
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert!(
+        me.header("ratelimit")
+            .is_some_and(|v| v.starts_with(r#""default";r=1;"#)),
+        "{:?}",
+        me.headers
+    );
+    // 3: the key.
+    server
+        .get("/v1/current.json?q=Cairo", &[("x-api-key", &key)])
+        .await
+        .assert_weather("Cairo");
+    // 4th and later: limited, by token, by key, and for minting more tokens.
+    server
+        .get_bearer("/v1/current.json?q=Cairo", &token)
+        .await
+        .assert_rate_limited();
+    server
+        .get("/v1/me", &[("x-api-key", &key)])
+        .await
+        .assert_rate_limited();
+    server
+        .post("/v1/token", &[("x-api-key", &key)])
+        .await
+        .assert_rate_limited();
+    server.stop().await;
+}
+
+/// The Redis URL of the test server, or `None` (and a printed line) to skip.
+#[cfg(feature = "redis")]
+fn redis_url() -> Option<String> {
+    match std::env::var("KEYGATE_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            println!("skipped: KEYGATE_TEST_REDIS_URL not set");
+            None
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn two_instances_on_one_redis_share_one_limit() {
+    let Some(url) = redis_url() else { return };
+    // A prefix of its own, so that runs never share state.
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    let prefix = format!("keygate-test:weather:{:016x}:", u64::from_le_bytes(r));
+    let vars = [
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", prefix.as_str()),
+        ("RATE_LIMIT", "3/min"),
+        ("WEATHER_API_KEYS", "shared-key-0001,other-key-0002"),
+        ("JWT_SECRET", SECRET),
+    ];
+    let a = Server::start(&vars).await;
+    let b = Server::start(&vars).await;
+    for s in [&a, &b] {
+        assert_eq!(s.services.backend, weather::LimiterBackend::Redis);
+        assert!(s.banner.contains("in Redis"), "{}", s.banner);
+        assert!(!s.banner.contains(&url), "{}", s.banner);
+    }
+    let key = ("x-api-key", "shared-key-0001");
+    // 1 on A: a token (JWT_SECRET is shared, so B accepts it).
+    let token = a.token_for(key.1).await;
+    // 2 on B, with the token; 3 on A, with the key.
+    let on_b = b.get_bearer("/v1/current.json?q=Lagos", &token).await;
+    on_b.assert_weather("Lagos");
+    assert!(
+        on_b.header("ratelimit")
+            .is_some_and(|v| v.starts_with(r#""default";r=1;"#)),
+        "{:?}",
+        on_b.headers
+    );
+    a.get("/v1/current.json?q=Lagos", &[key])
+        .await
+        .assert_weather("Lagos");
+    // The quota is spent on both instances.
+    b.get("/v1/current.json?q=Lagos", &[key])
+        .await
+        .assert_rate_limited();
+    a.get_bearer("/v1/me", &token).await.assert_rate_limited();
+    // Another key, another limit.
+    b.get(
+        "/v1/current.json?q=Lagos",
+        &[("x-api-key", "other-key-0002")],
+    )
+    .await
+    .assert_weather("Lagos");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_that_cannot_be_used_stops_the_start() {
+    // A closed port (with a password that must not show) and a URL that is not one.
+    for url in ["redis://:hunter2@127.0.0.1:1/", "not a redis url"] {
+        let config = config(&[("REDIS_URL", url)]).unwrap();
+        let started = tokio::time::timeout(
+            std::time::Duration::from_secs(15),
+            weather::services(&config),
+        )
+        .await
+        .expect("an answer within 15 s");
+        match started {
+            Err(e @ weather::ConfigError::Redis(_)) => {
+                let message = e.to_string();
+                assert!(message.starts_with("REDIS_URL:"), "{message}");
+                assert!(!message.contains("hunter2"), "{message}");
+            }
+            other => panic!("{url}: {other:?}"),
+        }
+    }
+}
