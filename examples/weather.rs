@@ -20,17 +20,17 @@
 //! | `REDIS_URL` | unset: limits in memory | a Redis shared by every instance, for one limit across them (needs `--features redis`) |
 //! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter uses |
 //! | `JWT_SECRET` | 32 random bytes | the HS256 secret tokens are signed and verified with |
-//! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (the seed's tokens use `userId`) |
+//! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (the seed's tokens use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
-//! A malformed value (an address, a quota, an empty `JWT_SECRET`, a key that could never be
-//! accepted) stops the service at start with `error: ...` and exit status 1. So does `REDIS_URL`
+//! A malformed value (an address, a quota, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
+//! `exp` that tokens use for something else, a key that could never be accepted) stops the service at start with `error: ...` and exit status 1. So does `REDIS_URL`
 //! in a build without the `redis` feature: an operator who asks for one limit shared by several
 //! instances must not silently get one limit per instance. With the feature, a Redis that does
-//! not answer at start is an error too; once running, a Redis outage fails closed (503, the
-//! library's default [`FailurePolicy`](keygate::ratelimit::FailurePolicy)) for at most the
-//! limiter's 50 ms timeout per request, and the limiter recovers by itself.
+//! not answer at start is an error too; once running, a Redis outage fails closed (503 after at
+//! most the limiter's 50 ms timeout, keygate's default `FailurePolicy::Closed`: an outage never
+//! lifts the limits), and the limiter recovers by itself when Redis is back.
 //!
 //! Routes, behind `AuthLayer` (API keys and JWTs) → `RateLimitLayer` (one limit per caller):
 //!
@@ -461,22 +461,20 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
     let curl = if host.is_ipv6() { "curl -g" } else { "curl" };
     let base = format!("http://{host}");
     let keys = &services.keys;
-    // The key as a shell word: the demo key quoted, or a variable the reader sets.
-    let (key_header, demo) = match &keys.demo_key {
-        Some(key) => (format!("'x-api-key: {}'", key.expose_secret()), true),
-        None => ("\"x-api-key: $YOUR_KEY\"".to_owned(), false),
-    };
     writeln!(out)?;
-    match &keys.demo_key {
+    // The key as a shell word: the demo key, quoted, or a variable the reader sets.
+    let key_header = match &keys.demo_key {
         Some(key) => {
             let key = key.expose_secret();
             writeln!(out, "demo key (scope {SCOPE}): {key}")?;
+            format!("'x-api-key: {key}'")
         }
         None => {
             let n = keys.store.len();
             writeln!(out, "{n} key(s) from WEATHER_API_KEYS, scope {SCOPE}")?;
+            "\"x-api-key: $YOUR_KEY\"".to_owned()
         }
-    }
+    };
     let backend = match services.backend {
         LimiterBackend::Memory => "in this process's memory",
         LimiterBackend::Redis => "in Redis, shared by every instance using it",
@@ -487,35 +485,36 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
         services.rate_limit
     )?;
     writeln!(out)?;
-    if let Some(key) = &keys.demo_key {
-        let key = key.expose_secret();
-        writeln!(out, "  # the key in the query string")?;
-        writeln!(out, "  {curl} '{base}/v1/current.json?key={key}&q=London'")?;
-        writeln!(out, "  # the key in the x-api-key header")?;
-        writeln!(
-            out,
-            "  {curl} -H {key_header} '{base}/v1/current.json?q=Paris'"
-        )?;
-        writeln!(out, "  # the key as a bearer token")?;
-        writeln!(
-            out,
-            "  {curl} -H 'Authorization: Bearer {key}' '{base}/v1/me'"
-        )?;
-    } else {
-        writeln!(out, "  # with YOUR_KEY set to one of the keys")?;
-        writeln!(
-            out,
-            "  {curl} -H {key_header} '{base}/v1/current.json?q=London'"
-        )?;
+    match &keys.demo_key {
+        Some(key) => {
+            let key = key.expose_secret();
+            writeln!(out, "  # the key in the query string")?;
+            writeln!(out, "  {curl} '{base}/v1/current.json?key={key}&q=London'")?;
+            writeln!(out, "  # the key in the x-api-key header")?;
+            writeln!(
+                out,
+                "  {curl} -H {key_header} '{base}/v1/current.json?q=Paris'"
+            )?;
+            writeln!(out, "  # the key as a bearer token")?;
+            writeln!(
+                out,
+                "  {curl} -H 'Authorization: Bearer {key}' '{base}/v1/me'"
+            )?;
+        }
+        None => {
+            writeln!(out, "  # with YOUR_KEY set to one of the keys")?;
+            writeln!(
+                out,
+                "  {curl} -H {key_header} '{base}/v1/current.json?q=London'"
+            )?;
+        }
     }
     let token_lifetime = TOKEN_TTL.as_secs() / 3600;
     writeln!(
         out,
         "  # exchange the key for a JWT (valid {token_lifetime} h)"
     )?;
-    if demo {
-        writeln!(out, "  {curl} -X POST -H {key_header} '{base}/v1/token'")?;
-    }
+    writeln!(out, "  {curl} -X POST -H {key_header} '{base}/v1/token'")?;
     writeln!(
         out,
         "  TOKEN=$({curl} -s -X POST -H {key_header} '{base}/v1/token' | {EXTRACT_TOKEN})"
