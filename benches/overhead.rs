@@ -3,35 +3,37 @@
 //! `cargo bench --bench overhead`
 //!
 //! Every request goes through an axum `Router` (one route, `GET /v1/current.json`, answering a
-//! small static string) with `tower::ServiceExt::oneshot` on a clone of it, inside a tokio
-//! current-thread runtime. Requests are built before the clock starts and responses dropped after
-//! it stops (`iter_batched`), so the figures are the service call alone.
+//! small static string, finished with `with_state(())` as `axum::serve` does) with
+//! `tower::ServiceExt::oneshot` on a clone of it, inside a tokio current-thread runtime. Requests
+//! are built before the clock starts (`iter_batched`); the figures are the service call and the
+//! drop of its response.
 //!
 //! Groups:
 //! - `baseline/bare_router`: the router without any layer, request
-//!   `GET /v1/current.json?key=KEY&q=London`.
-//! - `auth/*`: the same router with `.layer(AuthLayer::new(store))`, the store a `MemoryStore`
-//!   holding 10 000 issued keys:
+//!   `GET /v1/current.json?key=KEY&q=London`. `baseline/noop_layer`: the router with
+//!   `.layer(tower::layer::util::Identity::new())`, i.e. what axum charges for any `Router::layer`.
+//! - `auth/*`: the router with `.layer(AuthLayer::new(store))`, the store a `MemoryStore` holding
+//!   10 000 issued keys:
 //!   - `valid_key`: a valid key in the `key` query parameter;
 //!   - `valid_key_header`: the same key in `x-api-key`;
-//!   - `valid_key_with_format`: `valid_key` with `.key_format(format)` on the layer (the key's
-//!     checksum is checked before the store is asked, as the README recommends);
+//!   - `valid_key_with_format`: `valid_key` with `.key_format(format)` on the layer (the checksum
+//!     is checked before the store is asked);
 //!   - `unknown_key`: a well-formed key (good checksum) that the store does not hold: 401;
 //!   - `malformed_key`: the store's prefix with a broken checksum, `.key_format(format)` on the
 //!     layer: 401 without asking the store.
 //! - `floor/sha256_plus_dashmap`: the floor of an API-key check (DESIGN.md, "Performance
 //!   model"): one SHA-256 of the key (`KeyDigest::of`) and one lookup in a
 //!   `DashMap<KeyDigest, Arc<KeyRecord>>` of 10 000 entries (std's default hasher), taking the
-//!   record out of the map (an `Arc` clone) as a store must. `floor/sha256_plus_dashmap_foldhash`
-//!   is the same with a fast hasher, closer to `MemoryStore`'s own map.
+//!   record out of the map (an `Arc` clone) as a store must.
 //!
 //! The goal (issue 2, item 9): `auth/valid_key − baseline/bare_router` ≤ 1.5 × the floor.
 //!
 //! Before measuring, every case is checked once to take the path it is named after (status, and
 //! whether the store was asked).
 //!
-//! Later benches of other layers (rate limiter, JWT) add their groups to `bench` below, built
-//! with the helpers in `support`.
+//! Layout: `support` builds routers, requests and stores; each group is a function taking the
+//! shared [`Fixture`], called from `overhead`. Benches of other layers (rate limiter, JWT) add
+//! their group functions there.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -45,12 +47,14 @@ use keygate::store::MemoryStore;
 use support::{
     Counting, KEYS, bench_service, finish, group, header_request, query_request, runtime,
 };
+use tokio::runtime::Runtime;
 use tower::Layer as _;
 use tower::layer::util::Identity;
 /// Routers, requests, stores and groups shared by every benchmark in this file.
 mod support {
     use std::fmt::Debug;
     use std::future::Future;
+    use std::hint::black_box;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
@@ -156,8 +160,17 @@ mod support {
         S::Error: Debug,
     {
         group.bench_function(name, |b| {
-            b.to_async(rt)
-                .iter_batched(&make, |req| send(app, req), BatchSize::SmallInput)
+            b.to_async(rt).iter_batched(
+                &make,
+                |req| {
+                    let response = send(app, req);
+                    // Dropped inside the measurement, as a server drops it once written: kept
+                    // for criterion to drop later, a batch of responses would grow the heap
+                    // (page faults) inside the measurement.
+                    async move { drop(black_box(response.await)) }
+                },
+                BatchSize::SmallInput,
+            )
         });
     }
 
@@ -210,13 +223,9 @@ fn break_checksum(format: &KeyFormat, key: &ApiKey) -> String {
 }
 
 /// Checks once, outside any measurement, that each case takes the path it is named after.
-fn check_paths(
-    rt: &tokio::runtime::Runtime,
-    store: &MemoryStore,
-    format: &KeyFormat,
-    cases: &Cases,
-) {
-    let counting = Counting::new(store.clone());
+fn check_paths(fx: &Fixture) {
+    let (rt, format) = (&fx.rt, &fx.format);
+    let counting = Counting::new(fx.store.clone());
     let plain = finish(support::router().layer(AuthLayer::new(counting.clone())));
     let formatted = finish(
         support::router().layer(AuthLayer::new(counting.clone()).key_format(format.clone())),
@@ -226,137 +235,139 @@ fn check_paths(
         assert_eq!(support::status(rt, app, req), status);
         assert_eq!(counting.count() - before, lookups, "store lookups");
     };
-    expect(&plain, query_request(&cases.valid), StatusCode::OK, 1);
-    expect(&plain, header_request(&cases.valid), StatusCode::OK, 1);
-    expect(&formatted, query_request(&cases.valid), StatusCode::OK, 1);
+    expect(&plain, query_request(&fx.valid), StatusCode::OK, 1);
+    expect(&plain, header_request(&fx.valid), StatusCode::OK, 1);
+    expect(&formatted, query_request(&fx.valid), StatusCode::OK, 1);
     expect(
         &plain,
-        query_request(&cases.unknown),
+        query_request(&fx.unknown),
         StatusCode::UNAUTHORIZED,
         1,
     );
     expect(
         &formatted,
-        query_request(&cases.malformed),
+        query_request(&fx.malformed),
         StatusCode::UNAUTHORIZED,
         0,
     );
     let outside = AuthLayer::new(counting.clone()).layer(finish(support::router()));
     let before = counting.count();
-    let req = query_request(&cases.valid);
+    let req = query_request(&fx.valid);
     assert_eq!(support::status(rt, &outside, req), StatusCode::OK);
     assert_eq!(counting.count() - before, 1, "store lookups");
     let bare = finish(support::router());
     let noop = finish(support::router().layer(Identity::new()));
     for app in [bare, noop] {
-        let req = query_request(&cases.valid);
+        let req = query_request(&fx.valid);
         assert_eq!(support::status(rt, &app, req), StatusCode::OK);
     }
 }
 
-/// The keys presented.
-struct Cases {
+/// What every group measures against: one runtime, one store, the keys presented.
+struct Fixture {
+    rt: Runtime,
+    format: KeyFormat,
+    store: MemoryStore,
+    /// The plaintexts of the store's keys, in issue order.
+    keys: Vec<ApiKey>,
+    /// A key the store holds.
     valid: String,
+    /// A well-formed key (good checksum) the store does not hold.
     unknown: String,
+    /// The store's prefix with a broken checksum.
     malformed: String,
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = runtime();
-    let format = KeyFormat::new("wk_live_").expect("a valid prefix");
-    let (store, keys) = support::store(&format);
-    // A key from the middle of the issue order; any of them would do.
-    let valid = &keys[KEYS / 2];
-    let cases = Cases {
-        valid: valid.expose_secret().to_owned(),
-        unknown: format.generate().expose_secret().to_owned(),
-        malformed: break_checksum(&format, valid),
-    };
-    check_paths(&rt, &store, &format, &cases);
+impl Fixture {
+    fn new() -> Self {
+        let format = KeyFormat::new("wk_live_").expect("a valid prefix");
+        let (store, keys) = support::store(&format);
+        // A key from the middle of the issue order; any of them would do.
+        let valid = &keys[KEYS / 2];
+        let fixture = Self {
+            rt: runtime(),
+            valid: valid.expose_secret().to_owned(),
+            unknown: format.generate().expose_secret().to_owned(),
+            malformed: break_checksum(&format, valid),
+            format,
+            store,
+            keys,
+        };
+        check_paths(&fixture);
+        fixture
+    }
+}
 
+/// The router alone, and with a layer that does nothing.
+fn baseline(c: &mut Criterion, fx: &Fixture) {
     let mut g = group(c, "baseline");
     let bare = finish(support::router());
-    bench_service(&mut g, &rt, "bare_router", &bare, || {
-        query_request(&cases.valid)
+    bench_service(&mut g, &fx.rt, "bare_router", &bare, || {
+        query_request(&fx.valid)
     });
     // What axum charges for any `Router::layer`, before the layer does anything.
     let noop = finish(support::router().layer(Identity::new()));
-    bench_service(&mut g, &rt, "noop_layer", &noop, || {
-        query_request(&cases.valid)
+    bench_service(&mut g, &fx.rt, "noop_layer", &noop, || {
+        query_request(&fx.valid)
     });
     g.finish();
+}
 
+/// The router with `AuthLayer` over a `MemoryStore`.
+fn auth(c: &mut Criterion, fx: &Fixture) {
     let mut g = group(c, "auth");
-    let plain = finish(support::router().layer(AuthLayer::new(store.clone())));
-    let formatted =
-        finish(support::router().layer(AuthLayer::new(store.clone()).key_format(format.clone())));
-    bench_service(&mut g, &rt, "valid_key", &plain, || {
-        query_request(&cases.valid)
+    let plain = finish(support::router().layer(AuthLayer::new(fx.store.clone())));
+    let formatted = finish(
+        support::router().layer(AuthLayer::new(fx.store.clone()).key_format(fx.format.clone())),
+    );
+    bench_service(&mut g, &fx.rt, "valid_key", &plain, || {
+        query_request(&fx.valid)
     });
-    bench_service(&mut g, &rt, "valid_key_header", &plain, || {
-        header_request(&cases.valid)
+    bench_service(&mut g, &fx.rt, "valid_key_header", &plain, || {
+        header_request(&fx.valid)
     });
-    bench_service(&mut g, &rt, "valid_key_with_format", &formatted, || {
-        query_request(&cases.valid)
+    bench_service(&mut g, &fx.rt, "valid_key_with_format", &formatted, || {
+        query_request(&fx.valid)
     });
-    // The layer around the whole router (`ServiceBuilder` style) instead of `Router::layer`.
-    let outside = AuthLayer::new(store.clone()).layer(finish(support::router()));
-    bench_service(&mut g, &rt, "valid_key_outside_router", &outside, || {
-        query_request(&cases.valid)
+    bench_service(&mut g, &fx.rt, "unknown_key", &plain, || {
+        query_request(&fx.unknown)
     });
-    bench_service(&mut g, &rt, "unknown_key", &plain, || {
-        query_request(&cases.unknown)
-    });
-    bench_service(&mut g, &rt, "malformed_key", &formatted, || {
-        query_request(&cases.malformed)
+    bench_service(&mut g, &fx.rt, "malformed_key", &formatted, || {
+        query_request(&fx.malformed)
     });
     g.finish();
+}
 
+/// The floor of an API-key check: one SHA-256 and one concurrent-map lookup.
+fn floor(c: &mut Criterion, fx: &Fixture) {
     let mut g = group(c, "floor");
-    let records: Vec<(KeyDigest, Arc<KeyRecord>)> = keys
+    let map: DashMap<KeyDigest, Arc<KeyRecord>> = fx
+        .keys
         .iter()
         .enumerate()
         .map(|(i, k)| {
-            (
-                k.digest(),
-                Arc::new(KeyRecord::new(format!("key_{i:05}"), "acme")),
-            )
+            let record = KeyRecord::new(format!("key_{i:05}"), "acme");
+            (k.digest(), Arc::new(record))
         })
         .collect();
-    let std_map: DashMap<KeyDigest, Arc<KeyRecord>> = records.iter().cloned().collect();
-    let fold_map: DashMap<KeyDigest, Arc<KeyRecord>, foldhash::fast::RandomState> =
-        records.iter().cloned().collect();
-    assert_eq!((std_map.len(), fold_map.len()), (KEYS, KEYS));
-    let key = cases.valid.as_str();
+    assert_eq!(map.len(), KEYS);
+    let key = fx.valid.as_str();
+    assert!(map.contains_key(&KeyDigest::of(key)));
     g.bench_function("sha256_plus_dashmap", |b| {
         b.iter(|| {
             let digest = KeyDigest::of(black_box(key));
-            black_box(std_map.get(&digest).map(|r| Arc::clone(r.value())))
-        })
-    });
-    g.bench_function("sha256_plus_dashmap_foldhash", |b| {
-        b.iter(|| {
-            let digest = KeyDigest::of(black_box(key));
-            black_box(fold_map.get(&digest).map(|r| Arc::clone(r.value())))
-        })
-    });
-    g.finish();
-
-    // Parts of the floor, to read the figures above.
-    let mut g = group(c, "parts");
-    g.bench_function("sha256", |b| b.iter(|| KeyDigest::of(black_box(key))));
-    let digest = KeyDigest::of(key);
-    g.bench_function("dashmap_get", |b| {
-        b.iter(|| {
-            black_box(
-                std_map
-                    .get(black_box(&digest))
-                    .map(|r| Arc::clone(r.value())),
-            )
+            black_box(map.get(&digest).map(|r| Arc::clone(r.value())))
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, bench);
+fn overhead(c: &mut Criterion) {
+    let fx = Fixture::new();
+    baseline(c, &fx);
+    auth(c, &fx);
+    floor(c, &fx);
+}
+
+criterion_group!(benches, overhead);
 criterion_main!(benches);

@@ -15,18 +15,25 @@
 //! The 100k-key groups go round-robin over pre-built key strings (`key_` + 16 hex digits), all
 //! inserted before measuring.
 //!
-//! Diagnostics: `keygate_manual_clock` reads a `ManualClock` (one atomic load) instead of the
-//! system clock, to show what the clock read costs; `keygate_quanta_clock` reads governor's
-//! TSC-based quanta clock through keygate's `Clock` trait, to show keygate with governor's clock;
-//! the `parts` group times the pieces of a
-//! decision on their own (keygate's clock read, `Instant::now`, governor's quanta clock, and
-//! `Quota::emission_interval`, which keygate computes with a 128-bit division per decision).
+//! Diagnostics:
+//! - `keygate_manual_clock`: keygate on a `ManualClock` (one atomic load) instead of the system
+//!   clock, to show what the clock read costs;
+//! - `keygate_quanta_clock`: keygate reading governor's TSC-based quanta clock through keygate's
+//!   `Clock` trait, to show keygate with governor's clock;
+//! - `governor_frozen_clock`: governor on its `FakeRelativeClock`, to compare the two limiters
+//!   without their clocks;
+//! - the `parts` group times pieces of a decision on their own: keygate's clock read,
+//!   `Instant::now`, governor's quanta clock, and `Quota::emission_interval` (a 128-bit division
+//!   keygate does per decision).
 
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
 use governor::{DefaultKeyedRateLimiter, Quota as GQuota, RateLimiter as GRateLimiter};
 use keygate::Quota;
 use keygate::clock::ManualClock;
@@ -170,27 +177,42 @@ fn bench(c: &mut Criterion) {
             }
 
             let governor: DefaultKeyedRateLimiter<String> = GRateLimiter::keyed(setup.governor);
-            let spend = NonZeroU32::new(setup.spend).unwrap();
-            for k in keys {
-                assert!(matches!(governor.check_key_n(k, spend), Ok(Ok(_))));
+            bench_governor(&mut group, "governor", &governor, keys, &setup);
+            if setup.name != "idle" {
+                let frozen =
+                    GRateLimiter::dashmap_with_clock(setup.governor, FakeRelativeClock::default());
+                bench_governor(&mut group, "governor_frozen_clock", &frozen, keys, &setup);
             }
-            assert_eq!(governor.len(), keys.len());
-            assert_eq!(governor.check_key(&keys[0]).is_ok(), setup.admitted);
-            let mut i = 0;
-            group.bench_function("governor", |b| {
-                b.iter(|| {
-                    let key = &keys[i];
-                    i += 1;
-                    if i == keys.len() {
-                        i = 0;
-                    }
-                    black_box(governor.check_key(black_box(key)).is_ok())
-                })
-            });
-            assert_eq!(governor.check_key(&keys[i]).is_ok(), setup.admitted);
             group.finish();
         }
     }
+}
+
+fn bench_governor<C: governor::clock::Clock>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    governor: &GRateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<C::Instant>>,
+    keys: &[String],
+    setup: &Setup,
+) {
+    let spend = NonZeroU32::new(setup.spend).unwrap();
+    for k in keys {
+        assert!(matches!(governor.check_key_n(k, spend), Ok(Ok(_))));
+    }
+    assert_eq!(governor.len(), keys.len());
+    assert_eq!(governor.check_key(&keys[0]).is_ok(), setup.admitted);
+    let mut i = 0;
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            let key = &keys[i];
+            i += 1;
+            if i == keys.len() {
+                i = 0;
+            }
+            black_box(governor.check_key(black_box(key)).is_ok())
+        })
+    });
+    assert_eq!(governor.check_key(&keys[i]).is_ok(), setup.admitted);
 }
 
 fn parts(c: &mut Criterion) {

@@ -3,6 +3,26 @@
 #![deny(missing_docs, unreachable_pub)]
 #![warn(rust_2018_idioms, missing_debug_implementations)]
 
+/// `get_ref`, `get_mut` and `into_inner` for a service whose wrapped service is `self.inner`.
+macro_rules! define_inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The inner service, unwrapped.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 pub mod auth;
 pub mod body;
 pub mod clock;

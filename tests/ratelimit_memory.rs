@@ -264,7 +264,8 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
     );
     let per_key = (full.saturating_sub(base)) as f64 / n as f64;
     println!(
-        "  before sweep: {} keys, RSS {:.1} MiB -> {:.1} MiB, {per_key:.1} bytes/key, {:.0} ns/new key",
+        "  before sweep: {} keys, RSS {:.1} MiB -> {:.1} MiB, {per_key:.1} bytes/key, \
+         {:.0} ns/new key",
         limiter.len(),
         base as f64 / 1048576.0,
         full as f64 / 1048576.0,
@@ -272,7 +273,7 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
     );
     assert!(per_key < 400.0, "{per_key:.1} bytes per key");
 
-    // Half a window later nothing is idle yet.
+    // Each key spent one emission interval (6 s); half of it later, nothing is idle yet.
     clock.advance(Duration::from_secs(3));
     assert_eq!(limiter.sweep(), 0);
     // Past the window every entry is the same as no entry.
@@ -285,8 +286,9 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
     assert!(limiter.is_empty());
     let after = rss_bytes();
     println!(
-        "  after sweep:  {} keys, RSS {:.1} MiB ({:.1} bytes/key of the first batch still resident: \
-         the tables keep their capacity, the allocator keeps freed key strings), sweep {:?}",
+        "  after sweep:  {} keys, RSS {:.1} MiB ({:.1} bytes/key of the first batch still \
+         resident: the tables keep their capacity, the allocator keeps freed key strings), \
+         sweep {:?}",
         limiter.len(),
         after as f64 / 1048576.0,
         after.saturating_sub(base) as f64 / n as f64,
