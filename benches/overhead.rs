@@ -362,11 +362,103 @@ fn floor(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
+/// JWT bearer tokens through the whole layer, first sight (cache off: every request verifies
+/// the signature) and cached, against a raw `jsonwebtoken::decode` of the same token.
+///
+/// Figures to compare: `jwt/<alg>/first_sight − baseline/bare_router` against
+/// `jwt/<alg>/raw_decode` (goal: within 1.1×), and `jwt/<alg>/cached − baseline/bare_router`
+/// (goal: under 1 µs).
+fn jwt(c: &mut Criterion, fx: &Fixture) {
+    use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+    use keygate::jwt::{JwtKey, JwtVerifier};
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct TokenClaims {
+        sub: String,
+        exp: u64,
+        scope: String,
+    }
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+    let read = |name: &str| std::fs::read(format!("{FIXTURES}{name}")).expect("a fixture key");
+    let secret = b"a benchmark secret of 32 bytes!!";
+    let cases: Vec<(&str, Algorithm, EncodingKey, DecodingKey, JwtKey)> = vec![
+        (
+            "hs256",
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret),
+            DecodingKey::from_secret(secret),
+            JwtKey::hmac(secret),
+        ),
+        (
+            "rs256",
+            Algorithm::RS256,
+            EncodingKey::from_rsa_pem(&read("test_only_rsa_private.pem")).unwrap(),
+            DecodingKey::from_rsa_pem(&read("test_only_rsa_public.pem")).unwrap(),
+            JwtKey::rsa_pem(&read("test_only_rsa_public.pem")).unwrap(),
+        ),
+        (
+            "es256",
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&read("test_only_ec_p256_private.pem")).unwrap(),
+            DecodingKey::from_ec_pem(&read("test_only_ec_p256_public.pem")).unwrap(),
+            JwtKey::ec_pem(&read("test_only_ec_p256_public.pem")).unwrap(),
+        ),
+        (
+            "eddsa",
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&read("test_only_ed25519_private.pem")).unwrap(),
+            DecodingKey::from_ed_pem(&read("test_only_ed25519_public.pem")).unwrap(),
+            JwtKey::ed_pem(&read("test_only_ed25519_public.pem")).unwrap(),
+        ),
+    ];
+    let claims = TokenClaims {
+        sub: "key_00042".into(),
+        exp: 4_000_000_000,
+        scope: "weather:read weather:write".into(),
+    };
+    for (name, alg, encoding, decoding, key) in cases {
+        let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+        let bearer = move || {
+            http::Request::get(format!("{}?q=London", support::PATH))
+                .header("authorization", format!("Bearer {token}"))
+                .body(axum::body::Body::empty())
+                .expect("a valid request")
+        };
+        let first_sight = finish(support::router().layer(AuthLayer::jwt_only(
+            JwtVerifier::with_keys([key.clone()]).cache(0),
+        )));
+        let cached =
+            finish(support::router().layer(AuthLayer::jwt_only(JwtVerifier::with_keys([key]))));
+        for app in [&first_sight, &cached] {
+            assert_eq!(support::status(&fx.rt, app, bearer()), StatusCode::OK);
+        }
+        let token = jsonwebtoken::encode(&Header::new(alg), &claims, &encoding).unwrap();
+        let validation = Validation::new(alg);
+        assert!(jsonwebtoken::decode::<TokenClaims>(&token, &decoding, &validation).is_ok());
+
+        let mut g = group(c, &format!("jwt/{name}"));
+        g.bench_function("raw_decode", |b| {
+            b.iter(|| {
+                black_box(jsonwebtoken::decode::<TokenClaims>(
+                    black_box(&token),
+                    &decoding,
+                    &validation,
+                ))
+            })
+        });
+        bench_service(&mut g, &fx.rt, "first_sight", &first_sight, &bearer);
+        bench_service(&mut g, &fx.rt, "cached", &cached, &bearer);
+        g.finish();
+    }
+}
+
 fn overhead(c: &mut Criterion) {
     let fx = Fixture::new();
     baseline(c, &fx);
     auth(c, &fx);
     floor(c, &fx);
+    jwt(c, &fx);
 }
 
 criterion_group!(benches, overhead);

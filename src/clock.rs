@@ -13,7 +13,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// A source of time.
 pub trait Clock: Send + Sync + 'static {
@@ -28,9 +28,16 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
-fn process_start() -> Instant {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *START.get_or_init(Instant::now)
+/// The time-stamp counter (where the CPU has a reliable one; else the OS's monotonic clock),
+/// read through `quanta`: about 10 ns instead of about 25 for `Instant::now`, and it is read on
+/// every rate-limit decision.
+fn counter() -> &'static (quanta::Clock, u64) {
+    static COUNTER: std::sync::OnceLock<(quanta::Clock, u64)> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(|| {
+        let clock = quanta::Clock::new();
+        let start = clock.raw();
+        (clock, start)
+    })
 }
 
 impl Clock for SystemClock {
@@ -39,7 +46,8 @@ impl Clock for SystemClock {
     }
 
     fn monotonic_nanos(&self) -> u64 {
-        u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        let (clock, start) = counter();
+        clock.delta_as_nanos(*start, clock.raw())
     }
 }
 

@@ -256,7 +256,10 @@ fn check_value(value: &str, max_len: usize) -> Result<(), CredentialError> {
     if value.len() > max_len {
         return Err(CredentialError::TooLong);
     }
-    if value.bytes().any(|b| b < 0x20 || b == 0x7f) {
+    if value
+        .bytes()
+        .fold(false, |bad, b| bad | (b < 0x20) | (b == 0x7f))
+    {
         return Err(CredentialError::InvalidCharacters);
     }
     Ok(())
@@ -306,16 +309,31 @@ fn header<'r>(
 
 fn query<'r>(query: &'r str, name: &str) -> Result<Option<Cow<'r, str>>, CredentialError> {
     let mut found = None;
-    for pair in query.split('&') {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        // Only the value of our parameter is checked: another parameter's name that does not
-        // decode to UTF-8 (a Latin-1 form field) is simply not ours.
-        let matches = if k.contains(['%', '+']) {
-            percent_encoding::percent_decode_str(&k.replace('+', " ")).eq(name.bytes())
-        } else {
-            k == name
+    let mut rest = query;
+    loop {
+        let (pair, next) = match rest.find('&') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
         };
-        if matches {
+        let b = pair.as_bytes();
+        let n = name.len();
+        let value = if b.len() > n && b[n] == b'=' && &b[..n] == name.as_bytes() {
+            // `name=...`: ours, no decoding of the name needed.
+            Some(&pair[n + 1..])
+        } else if b.len() >= n {
+            // A name with escapes may decode to ours; one without is not ours.
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let matches = k.len() >= n
+                && if has_escape(k) {
+                    percent_encoding::percent_decode_str(&k.replace('+', " ")).eq(name.bytes())
+                } else {
+                    k == name
+                };
+            matches.then_some(v)
+        } else {
+            None
+        };
+        if let Some(v) = value {
             if found.is_some() {
                 return Err(CredentialError::Repeated);
             }
@@ -324,13 +342,23 @@ fn query<'r>(query: &'r str, name: &str) -> Result<Option<Cow<'r, str>>, Credent
                 None => Cow::Borrowed(v),
             });
         }
+        match next {
+            Some(n) => rest = n,
+            None => break,
+        }
     }
     Ok(found)
 }
 
+fn has_escape(s: &str) -> bool {
+    // No early exit, so that the loop vectorises.
+    s.bytes()
+        .fold(false, |found, b| found | (b == b'%') | (b == b'+'))
+}
+
 /// Form-decodes `s` (`%XX` escapes, `+` as space); `None` when it has nothing to decode.
 fn decode(s: &str) -> Result<Option<String>, CredentialError> {
-    if !s.contains(['%', '+']) {
+    if !has_escape(s) {
         return Ok(None);
     }
     let plus_free = s.replace('+', " ");

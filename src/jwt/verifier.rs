@@ -1,5 +1,6 @@
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
@@ -16,14 +17,14 @@ use super::{Claims, JwtKey, KeySet, KeySource, Revocations, StaticKeys, TokenInf
 use crate::clock::{self, Clock, SharedClock};
 use crate::credential::CredentialError;
 use crate::error::{AuthError, InvalidCredential, Unavailable};
-use crate::key::{DigestHasher, KeyDigest};
+use crate::key::DigestHasher;
 use crate::maybe::MaybeReady;
 use crate::principal::{Principal, PrincipalKind};
 
 /// The default limit on a token's length, in bytes.
 pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The default number of verified tokens kept in the cache.
-pub const DEFAULT_CACHE_ENTRIES: usize = 100_000;
+pub const DEFAULT_CACHE_ENTRIES: usize = 50_000;
 
 /// Inserts a verified token's typed claims into request extensions.
 pub(crate) trait InsertClaims: Send + Sync {
@@ -112,8 +113,15 @@ struct Config {
     clock: SharedClock,
 }
 
+/// Verified tokens by a keyed 64-bit hash of the token, each entry holding the token itself.
+///
+/// A hit needs the full token to match, so a hash collision is a miss, never a wrong verdict.
+/// The hash key is random per process, so a client cannot steer a guessed token into a
+/// comparison with a cached one; that is why the comparison may be a plain (fast) one, and why
+/// no SHA-256 of the token is needed on the cached path.
 struct Cache {
-    map: DashMap<KeyDigest, Arc<Verified>, std::hash::BuildHasherDefault<DigestHasher>>,
+    map: DashMap<u64, (Box<str>, Arc<Verified>), std::hash::BuildHasherDefault<DigestHasher>>,
+    hasher: foldhash::quality::RandomState,
     max: usize,
     last_sweep: AtomicU64,
 }
@@ -141,22 +149,16 @@ fn invalid() -> AuthError {
 
 /// Whether `s` has the shape of a compact JWS: three base64url segments, none empty.
 pub(crate) fn looks_like_jws(s: &str) -> bool {
-    let mut dots = 0;
-    let mut segment_len = 0;
-    for b in s.bytes() {
-        match b {
-            b'.' => {
-                if segment_len == 0 {
-                    return false;
-                }
-                dots += 1;
-                segment_len = 0;
-            }
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => segment_len += 1,
-            _ => return false,
-        }
+    // One branch-free pass over the bytes (it vectorises), then three splits on '.'.
+    let foreign = s.bytes().fold(false, |foreign, b| {
+        foreign | !(b.is_ascii_alphanumeric() | (b == b'-') | (b == b'_') | (b == b'.'))
+    });
+    if foreign {
+        return false;
     }
-    dots == 2 && segment_len > 0
+    let mut segments = s.split('.');
+    let three = (0..3).all(|_| segments.next().is_some_and(|seg| !seg.is_empty()));
+    three && segments.next().is_none()
 }
 
 impl JwtVerifier {
@@ -259,7 +261,8 @@ impl JwtVerifier {
         self
     }
 
-    /// Keeps up to `entries` verified tokens (default 100,000); 0 turns the cache off.
+    /// Keeps up to `entries` verified tokens (default 50,000; each entry holds its token, a few
+    /// hundred bytes); 0 turns the cache off.
     pub fn cache(mut self, entries: usize) -> Self {
         self.config().cache = (entries > 0).then(|| Arc::new(Cache::new(entries)));
         self
@@ -299,9 +302,14 @@ impl JwtVerifier {
             .now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let digest = c.cache.as_ref().map(|_| KeyDigest::of(token));
-        if let (Some(cache), Some(digest)) = (&c.cache, &digest) {
-            if let Some(hit) = cache.map.get(digest).map(|e| e.clone()) {
+        let hash = c.cache.as_ref().map(|cache| cache.hasher.hash_one(token));
+        if let (Some(cache), Some(hash)) = (&c.cache, hash) {
+            let hit = cache
+                .map
+                .get(&hash)
+                .filter(|e| &*e.0 == token)
+                .map(|e| e.1.clone());
+            if let Some(hit) = hit {
                 if hit.generation == c.source.current_generation() {
                     return Outcome::Done(self.still_valid(hit, now));
                 }
@@ -312,8 +320,8 @@ impl JwtVerifier {
             Err(outcome) => return outcome,
         };
         let result = self.still_valid(verified, now);
-        if let (Ok(v), Some(cache), Some(digest)) = (&result, &c.cache, digest) {
-            cache.insert(digest, v.clone(), now, c.leeway);
+        if let (Ok(v), Some(cache), Some(hash)) = (&result, &c.cache, hash) {
+            cache.insert(hash, token, v.clone(), now, c.leeway);
         }
         Outcome::Done(result)
     }
@@ -445,12 +453,13 @@ impl Cache {
     fn new(max: usize) -> Self {
         Self {
             map: DashMap::default(),
+            hasher: foldhash::quality::RandomState::default(),
             max,
             last_sweep: AtomicU64::new(0),
         }
     }
 
-    fn insert(&self, digest: KeyDigest, v: Arc<Verified>, now: u64, leeway: u64) {
+    fn insert(&self, hash: u64, token: &str, v: Arc<Verified>, now: u64, leeway: u64) {
         if self.map.len() >= self.max {
             // At most one sweep a second: a cache full of live tokens is not swept in a loop.
             let last = self.last_sweep.load(Ordering::Relaxed);
@@ -461,13 +470,13 @@ impl Cache {
                     .is_ok()
             {
                 self.map
-                    .retain(|_, v| v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now));
+                    .retain(|_, (_, v)| v.exp.is_none_or(|exp| exp.saturating_add(leeway) >= now));
             }
             if self.map.len() >= self.max {
                 return;
             }
         }
-        self.map.insert(digest, v);
+        self.map.insert(hash, (token.into(), v));
     }
 }
 

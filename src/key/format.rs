@@ -127,9 +127,7 @@ impl KeyFormat {
             return Err(FormatError::BadCharacter);
         }
         let (body, checksum) = key.split_at(key.len() - CHECKSUM_LEN);
-        let mut expected = String::with_capacity(CHECKSUM_LEN);
-        push_base62(&mut expected, crc32fast::hash(body.as_bytes()));
-        if expected == checksum {
+        if base62(crc32fast::hash(body.as_bytes())) == checksum.as_bytes() {
             Ok(())
         } else {
             Err(FormatError::BadChecksum)
@@ -138,13 +136,18 @@ impl KeyFormat {
 }
 
 /// Appends `n` as exactly six base62 digits, most significant first.
-fn push_base62(out: &mut String, mut n: u32) {
+fn push_base62(out: &mut String, n: u32) {
+    out.extend(base62(n).iter().map(|&b| b as char));
+}
+
+/// `n` as exactly six base62 digits, most significant first, on the stack.
+fn base62(mut n: u32) -> [u8; CHECKSUM_LEN] {
     let mut digits = [b'0'; CHECKSUM_LEN];
     for d in digits.iter_mut().rev() {
         *d = ALPHABET[(n % 62) as usize];
         n /= 62;
     }
-    out.extend(digits.iter().map(|&b| b as char));
+    digits
 }
 
 #[cfg(test)]

@@ -58,12 +58,44 @@ struct Shard {
 }
 
 struct Entry {
-    key: Box<str>,
+    key: StoredKey,
     hash: u64,
     tat: AtomicU64,
 }
 
 const MIN_SWEEP_AT: usize = 64;
+
+const INLINE_KEY: usize = 22;
+
+/// A key kept in the entry itself when short (most principal ids are), so that a lookup reads
+/// one cache line instead of following a pointer, and a new key costs no allocation.
+enum StoredKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Heap(Box<str>),
+}
+
+impl StoredKey {
+    fn new(key: &str) -> Self {
+        if key.len() <= INLINE_KEY {
+            let mut bytes = [0u8; INLINE_KEY];
+            bytes[..key.len()].copy_from_slice(key.as_bytes());
+            Self::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            Self::Heap(key.into())
+        }
+    }
+
+    #[inline]
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Self::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Self::Heap(s) => s.as_bytes(),
+        }
+    }
+}
 
 impl MemoryLimiter {
     /// A limiter on the system clock.
@@ -141,7 +173,9 @@ impl MemoryLimiter {
             .unwrap_or_else(PoisonError::into_inner);
         let tat = shard
             .table
-            .find(hash, |e| &*e.key == key)
+            .find(hash, |e| {
+                e.hash == hash && e.key.as_bytes() == key.as_bytes()
+            })
             .map_or(0, |e| e.tat.load(Ordering::Acquire));
         gcra::decide(tat, now, quota, cost).0
     }
@@ -161,18 +195,23 @@ impl Inner {
         removed
     }
 
+    #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u32) -> Result<Decision, RateLimitError> {
         let hash = self.hasher.hash_one(key);
         let lock = self.shard(hash);
         let now = self.clock.monotonic_nanos();
         {
             let shard = lock.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+            if let Some(entry) = shard.table.find(hash, |e| {
+                e.hash == hash && e.key.as_bytes() == key.as_bytes()
+            }) {
                 return Ok(update(&entry.tat, now, quota, cost));
             }
         }
         let mut shard = lock.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+        if let Some(entry) = shard.table.find(hash, |e| {
+            e.hash == hash && e.key.as_bytes() == key.as_bytes()
+        }) {
             return Ok(update(&entry.tat, now, quota, cost));
         }
         let (decision, new_tat) = gcra::decide(0, now, quota, cost);
@@ -189,14 +228,16 @@ impl Inner {
             if self.len.load(Ordering::Relaxed) >= self.max_keys {
                 return Err(RateLimitError::Full);
             }
-            if let Some(entry) = shard.table.find(hash, |e| &*e.key == key) {
+            if let Some(entry) = shard.table.find(hash, |e| {
+                e.hash == hash && e.key.as_bytes() == key.as_bytes()
+            }) {
                 return Ok(update(&entry.tat, now, quota, cost));
             }
         }
         shard.table.insert_unique(
             hash,
             Entry {
-                key: key.into(),
+                key: StoredKey::new(key),
                 hash,
                 tat: AtomicU64::new(new_tat),
             },
