@@ -31,7 +31,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, take_error};
 use crate::error::{AuthError, ErrorResponder, Rendering};
 use crate::principal::{Anonymous, Principal};
 
@@ -195,10 +195,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
             KindProj::Called { future } => future.poll(cx).map_ok(|r| r.map(ResponseBody::new)),
-            KindProj::Failed { response } => Poll::Ready(Ok(response
-                .take()
-                .expect("ResponseFuture polled after completion")
-                .map(ResponseBody::full))),
+            KindProj::Failed { response } => Poll::Ready(Ok(take_error(response))),
         }
     }
 }

@@ -11,7 +11,7 @@ use tower::Service;
 
 use super::service::admit;
 use super::{Admission, AuthConfig, Wait};
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, take_error};
 
 pin_project! {
     /// The response future of [`AuthService`](super::AuthService).
@@ -119,10 +119,7 @@ where
                     }
                 }
                 StateProj::Failed { response } => {
-                    let response = response
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(take_error(response)));
                 }
             }
         }

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::{Admission, AuthConfig, Decision, ResponseFuture};
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, take_ready};
 use crate::credential::RequestHead;
 use crate::principal::{Anonymous, Principal};
 
@@ -76,9 +76,7 @@ where
                 ResponseFuture::failed(self.config.rendering.render(&error, &req))
             }
             Decision::Wait(wait) => {
-                // The ready service goes with the request; a clone takes its place here.
-                let clone = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, clone);
+                let service = take_ready(&mut self.inner);
                 ResponseFuture::waiting(wait, service, req, self.config.clone())
             }
         }

@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 
 use super::headers::{HeaderStyle, Policy};
 use super::{Check, Decision, Quota, RateLimitError, RateLimiter, UsageTracker};
-use crate::body::ResponseBody;
+use crate::body::{ResponseBody, take_error, take_ready};
 use crate::credential::RequestHead;
 use crate::error::{AuthError, ErrorResponder, RateLimited, Rendering, Unavailable};
 use crate::principal::{Anonymous, Principal};
@@ -270,8 +270,7 @@ where
             Some(Err(e)) => ResponseFuture::failed(config.rendering.render(&unavailable(e), &req)),
             None => {
                 let key: Box<str> = key.into();
-                let clone = self.inner.clone();
-                let service = std::mem::replace(&mut self.inner, clone);
+                let service = take_ready(&mut self.inner);
                 ResponseFuture {
                     state: State::Waiting {
                         check,
@@ -382,10 +381,7 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));
                 }
                 StateProj::Failed { response } => {
-                    let response = response
-                        .take()
-                        .expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(take_error(response)));
                 }
             }
         }
