@@ -15,6 +15,12 @@
 //! The 100k-key groups go round-robin over pre-built key strings (`key_` + 16 hex digits), all
 //! inserted before measuring.
 //!
+//! - `at_capacity/1m_keys`: a limiter holding its `max_keys` of 1,000,000 live keys (1 per
+//!   hour, spent). `known_key` is a decision for one of them (the baseline); `new_key_full` is a
+//!   decision for a key never seen, which must look for room and fail with `Full`;
+//!   `new_key_full_worst` reports, per sample, the *slowest* single such decision (each timed on
+//!   its own), so the figure is the worst case, not the mean.
+//!
 //! Diagnostics:
 //! - `keygate_manual_clock`: keygate on a `ManualClock` (one atomic load) instead of the system
 //!   clock, to show what the clock read costs;
@@ -253,5 +259,63 @@ fn parts(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, parts);
+const CAPACITY: usize = 1_000_000;
+
+/// Writes the `i`-th key of a series into `buf`, without allocating once `buf` has grown.
+fn key_into(buf: &mut String, series: &str, i: u64) -> &str {
+    use std::fmt::Write as _;
+    buf.clear();
+    write!(buf, "{series}_{i:016x}").expect("writing to a String");
+    buf
+}
+
+fn at_capacity(c: &mut Criterion) {
+    let mut group = c.benchmark_group("at_capacity/1m_keys");
+    group.throughput(Throughput::Elements(1));
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    let q = Quota::per_hour(1);
+    let mut buf = String::new();
+
+    // Full of live keys: every new key is turned away.
+    let full = MemoryLimiter::new().with_max_keys(CAPACITY);
+    for i in 0..CAPACITY as u64 {
+        assert!(keygate_allowed(&full, key_into(&mut buf, "live", i), &q));
+    }
+    assert_eq!(full.len(), CAPACITY);
+    let known = key_into(&mut buf, "live", 7).to_owned();
+    group.bench_function("known_key", |b| {
+        b.iter(|| black_box(full.check(black_box(&known), &q, 1).take_ready()))
+    });
+    let mut n = 0u64;
+    group.bench_function("new_key_full", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = key_into(&mut buf, "new", n);
+            black_box(full.check(black_box(key), &q, 1).take_ready())
+        })
+    });
+    group.bench_function("new_key_full_worst", |b| {
+        b.iter_custom(|iters| {
+            let mut worst = Duration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let key = key_into(&mut buf, "new", n);
+                let start = std::time::Instant::now();
+                black_box(full.check(black_box(key), &q, 1).take_ready());
+                worst = worst.max(start.elapsed());
+            }
+            // Criterion divides by `iters`: report the slowest decision as each one's time.
+            worst * u32::try_from(iters).unwrap_or(u32::MAX)
+        })
+    });
+    assert!(matches!(
+        full.check("never seen", &q, 1).take_ready(),
+        Some(Err(keygate::ratelimit::RateLimitError::Full))
+    ));
+    assert_eq!(full.len(), CAPACITY);
+    group.finish();
+}
+
+criterion_group!(benches, bench, parts, at_capacity);
 criterion_main!(benches);

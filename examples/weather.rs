@@ -22,6 +22,7 @@
 //! | `JWT_SECRET` | 32 random bytes | the HS256 secret tokens are signed and verified with |
 //! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (the seed's tokens use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
+//! | `JWT_KID` | `weather-1` | the `kid` header of minted tokens; accepted tokens that name a key must name this one |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
@@ -40,7 +41,7 @@
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
 //!   subject (in the `JWT_SUBJECT_CLAIM` claim) is the key's record id and whose `scope` is the
-//!   key's scopes. The token works on every route in place of the key. Only an API key can
+//!   key's scopes, with `kid` (`JWT_KID`) in its header. The token works on every route in place of the key. Only an API key can
 //!   ask: a JWT caller gets 403 (a token that mints tokens would never have to expire).
 //! - `GET /healthz`: 200, no credential, no rate limit.
 //!
@@ -83,6 +84,8 @@ pub const DEFAULT_ADDR: SocketAddr =
 pub const DEFAULT_RATE_LIMIT: &str = "10/s";
 /// The Redis key prefix when `REDIS_PREFIX` is not set.
 pub const DEFAULT_REDIS_PREFIX: &str = "weather:rl:";
+/// The `kid` of minted tokens when `JWT_KID` is not set.
+pub const DEFAULT_JWT_KID: &str = "weather-1";
 /// How long a minted token lives: the seed's `expiresIn: "2h"`.
 pub const TOKEN_TTL: Duration = Duration::from_secs(2 * 3600);
 /// The prefix of the keys this service issues.
@@ -130,6 +133,8 @@ pub struct Config {
     pub jwt_issuer: Option<String>,
     /// The `aud` of minted tokens, required of accepted ones (`JWT_AUDIENCE`).
     pub jwt_audience: Option<String>,
+    /// The `kid` of minted tokens and of the key that verifies them (`JWT_KID`).
+    pub jwt_kid: String,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -147,6 +152,7 @@ impl std::fmt::Debug for Config {
             .field("jwt_subject_claim", &self.jwt_subject_claim)
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
+            .field("jwt_kid", &self.jwt_kid)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -243,6 +249,9 @@ impl Config {
             jwt_subject_claim,
             jwt_issuer: set("JWT_ISSUER"),
             jwt_audience: set("JWT_AUDIENCE"),
+            jwt_kid: set("JWT_KID")
+                .map(|k| k.trim().to_owned())
+                .unwrap_or_else(|| DEFAULT_JWT_KID.to_owned()),
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -308,22 +317,13 @@ pub fn keys(config: &Config) -> Result<Keys, ConfigError> {
 pub struct Tokens {
     /// Signs with the service's secret; puts `JWT_ISSUER` and `JWT_AUDIENCE` in when set.
     pub issuer: TokenIssuer,
-    /// The claim naming the caller, when not `sub`.
-    pub subject_claim: Option<String>,
 }
 
 impl Tokens {
-    /// A token for `principal`: its id as subject (in the configured subject claim), its scopes
-    /// as `scope`, valid for [`TOKEN_TTL`].
+    /// A token for `principal`: its id as subject (in `sub` and in the configured subject
+    /// claim), its scopes as `scope`, valid for [`TOKEN_TTL`].
     pub fn issue(&self, principal: &Principal) -> Result<IssuedToken, IssueError> {
-        // The issuer always writes `sub`; a verifier told to read another claim finds the id
-        // there too.
-        let mut extra = serde_json::Map::new();
-        if let Some(claim) = &self.subject_claim {
-            extra.insert(claim.clone(), principal.id().into());
-        }
-        self.issuer
-            .issue_with(principal.id(), principal.scopes().iter(), extra)
+        self.issuer.issue_for(principal)
     }
 }
 
@@ -377,10 +377,13 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         getrandom::fill(&mut secret).expect("the operating system's random generator");
         secret
     });
-    let mut verifier = JwtVerifier::with_keys([JwtKey::hmac(&secret)]);
-    let mut issuer = TokenIssuer::hmac(&secret).ttl(TOKEN_TTL);
+    let mut verifier = JwtVerifier::with_keys([JwtKey::hmac(&secret).kid(config.jwt_kid.as_str())]);
+    let mut issuer = TokenIssuer::hmac(&secret)
+        .kid(config.jwt_kid.clone())
+        .ttl(TOKEN_TTL);
     if let Some(claim) = &config.jwt_subject_claim {
         verifier = verifier.subject_claim(claim);
+        issuer = issuer.subject_claim(claim);
     }
     if let Some(iss) = &config.jwt_issuer {
         verifier = verifier.issuer([iss.clone()]);
@@ -409,10 +412,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
     Ok(Services {
         keys,
         verifier,
-        tokens: Tokens {
-            issuer,
-            subject_claim: config.jwt_subject_claim.clone(),
-        },
+        tokens: Tokens { issuer },
         limiter,
         backend,
         rate_limit: config.rate_limit,

@@ -121,7 +121,7 @@ mod claims {
     use crate::jwt::Claims;
     use crate::principal::PrincipalKind;
 
-    fn missing_claims(parts: &Parts) -> PrincipalRejection {
+    fn missing_claims<T>(parts: &Parts) -> PrincipalRejection {
         match parts.extensions.get::<Principal>() {
             // An API-key caller on a route that needs a token's claims.
             Some(p) if p.kind() != PrincipalKind::Jwt => PrincipalRejection::new(
@@ -130,15 +130,17 @@ mod claims {
                 parts,
             ),
             Some(_) => {
-                tracing::error!(target: "keygate", "Claims<T> extracted but the JwtVerifier was not configured with .claims::<T>() for this T");
-                PrincipalRejection::new(AuthError::MissingLayer, &Rendering::default(), parts)
+                let error = AuthError::ClaimsType(std::any::type_name::<T>());
+                tracing::error!(target: "keygate", path = parts.uri.path(), "{error}");
+                PrincipalRejection::new(error, &Rendering::default(), parts)
             }
             None => missing(parts),
         }
     }
 
     /// Rejects like [`Principal`] does; a caller that used an API key instead of a token gets
-    /// 401, and a verifier not configured with `.claims::<T>()` for this `T` gives 500.
+    /// 401, and a verifier not configured with `.claims::<T>()` for this `T` gives 500
+    /// ([`AuthError::ClaimsType`], which names `T` in the log).
     impl<S: Send + Sync, T: Send + Sync + 'static> FromRequestParts<S> for Claims<T> {
         type Rejection = PrincipalRejection;
 
@@ -150,7 +152,7 @@ mod claims {
                 .extensions
                 .get::<Claims<T>>()
                 .cloned()
-                .ok_or_else(|| missing_claims(parts))
+                .ok_or_else(|| missing_claims::<T>(parts))
         }
     }
 

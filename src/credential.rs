@@ -180,12 +180,19 @@ impl CredentialSource {
         }
     }
 
-    fn find<'r>(&self, head: &RequestHead<'r>) -> Result<Option<Cow<'r, str>>, CredentialError> {
+    /// The credential of this source, if any. The built-in sources check a value's raw length
+    /// against `max_len` before they validate or decode it, so an oversized value costs no
+    /// allocation and no pass over its bytes.
+    fn find<'r>(
+        &self,
+        head: &RequestHead<'r>,
+        max_len: usize,
+    ) -> Result<Option<Cow<'r, str>>, CredentialError> {
         match &self.0 {
-            Source::Bearer => bearer(head.headers),
-            Source::Header(name) => header(head.headers, name),
-            Source::Query(name) => query(head.uri.query().unwrap_or(""), name),
-            Source::Cookie(name) => cookie(head.headers, name),
+            Source::Bearer => bearer(head.headers, max_len),
+            Source::Header(name) => header(head.headers, name, max_len),
+            Source::Query(name) => query(head.uri.query().unwrap_or(""), name, max_len),
+            Source::Cookie(name) => cookie(head.headers, name, max_len),
             Source::Custom(f) => Ok(f.extract(head)?.map(Cow::Owned)),
         }
     }
@@ -235,7 +242,7 @@ pub(crate) fn extract<'r>(
 ) -> Result<Option<Found<'r>>, CredentialError> {
     let mut found: Option<Found<'r>> = None;
     for source in sources {
-        if let Some(value) = source.find(head)? {
+        if let Some(value) = source.find(head, max_len)? {
             if found.is_some() {
                 return Err(CredentialError::Ambiguous);
             }
@@ -278,74 +285,101 @@ fn single<'r>(
     Ok(first)
 }
 
-fn bearer(headers: &HeaderMap) -> Result<Option<Cow<'_, str>>, CredentialError> {
+/// Fails with `TooLong` when a raw value is longer than `max_len`.
+fn within(raw: &[u8], max_len: usize) -> Result<&[u8], CredentialError> {
+    if raw.len() > max_len {
+        return Err(CredentialError::TooLong);
+    }
+    Ok(raw)
+}
+
+fn utf8(bytes: &[u8]) -> Result<&str, CredentialError> {
+    std::str::from_utf8(bytes).map_err(|_| CredentialError::InvalidCharacters)
+}
+
+/// An RFC 9110 `tchar`: the characters of an authentication scheme's name.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `Authorization: Bearer <token>` (RFC 9110 §11.4, RFC 6750 §2.1): the scheme, one or more
+/// spaces, the token. A header of the Bearer scheme in any other shape (a tab or a comma after
+/// the scheme, two tokens) is a malformed credential, never a missing one. Other schemes are
+/// not ours.
+fn bearer(headers: &HeaderMap, max_len: usize) -> Result<Option<Cow<'_, str>>, CredentialError> {
     let Some(value) = single(headers, &AUTHORIZATION)? else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    let scheme_end = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    let bytes = trim_ows(value.as_bytes());
+    let scheme_end = bytes
+        .iter()
+        .position(|&b| !is_tchar(b))
+        .unwrap_or(bytes.len());
     if !bytes[..scheme_end].eq_ignore_ascii_case(b"bearer") {
         return Ok(None);
     }
-    let token = bytes[scheme_end..].trim_ascii();
-    if token.is_empty() || token.contains(&b' ') {
+    let rest = &bytes[scheme_end..];
+    let token_start = rest.iter().position(|&b| b != b' ').unwrap_or(rest.len());
+    let token = &rest[token_start..];
+    // A tab inside the token is a control character, refused as such by `check_value`.
+    if token_start == 0 || token.is_empty() || token.contains(&b' ') {
         return Err(CredentialError::MalformedAuthorization);
     }
-    let token = std::str::from_utf8(token).map_err(|_| CredentialError::InvalidCharacters)?;
-    Ok(Some(Cow::Borrowed(token)))
+    Ok(Some(Cow::Borrowed(utf8(within(token, max_len)?)?)))
+}
+
+/// Strips optional whitespace (spaces and tabs) around a field value.
+fn trim_ows(mut bytes: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = bytes {
+        bytes = rest;
+    }
+    bytes
 }
 
 fn header<'r>(
     headers: &'r HeaderMap,
     name: &HeaderName,
+    max_len: usize,
 ) -> Result<Option<Cow<'r, str>>, CredentialError> {
     let Some(value) = single(headers, name)? else {
         return Ok(None);
     };
-    let s =
-        std::str::from_utf8(value.as_bytes()).map_err(|_| CredentialError::InvalidCharacters)?;
-    Ok(Some(Cow::Borrowed(s.trim_matches(' '))))
+    let trimmed = value.as_bytes().trim_ascii();
+    Ok(Some(Cow::Borrowed(utf8(within(trimmed, max_len)?)?)))
 }
 
-fn query<'r>(query: &'r str, name: &str) -> Result<Option<Cow<'r, str>>, CredentialError> {
+/// The longest raw text of a value that may decode to `max_len` bytes: each byte can be
+/// written as a three-character `%XX` escape.
+fn max_encoded_len(max_len: usize) -> usize {
+    max_len.saturating_mul(3)
+}
+
+fn query<'r>(
+    query: &'r str,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<Cow<'r, str>>, CredentialError> {
     let mut found = None;
-    let mut rest = query;
-    loop {
-        let (pair, next) = match rest.find('&') {
-            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
-            None => (rest, None),
-        };
-        let b = pair.as_bytes();
-        let n = name.len();
-        let value = if b.len() > n && b[n] == b'=' && &b[..n] == name.as_bytes() {
-            // `name=...`: ours, no decoding of the name needed.
-            Some(&pair[n + 1..])
-        } else if b.len() >= n {
-            // A name with escapes may decode to ours; one without is not ours.
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let matches = k.len() >= n
-                && if has_escape(k) {
-                    percent_encoding::percent_decode_str(&k.replace('+', " ")).eq(name.bytes())
-                } else {
-                    k == name
-                };
-            matches.then_some(v)
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let ours = if has_escape(k) {
+            // A name with escapes may decode to ours; compared byte by byte, without decoding
+            // it into a buffer.
+            FormDecoded::new(k.as_bytes()).eq(name.bytes())
         } else {
-            None
+            k == name
         };
-        if let Some(v) = value {
-            if found.is_some() {
-                return Err(CredentialError::Repeated);
-            }
-            found = Some(match decode(v)? {
-                Some(owned) => Cow::Owned(owned),
-                None => Cow::Borrowed(v),
-            });
+        if !ours {
+            continue;
         }
-        match next {
-            Some(n) => rest = n,
-            None => break,
+        if found.is_some() {
+            return Err(CredentialError::Repeated);
         }
+        within(v.as_bytes(), max_encoded_len(max_len))?;
+        found = Some(decode(v)?);
     }
     Ok(found)
 }
@@ -356,19 +390,71 @@ fn has_escape(s: &str) -> bool {
         .fold(false, |found, b| found | (b == b'%') | (b == b'+'))
 }
 
-/// Form-decodes `s` (`%XX` escapes, `+` as space); `None` when it has nothing to decode.
-fn decode(s: &str) -> Result<Option<String>, CredentialError> {
-    if !has_escape(s) {
-        return Ok(None);
+/// The bytes of form-encoded text (`%XX` escapes, `+` for a space), decoded one at a time. A
+/// `%` not followed by two hex digits stands for itself.
+struct FormDecoded<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> FormDecoded<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
     }
-    let plus_free = s.replace('+', " ");
-    let bytes: Vec<u8> = percent_encoding::percent_decode_str(&plus_free).collect();
+}
+
+impl Iterator for FormDecoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let (&first, rest) = self.rest.split_first()?;
+        self.rest = rest;
+        match first {
+            b'+' => Some(b' '),
+            b'%' => match rest {
+                [hi, lo, tail @ ..] => match (hex(*hi), hex(*lo)) {
+                    (Some(hi), Some(lo)) => {
+                        self.rest = tail;
+                        Some(hi << 4 | lo)
+                    }
+                    _ => Some(b'%'),
+                },
+                _ => Some(b'%'),
+            },
+            b => Some(b),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.rest.len().div_ceil(3), Some(self.rest.len()))
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Form-decodes `s`, borrowing it when it has nothing to decode; one allocation otherwise.
+fn decode(s: &str) -> Result<Cow<'_, str>, CredentialError> {
+    if !has_escape(s) {
+        return Ok(Cow::Borrowed(s));
+    }
+    let mut bytes = Vec::with_capacity(s.len());
+    bytes.extend(FormDecoded::new(s.as_bytes()));
     String::from_utf8(bytes)
-        .map(Some)
+        .map(Cow::Owned)
         .map_err(|_| CredentialError::InvalidCharacters)
 }
 
-fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<Cow<'r, str>>, CredentialError> {
+fn cookie<'r>(
+    headers: &'r HeaderMap,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<Cow<'r, str>>, CredentialError> {
     let mut found = None;
     // HTTP/2 may split cookies over several headers. Other cookies may hold any bytes; only ours
     // must be UTF-8, and a non-UTF-8 one is an error, not a missing credential.
@@ -388,8 +474,7 @@ fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<Cow<'r, str>>
                 .strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(v);
-            let v = std::str::from_utf8(v).map_err(|_| CredentialError::InvalidCharacters)?;
-            found = Some(Cow::Borrowed(v));
+            found = Some(Cow::Borrowed(utf8(within(v, max_len)?)?));
         }
     }
     Ok(found)
@@ -488,9 +573,27 @@ mod tests {
             r(get("/").header("authorization", "Bearer")),
             Err(CredentialError::MalformedAuthorization)
         );
+        for malformed in [
+            "Bearer a b",
+            "Bearer\tabc",
+            "bearer\t\tabc",
+            "Bearer,abc",
+            "Bearer=abc",
+        ] {
+            assert_eq!(
+                r(get("/").header("authorization", malformed)),
+                Err(CredentialError::MalformedAuthorization),
+                "{malformed:?}"
+            );
+        }
         assert_eq!(
-            r(get("/").header("authorization", "Bearer a b")),
-            Err(CredentialError::MalformedAuthorization)
+            r(get("/").header("authorization", "Bearer \tabc")),
+            Err(CredentialError::InvalidCharacters)
+        );
+        // Another scheme whose name merely starts with "Bearer" is not ours.
+        assert_eq!(
+            r(get("/").header("authorization", "Bearer-Token abc")),
+            Ok(None)
         );
         let non_utf8 = http::HeaderValue::from_bytes(b"\xffabc").unwrap();
         assert_eq!(
@@ -508,6 +611,44 @@ mod tests {
         // Another parameter's name that is not UTF-8 once decoded is just not ours.
         assert_eq!(r(get("/?stra%DFe=1&key=abc")), Ok(Some("abc".into())));
         assert_eq!(r(get("/?%FF")), Ok(None));
+    }
+
+    #[test]
+    fn raw_length_is_checked_before_decoding() {
+        let r = |b: http::request::Builder| run(b.body(()).unwrap(), &all());
+        // 512 bytes decoded from 1536 escaped ones is within the limit.
+        assert_eq!(
+            r(get(&format!("/?key={}", "%41".repeat(512)))),
+            Ok(Some("A".repeat(512)))
+        );
+        // Raw text longer than any value within the limit is refused as it is, even when it is
+        // not valid UTF-8 once decoded.
+        assert_eq!(
+            r(get(&format!("/?key={}", "%FF".repeat(600)))),
+            Err(CredentialError::TooLong)
+        );
+        let long = http::HeaderValue::from_bytes(&[0xff; 600]).unwrap();
+        assert_eq!(
+            r(get("/").header("x-api-key", long.clone())),
+            Err(CredentialError::TooLong)
+        );
+        let cookie = http::HeaderValue::from_bytes(&[b"k=".as_slice(), &[0xff; 600]].concat());
+        assert_eq!(
+            r(get("/").header("cookie", cookie.unwrap())),
+            Err(CredentialError::TooLong)
+        );
+    }
+
+    #[test]
+    fn form_decoding() {
+        let d = |s: &str| decode(s).map(Cow::into_owned);
+        assert_eq!(d("a%2Fb+c"), Ok("a/b c".into()));
+        assert_eq!(d("100%"), Ok("100%".into()));
+        assert_eq!(d("%4"), Ok("%4".into()));
+        assert_eq!(d("%zz%41"), Ok("%zzA".into()));
+        assert!(matches!(decode("plain"), Ok(Cow::Borrowed("plain"))));
+        assert_eq!(d("%C3%A9"), Ok("\u{e9}".into()));
+        assert_eq!(d("%C3"), Err(CredentialError::InvalidCharacters));
     }
 
     #[test]

@@ -145,6 +145,13 @@ pub enum AuthError {
     /// A handler asked for a `Principal` on a route no `AuthLayer` covers: 500.
     #[error("no Principal in the request: the route is not behind keygate's AuthLayer")]
     MissingLayer,
+    /// A handler asked for `Claims<T>` of a token whose verifier decodes no claims of type `T`
+    /// (it was configured without `.claims::<T>()`, or with another type): 500. Holds the name
+    /// of the type asked for, for logs; the client is not told it.
+    #[error(
+        "the token's claims are not decoded as {0}: configure the JwtVerifier with .claims::<{0}>()"
+    )]
+    ClaimsType(&'static str),
 }
 
 impl AuthError {
@@ -156,7 +163,7 @@ impl AuthError {
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::MissingLayer => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MissingLayer | Self::ClaimsType(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -167,7 +174,7 @@ impl AuthError {
             Self::InsufficientScope(_) => 7,
             Self::RateLimited(_) => 8,
             Self::Unavailable(_) => 14,
-            Self::MissingLayer => 13,
+            Self::MissingLayer | Self::ClaimsType(_) => 13,
         }
     }
 
@@ -181,6 +188,7 @@ impl AuthError {
             Self::RateLimited(_) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::MissingLayer => "missing_layer",
+            Self::ClaimsType(_) => "claims_type",
         }
     }
 
@@ -202,6 +210,10 @@ impl AuthError {
             Self::Unavailable(_) => "Authentication is unavailable; retry later.".into(),
             Self::MissingLayer => "The server's authentication is misconfigured: no Principal \
                                    in the request; is keygate's AuthLayer applied to this route?"
+                .into(),
+            Self::ClaimsType(_) => "The server's authentication is misconfigured: the route asks \
+                                    for token claims of a type the JwtVerifier does not decode; \
+                                    configure the verifier with .claims::<T>() for that type."
                 .into(),
         }
     }

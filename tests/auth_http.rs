@@ -439,6 +439,26 @@ async fn a_malformed_authorization_header_is_rejected() {
     }
 }
 
+/// RFC 9110 §11.4: one or more spaces separate the scheme from the credential. A Bearer
+/// header with any other separator holds a credential that is present but malformed: 400, not
+/// the 401 of a request without one.
+#[tokio::test]
+async fn a_bearer_header_with_other_whitespace_is_malformed_not_missing() {
+    let (store, key) = store_with_key();
+    let counting = CountingStore::new(store);
+    let app = app(counting.clone());
+    let key = key.expose_secret();
+    for value in [
+        format!("Bearer\t{key}"),
+        format!("bearer\t\t{key}"),
+        format!("Bearer,{key}"),
+    ] {
+        let req = get_with("/me", &[("authorization", &value)]);
+        assert_bad_request(&app, req, MALFORMED_AUTHORIZATION, key).await;
+    }
+    assert_eq!(counting.calls(), 0);
+}
+
 #[tokio::test]
 async fn oversized_keys_are_rejected_before_the_store() {
     let (store, _key) = store_with_key();

@@ -814,6 +814,40 @@ fn hostile() -> Vec<Case> {
         ),
         Invalid,
     ));
+
+    // --- members named twice (RFC 7519 §4): readers could disagree on the claims -------------
+    for (member, raw) in [
+        ("scope", r#""admin""#),
+        ("sub", r#""root""#),
+        ("exp", &*(T0 + 999_999).to_string()),
+        ("iss", r#""https://evil.example""#),
+        ("aud", r#""other""#),
+    ] {
+        cases.push(case(
+            format!("{member} twice"),
+            hs_bytes(
+                hs_header().to_string().as_bytes(),
+                &good_with_raw(member, raw),
+            ),
+            Invalid,
+        ));
+    }
+    cases.push(case(
+        "scope twice, the second spelled with an escape",
+        hs_bytes(
+            hs_header().to_string().as_bytes(),
+            &good_with_raw("sc\\u006fpe", r#""admin""#),
+        ),
+        Invalid,
+    ));
+    cases.push(case(
+        "an unknown member twice",
+        hs_bytes(
+            hs_header().to_string().as_bytes(),
+            &good_with_raw("plan", r#""free","plan":"pro""#),
+        ),
+        Invalid,
+    ));
     cases
 }
 

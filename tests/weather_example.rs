@@ -932,6 +932,7 @@ async fn post_token_returns_an_oauth_token_response() {
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
     assert_eq!(header["alg"], "HS256");
+    assert_eq!(header["kid"], "weather-1", "{header}");
 
     // Each call mints a new token.
     assert_ne!(server.token_for(&key).await, token);
@@ -991,6 +992,30 @@ async fn a_minted_token_works_on_every_endpoint_as_a_jwt_caller() {
     server.stop().await;
 }
 
+/// Minted tokens name their key (`JWT_KID`), and the service verifies with it: a token signed
+/// with the right secret but naming another key is refused.
+#[tokio::test]
+async fn minted_tokens_carry_the_configured_kid_and_are_verified_by_it() {
+    let server = Server::start(&[("JWT_SECRET", SECRET), ("JWT_KID", "2026-12")]).await;
+    let key = server.demo_key().to_owned();
+    let token = server.token_for(&key).await;
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    assert_eq!(header["kid"], "2026-12", "{header}");
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+
+    let other_kid = TokenIssuer::hmac(SECRET.as_bytes())
+        .kid("2025-01")
+        .issue("demo", ["weather:read"])
+        .unwrap();
+    server
+        .get_bearer("/v1/me", &other_kid.access_token)
+        .await
+        .assert_invalid_token();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_token_signed_with_another_secret_is_401() {
     let server = Server::start(&[("JWT_SECRET", SECRET)]).await;
@@ -1003,9 +1028,10 @@ async fn a_token_signed_with_another_secret_is_401() {
         reply.assert_invalid_token();
         assert!(!reply.body.contains(&other.access_token));
     }
-    // The server's own secret does verify (JWT_SECRET is the signing and verifying secret).
+    // The server's own secret does verify (JWT_SECRET is the signing and verifying secret),
+    // under the key id the tokens name.
     let minted = server.token_for(&key).await;
-    let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET.as_bytes())]);
+    let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET.as_bytes()).kid("weather-1")]);
     assert_eq!(verifier.verify(&minted).unwrap().id(), "demo");
     let ours = TokenIssuer::hmac(SECRET.as_bytes())
         .issue("someone-else", ["weather:read"])

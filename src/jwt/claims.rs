@@ -60,8 +60,15 @@ impl<'de> Visitor<'de> for Seed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Registered, A::Error> {
         let mut r = Registered::default();
+        let mut seen = Seen::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let k = &*key;
+            // A member named twice is refused (RFC 7519 §4, RFC 8725 §3.1): two readers of one
+            // token must never disagree on its claims, as one that takes the first value and
+            // one that takes the last would.
+            if !seen.first(&key, self.0) {
+                return Err(de::Error::custom("a claim appears more than once"));
+            }
             if k == &*self.0.subject && matches!(k, "iss" | "jti") {
                 // A registered claim used as the subject (`.subject_claim("iss")`) still counts
                 // as itself, for the issuer rule and revocation by `jti`.
@@ -100,6 +107,49 @@ impl<'de> Visitor<'de> for Seed<'_> {
         Ok(r)
     }
 }
+
+/// The members a payload has named so far: a bit for each claim keygate reads, a set (made
+/// only when needed) for the others.
+#[derive(Default)]
+struct Seen<'de> {
+    known: u16,
+    others: Option<hashbrown::HashSet<Cow<'de, str>, foldhash::fast::RandomState>>,
+}
+
+impl<'de> Seen<'de> {
+    /// Whether this is the first time `key` is named.
+    fn first(&mut self, key: &Cow<'de, str>, names: &ClaimNames) -> bool {
+        let bit = if **key == *names.subject {
+            Some(0)
+        } else if names.tier.as_deref() == Some(&**key) {
+            Some(1)
+        } else {
+            KNOWN.iter().position(|k| *k == &**key).map(|i| i + 2)
+        };
+        match bit {
+            Some(bit) => {
+                let mask = 1u16 << bit;
+                let first = self.known & mask == 0;
+                self.known |= mask;
+                first
+            }
+            None => self.others.get_or_insert_default().insert(key.clone()),
+        }
+    }
+}
+
+/// The claims keygate reads besides the configured subject and tier claims.
+const KNOWN: [&str; 9] = [
+    "exp",
+    "nbf",
+    "iat",
+    "iss",
+    "jti",
+    "aud",
+    "scope",
+    "scp",
+    "permissions",
+];
 
 /// Skips a value like `IgnoredAny`, but through `deserialize_any`, so the JSON parser's nesting
 /// limit applies: a payload nested a thousand levels deep is refused, not walked.
@@ -282,6 +332,22 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        for duplicated in [
+            &br#"{"scope":"a","scope":"b"}"#[..],
+            br#"{"sub":"u1","sub":"admin"}"#,
+            br#"{"exp":1,"exp":99999999999}"#,
+            br#"{"tier":"free","tier":"gold"}"#,
+            br#"{"scope":"a","sc\u006fpe":"admin"}"#,
+            br#"{"x":1,"y":2,"x":3}"#,
+        ] {
+            assert!(
+                Registered::parse(duplicated, &names()).is_err(),
+                "{}",
+                String::from_utf8_lossy(duplicated)
+            );
+        }
+        // The same names in nested objects are no duplicates.
+        assert!(Registered::parse(br#"{"a":{"sub":1},"b":{"sub":2},"sub":"u"}"#, &names()).is_ok());
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(1000), "]".repeat(1000));
         assert!(Registered::parse(deep.as_bytes(), &names()).is_err());
     }

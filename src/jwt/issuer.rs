@@ -28,10 +28,42 @@ impl fmt::Debug for IssuedToken {
 
 /// A token could not be issued.
 #[derive(Debug, thiserror::Error)]
-#[error("the token could not be signed: {0}")]
-pub struct IssueError(#[source] jsonwebtoken::errors::Error);
+#[non_exhaustive]
+pub enum IssueError {
+    /// Signing failed (a key that does not fit the algorithm).
+    #[error("the token could not be signed: {0}")]
+    Signing(#[source] jsonwebtoken::errors::Error),
+    /// The extra claims name a claim the issuer writes itself (`sub`, `exp`, `iat`, `nbf`,
+    /// `jti`, `iss`, `aud`, the scope claims, or the configured subject and tier claims), or
+    /// the configured subject claim is one of the registered ones. Merging them would let
+    /// extra data change who the token names, how long it lives, or what it may do.
+    #[error("the claim {0:?} is written by the token issuer and cannot be set as an extra claim")]
+    ReservedClaim(String),
+    /// The extra claims do not serialise to a JSON object.
+    #[error("extra claims must serialise to a JSON object")]
+    ExtraNotAnObject,
+}
+
+/// The claims the issuer writes, and those a verifier reads as scopes: none may come from the
+/// extra claims.
+const RESERVED: [&str; 10] = [
+    "sub",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "iss",
+    "aud",
+    "scope",
+    "scp",
+    "permissions",
+];
 
 /// Mints short-lived tokens with `iat`, `exp`, `jti`, and optionally `kid`, `iss`, `aud`.
+///
+/// Extra claims ([`issue_with`](Self::issue_with)) never override what the issuer writes:
+/// one that names a registered claim, a scope claim, or the configured subject or tier claim
+/// makes issuing fail with [`IssueError::ReservedClaim`].
 ///
 /// ```
 /// use std::time::Duration;
@@ -52,14 +84,16 @@ pub struct TokenIssuer {
     kid: Option<String>,
     iss: Option<String>,
     aud: Option<String>,
+    subject_claim: Option<String>,
+    tier_claim: Option<String>,
     ttl: Duration,
     clock: SharedClock,
 }
 
 #[derive(Serialize)]
-struct Registered<'a, S: Serialize, E: Serialize> {
+struct Registered<'a> {
     sub: &'a str,
-    scope: S,
+    scope: String,
     iat: u64,
     exp: u64,
     jti: String,
@@ -68,7 +102,7 @@ struct Registered<'a, S: Serialize, E: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     aud: Option<&'a str>,
     #[serde(flatten)]
-    extra: E,
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl TokenIssuer {
@@ -88,6 +122,8 @@ impl TokenIssuer {
             kid: None,
             iss: None,
             aud: None,
+            subject_claim: None,
+            tier_claim: None,
             ttl: Duration::from_secs(3600),
             clock: clock::system(),
         }
@@ -111,7 +147,24 @@ impl TokenIssuer {
         self
     }
 
-    /// How long tokens live (default one hour; whole seconds).
+    /// Writes the subject in `claim` too (besides `sub`), for verifiers that read the caller's
+    /// id from it ([`JwtVerifier::subject_claim`](super::JwtVerifier::subject_claim)). Extra
+    /// claims may not name it.
+    pub fn subject_claim(mut self, claim: impl Into<String>) -> Self {
+        self.subject_claim = Some(claim.into()).filter(|c| c != "sub");
+        self
+    }
+
+    /// The claim that names the caller's rate-limit tier
+    /// ([`JwtVerifier::tier_claim`](super::JwtVerifier::tier_claim)), written by
+    /// [`issue_for`](Self::issue_for) from the principal's tier. Extra claims may not name it.
+    pub fn tier_claim(mut self, claim: impl Into<String>) -> Self {
+        self.tier_claim = Some(claim.into());
+        self
+    }
+
+    /// How long tokens live (default one hour; whole seconds). A `exp` that would pass the
+    /// largest time a token can state is capped there, never wrapped.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -129,16 +182,84 @@ impl TokenIssuer {
         subject: &str,
         scopes: impl IntoIterator<Item = S>,
     ) -> Result<IssuedToken, IssueError> {
-        self.issue_with(subject, scopes, serde_json::Map::new())
+        self.sign(subject, scopes, serde_json::Map::new())
     }
 
-    /// A token with extra claims (a struct or map that serialises to a JSON object).
+    /// A token for `principal`: its id as the subject, its scopes, and its tier in the tier
+    /// claim when one is configured.
+    ///
+    /// ```
+    /// use keygate::{Principal, PrincipalKind};
+    /// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+    ///
+    /// let secret = b"a secret of at least 32 bytes, please!";
+    /// let issuer = TokenIssuer::hmac(secret).tier_claim("tier");
+    /// let caller = Principal::new("key_1", PrincipalKind::ApiKey)
+    ///     .with_scopes(["weather:read"])
+    ///     .with_tier("gold");
+    /// let token = issuer.issue_for(&caller).unwrap();
+    ///
+    /// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)]).tier_claim("tier");
+    /// let p = verifier.verify(&token.access_token).unwrap();
+    /// assert_eq!((p.id(), p.tier()), ("key_1", Some("gold")));
+    /// ```
+    pub fn issue_for(&self, principal: &crate::Principal) -> Result<IssuedToken, IssueError> {
+        let mut claims = serde_json::Map::new();
+        if let (Some(claim), Some(tier)) = (&self.tier_claim, principal.tier()) {
+            claims.insert(claim.clone(), tier.into());
+        }
+        self.sign(principal.id(), principal.scopes().iter(), claims)
+    }
+
+    /// A token with extra claims (a struct or map that serialises to a JSON object). None of
+    /// them may name a claim the issuer writes itself (see [`IssueError::ReservedClaim`]).
+    ///
+    /// ```
+    /// use keygate::jwt::{IssueError, TokenIssuer};
+    /// use serde_json::json;
+    ///
+    /// let issuer = TokenIssuer::hmac(b"a secret of at least 32 bytes, please!");
+    /// assert!(issuer.issue_with("u1", ["read"], json!({"plan": "pro"})).is_ok());
+    /// assert!(matches!(
+    ///     issuer.issue_with("u1", ["read"], json!({"scope": "admin"})),
+    ///     Err(IssueError::ReservedClaim(claim)) if claim == "scope"
+    /// ));
+    /// ```
     pub fn issue_with<S: AsRef<str>, E: Serialize>(
         &self,
         subject: &str,
         scopes: impl IntoIterator<Item = S>,
         extra: E,
     ) -> Result<IssuedToken, IssueError> {
+        let extra = match serde_json::to_value(extra) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(IssueError::ExtraNotAnObject),
+        };
+        let reserved = RESERVED
+            .iter()
+            .copied()
+            .chain(self.subject_claim.as_deref())
+            .chain(self.tier_claim.as_deref());
+        for claim in reserved {
+            if extra.contains_key(claim) {
+                return Err(IssueError::ReservedClaim(claim.to_owned()));
+            }
+        }
+        self.sign(subject, scopes, extra)
+    }
+
+    fn sign<S: AsRef<str>>(
+        &self,
+        subject: &str,
+        scopes: impl IntoIterator<Item = S>,
+        mut claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<IssuedToken, IssueError> {
+        if let Some(claim) = &self.subject_claim {
+            if RESERVED.contains(&claim.as_str()) {
+                return Err(IssueError::ReservedClaim(claim.clone()));
+            }
+            claims.insert(claim.clone(), subject.into());
+        }
         let now = self
             .clock
             .now()
@@ -151,24 +272,30 @@ impl TokenIssuer {
             .join(" ");
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
+        let exp = now.saturating_add(self.ttl.as_secs()).min(MAX_NUMERIC_DATE);
         let claims = Registered {
             sub: subject,
             scope,
             iat: now,
-            exp: now + self.ttl.as_secs(),
+            exp,
             jti: new_jti(),
             iss: self.iss.as_deref(),
             aud: self.aud.as_deref(),
-            extra,
+            extra: claims,
         };
-        let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(IssueError)?;
+        let token =
+            jsonwebtoken::encode(&header, &claims, &self.key).map_err(IssueError::Signing)?;
         Ok(IssuedToken {
             access_token: token,
             token_type: "Bearer",
-            expires_in: self.ttl.as_secs(),
+            expires_in: exp.saturating_sub(now),
         })
     }
 }
+
+/// The latest `exp` written: 2^53 − 1 seconds, the largest integer every JSON reader (a double)
+/// holds exactly.
+const MAX_NUMERIC_DATE: u64 = (1 << 53) - 1;
 
 fn new_jti() -> String {
     let mut bytes = [0u8; 16];
@@ -185,5 +312,69 @@ impl fmt::Debug for TokenIssuer {
             .field("aud", &self.aud)
             .field("ttl", &self.ttl)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{JwtKey, JwtVerifier};
+    use serde_json::json;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn extra_claims_cannot_override_what_the_issuer_writes() {
+        let issuer = TokenIssuer::hmac(SECRET)
+            .subject_claim("userId")
+            .tier_claim("tier");
+        for claim in RESERVED.iter().copied().chain(["userId", "tier"]) {
+            let extra = json!({ claim: "admin" });
+            assert!(
+                matches!(
+                    issuer.issue_with("u1", ["read"], &extra),
+                    Err(IssueError::ReservedClaim(c)) if c == claim
+                ),
+                "{claim}"
+            );
+        }
+        assert!(matches!(
+            issuer.issue_with("u1", ["read"], [1, 2]),
+            Err(IssueError::ExtraNotAnObject)
+        ));
+        // What the issuer writes is what a verifier reads.
+        let token = issuer
+            .issue_with("u1", ["read"], json!({"plan": "pro"}))
+            .unwrap();
+        let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET)]).subject_claim("userId");
+        let p = verifier.verify(&token.access_token).unwrap();
+        assert_eq!(p.id(), "u1");
+        assert_eq!(p.scopes().iter().collect::<Vec<_>>(), ["read"]);
+        // A registered claim cannot be the subject claim of issued tokens.
+        assert!(matches!(
+            TokenIssuer::hmac(SECRET).subject_claim("scope").issue("u1", ["read"]),
+            Err(IssueError::ReservedClaim(c)) if c == "scope"
+        ));
+    }
+
+    #[test]
+    fn a_huge_ttl_saturates_instead_of_wrapping() {
+        let issuer = TokenIssuer::hmac(SECRET).ttl(Duration::MAX);
+        let token = issuer.issue("u1", ["read"]).unwrap();
+        let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET)]);
+        assert!(verifier.verify(&token.access_token).is_ok(), "not expired");
+        let payload = token.access_token.split('.').nth(1).unwrap();
+        let payload: serde_json::Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+                .unwrap(),
+        )
+        .unwrap();
+        let (iat, exp) = (
+            payload["iat"].as_u64().unwrap(),
+            payload["exp"].as_u64().unwrap(),
+        );
+        assert!(exp > iat);
+        assert_eq!(exp, MAX_NUMERIC_DATE);
+        assert_eq!(token.expires_in, exp - iat);
     }
 }

@@ -1,3 +1,4 @@
+use std::collections::VecDeque;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,13 +20,17 @@ pub const DEFAULT_MAX_KEYS: usize = 4_000_000;
 /// for the same key — never wait for one another behind a global lock. Only the first request of
 /// a new key takes a shard's write lock.
 ///
-/// **Memory stays bounded.** An entry whose theoretical arrival time has passed holds no
-/// information (it is the same as no entry), so it can be dropped at any time. A shard sweeps
-/// such entries out whenever it has doubled in size since its last sweep, so the table holds
-/// about twice the keys active within one burst window at most, and the sweep costs amortised
-/// O(1) per new key. The limiter also never holds more than `max_keys` entries (default
-/// 4,000,000): when a new key arrives at that limit and a full sweep frees nothing, the request
-/// fails with [`RateLimitError::Full`] (503) rather than go unlimited or evict a live limit.
+/// **Memory stays bounded, and so does the work of every decision.** An entry whose theoretical
+/// arrival time has passed holds no information (it is the same as no entry), so it can be
+/// dropped at any time. Each shard keeps its keys in a ring, oldest first; every new key looks
+/// at the two oldest entries of its shard and drops those that went idle (a live one goes to
+/// the back of the ring). So the table holds about twice the keys active within one burst
+/// window, and no decision ever walks the table: the cost of forgetting is a constant per new
+/// key, not a pause now and then. The limiter also never holds more than `max_keys` entries
+/// (default 4,000,000): a new key that arrives at that limit looks at up to 64 more of its
+/// shard's oldest entries and, when none of them is idle, fails with [`RateLimitError::Full`]
+/// (503) rather than go unlimited or evict a live limit. A flood of new keys at capacity thus
+/// costs each request a few microseconds, never a sweep of millions of entries.
 ///
 /// ```
 /// use keygate::ratelimit::{MemoryLimiter, RateLimiter};
@@ -54,7 +59,9 @@ struct Inner {
 
 struct Shard {
     table: HashTable<Entry>,
-    sweep_at: usize,
+    /// The hashes of the shard's entries, oldest first: the order in which idle entries are
+    /// looked for. May hold hashes of entries already gone (dropped when reached).
+    ring: VecDeque<u64>,
 }
 
 struct Entry {
@@ -63,7 +70,10 @@ struct Entry {
     tat: AtomicU64,
 }
 
-const MIN_SWEEP_AT: usize = 64;
+/// Entries of its shard each new key looks at, so the table stays near its live size.
+const STEPS_PER_INSERT: usize = 2;
+/// Further entries a new key looks at when the limiter is at `max_keys`.
+const STEPS_AT_CAPACITY: usize = 64;
 
 const INLINE_KEY: usize = 22;
 
@@ -112,7 +122,7 @@ impl MemoryLimiter {
                     .map(|_| {
                         RwLock::new(Shard {
                             table: HashTable::new(),
-                            sweep_at: MIN_SWEEP_AT,
+                            ring: VecDeque::new(),
                         })
                     })
                     .collect(),
@@ -191,7 +201,36 @@ impl Inner {
         shard.table.retain(|e| e.tat.load(Ordering::Acquire) > now);
         let removed = before - shard.table.len();
         self.len.fetch_sub(removed, Ordering::Relaxed);
-        shard.sweep_at = (shard.table.len() * 2).max(MIN_SWEEP_AT);
+        shard.ring.clear();
+        shard.ring.extend(shard.table.iter().map(|e| e.hash));
+        removed
+    }
+
+    /// Looks at up to `steps` of the shard's oldest entries: drops the idle ones, moves the live
+    /// ones to the back. Returns how many were dropped.
+    fn sweep_steps(&self, shard: &mut Shard, now: u64, steps: usize) -> usize {
+        let mut removed = 0;
+        for _ in 0..steps.min(shard.ring.len()) {
+            let Some(hash) = shard.ring.pop_front() else {
+                break;
+            };
+            match shard.table.find_entry(hash, |e| e.hash == hash) {
+                Ok(entry) if entry.get().tat.load(Ordering::Acquire) <= now => {
+                    entry.remove();
+                    removed += 1;
+                }
+                Ok(_) => shard.ring.push_back(hash),
+                // Already dropped by a full sweep.
+                Err(_) => {}
+            }
+        }
+        // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
+        // the ring; a ring far longer than its table is rebuilt here, so it stays bounded.
+        if shard.ring.len() > 2 * shard.table.len() + STEPS_AT_CAPACITY {
+            shard.ring.clear();
+            shard.ring.extend(shard.table.iter().map(|e| e.hash));
+        }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
     }
 
@@ -218,20 +257,11 @@ impl Inner {
         let Some(new_tat) = new_tat else {
             return Ok(decision); // nothing to remember
         };
-        if shard.table.len() >= shard.sweep_at {
-            self.sweep_shard(&mut shard, now);
-        }
+        self.sweep_steps(&mut shard, now, STEPS_PER_INSERT);
         if self.len.load(Ordering::Relaxed) >= self.max_keys {
-            drop(shard);
-            self.sweep_all(now);
-            shard = lock.write().unwrap_or_else(PoisonError::into_inner);
+            self.sweep_steps(&mut shard, now, STEPS_AT_CAPACITY);
             if self.len.load(Ordering::Relaxed) >= self.max_keys {
                 return Err(RateLimitError::Full);
-            }
-            if let Some(entry) = shard.table.find(hash, |e| {
-                e.hash == hash && e.key.as_bytes() == key.as_bytes()
-            }) {
-                return Ok(update(&entry.tat, now, quota, cost));
             }
         }
         shard.table.insert_unique(
@@ -243,15 +273,9 @@ impl Inner {
             },
             |e| e.hash,
         );
+        shard.ring.push_back(hash);
         self.len.fetch_add(1, Ordering::Relaxed);
         Ok(decision)
-    }
-
-    fn sweep_all(&self, now: u64) {
-        for s in self.shards.iter() {
-            let mut shard = s.write().unwrap_or_else(PoisonError::into_inner);
-            self.sweep_shard(&mut shard, now);
-        }
     }
 }
 
@@ -357,5 +381,61 @@ mod tests {
             Err(RateLimitError::Full)
         ));
         assert!(!allowed(&l, "a", &q), "known keys keep their limit");
+    }
+
+    #[test]
+    fn at_capacity_new_keys_reclaim_idle_entries_a_few_at_a_time() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::new()
+            .with_clock(clock.clone())
+            .with_max_keys(1000);
+        let q = Quota::per_second(1);
+        for i in 0..1000 {
+            assert!(allowed(&l, &format!("old{i}"), &q));
+        }
+        assert!(matches!(
+            l.check("new0", &q, 1).take_ready().unwrap(),
+            Err(RateLimitError::Full)
+        ));
+        clock.advance(Duration::from_secs(2)); // every old key is idle now
+        // Each new key frees at most a bounded number of idle entries: no decision empties the
+        // table at once, yet every new key finds room.
+        let before = l.len();
+        assert!(allowed(&l, "new1", &q));
+        let freed = before + 1 - l.len();
+        assert!(
+            (1..=STEPS_PER_INSERT + STEPS_AT_CAPACITY).contains(&freed),
+            "freed {freed}"
+        );
+        for i in 2..500 {
+            assert!(allowed(&l, &format!("new{i}"), &q), "new{i}");
+        }
+        assert!(l.len() <= 1000);
+        // Live keys are never evicted to make room.
+        for i in (2..500).rev().take(100) {
+            assert!(
+                !allowed(&l, &format!("new{i}"), &q),
+                "new{i} kept its limit"
+            );
+        }
+    }
+
+    #[test]
+    fn sweep_keeps_the_ring_in_step_with_the_table() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let q = Quota::per_second(1);
+        for i in 0..500 {
+            assert!(allowed(&l, &format!("k{i}"), &q));
+        }
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(l.sweep(), 500);
+        assert!(l.is_empty());
+        for shard in l.inner.shards.iter() {
+            let shard = shard.read().unwrap();
+            assert_eq!(shard.ring.len(), shard.table.len());
+        }
+        assert!(allowed(&l, "k1", &q));
+        assert_eq!(l.len(), 1);
     }
 }

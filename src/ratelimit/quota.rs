@@ -40,8 +40,9 @@ pub enum QuotaError {
     /// A count is zero or does not fit in 32 bits.
     #[error("a quota's limit and burst are whole numbers from 1 to 4294967295")]
     Count,
-    /// The unit is not one of `s`, `min`, `h`, `d` (or their long forms).
-    #[error("a quota's unit is s, min, h or d")]
+    /// The unit is not one of `s`, `min`, `h`, `d` (or their long forms), nor a whole number
+    /// of `ms`, `us` or `ns` (such as `250ms`).
+    #[error("a quota's unit is s, min, h, d, or a whole number of ms, us or ns such as 250ms")]
     Unit,
     /// The window is zero or longer than a year.
     #[error("a quota's window is between 1 ns and 365 days")]
@@ -135,14 +136,18 @@ impl fmt::Debug for Quota {
 
 impl fmt::Display for Quota {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let secs = self.window.as_secs();
-        let exact = self.window.subsec_nanos() == 0;
-        match (exact, secs) {
-            (true, 1) => write!(f, "{}/s", self.limit)?,
-            (true, 60) => write!(f, "{}/min", self.limit)?,
-            (true, 3600) => write!(f, "{}/h", self.limit)?,
-            (true, 86_400) => write!(f, "{}/d", self.limit)?,
-            _ => write!(f, "{}/{}ms", self.limit, self.window.as_millis())?,
+        let nanos = self.window.as_nanos();
+        write!(f, "{}/", self.limit)?;
+        // The named units where they fit; otherwise the largest unit that holds the window
+        // exactly, so that every quota's text parses back to the same quota.
+        match nanos {
+            NANOS_PER_SEC => f.write_str("s")?,
+            NANOS_PER_MIN => f.write_str("min")?,
+            NANOS_PER_HOUR => f.write_str("h")?,
+            NANOS_PER_DAY => f.write_str("d")?,
+            n if n % NANOS_PER_MS == 0 => write!(f, "{}ms", n / NANOS_PER_MS)?,
+            n if n % NANOS_PER_US == 0 => write!(f, "{}us", n / NANOS_PER_US)?,
+            n => write!(f, "{n}ns")?,
         }
         if self.burst != self.limit {
             write!(f, ";burst={}", self.burst)?;
@@ -150,6 +155,13 @@ impl fmt::Display for Quota {
         Ok(())
     }
 }
+
+const NANOS_PER_US: u128 = 1_000;
+const NANOS_PER_MS: u128 = 1_000_000;
+const NANOS_PER_SEC: u128 = 1_000_000_000;
+const NANOS_PER_MIN: u128 = 60 * NANOS_PER_SEC;
+const NANOS_PER_HOUR: u128 = 3600 * NANOS_PER_SEC;
+const NANOS_PER_DAY: u128 = 86_400 * NANOS_PER_SEC;
 
 impl FromStr for Quota {
     type Err = QuotaError;
@@ -159,17 +171,7 @@ impl FromStr for Quota {
         let rate = parts.next().ok_or(QuotaError::Syntax)?.trim();
         let (count, unit) = rate.split_once('/').ok_or(QuotaError::Syntax)?;
         let limit = parse_count(count)?;
-        let window = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hr" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
-            ms if ms.ends_with("ms") => {
-                let n: u64 = ms[..ms.len() - 2].parse().map_err(|_| QuotaError::Unit)?;
-                Duration::from_millis(n)
-            }
-            _ => return Err(QuotaError::Unit),
-        };
+        let window = parse_window(unit.trim())?;
         let mut quota = Quota::new(limit, window)?;
         for param in parts {
             let (name, value) = param.split_once('=').ok_or(QuotaError::Syntax)?;
@@ -180,6 +182,39 @@ impl FromStr for Quota {
         }
         Ok(quota)
     }
+}
+
+/// A named unit (`s`, `min`, `h`, `d` and their long forms), or a whole number of `ms`, `us`
+/// (or `µs`) or `ns`, as `Display` writes windows that are not one named unit.
+fn parse_window(unit: &str) -> Result<Duration, QuotaError> {
+    let named = match unit {
+        "s" | "sec" | "second" => Some(Duration::from_secs(1)),
+        "m" | "min" | "minute" => Some(Duration::from_secs(60)),
+        "h" | "hr" | "hour" => Some(Duration::from_secs(3600)),
+        "d" | "day" => Some(Duration::from_secs(86_400)),
+        _ => None,
+    };
+    if let Some(window) = named {
+        return Ok(window);
+    }
+    let (digits, per) = [
+        ("ms", NANOS_PER_MS),
+        ("us", NANOS_PER_US),
+        ("\u{b5}s", NANOS_PER_US),
+        ("ns", 1),
+    ]
+    .into_iter()
+    .find_map(|(suffix, per)| unit.strip_suffix(suffix).map(|d| (d, per)))
+    .ok_or(QuotaError::Unit)?;
+    // Digits only, and few enough that the product cannot overflow before the range check.
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(QuotaError::Unit);
+    }
+    let n: u128 = digits.parse().map_err(|_| QuotaError::Unit)?;
+    let nanos = n.checked_mul(per).ok_or(QuotaError::Window)?;
+    u64::try_from(nanos)
+        .map(Duration::from_nanos)
+        .map_err(|_| QuotaError::Window)
 }
 
 fn parse_count(s: &str) -> Result<u32, QuotaError> {
@@ -228,6 +263,12 @@ mod tests {
             "10/s;foo=1",
             "99999999999/s",
             "10/0ms",
+            "10/0ns",
+            "10/ms",
+            "10/-5ms",
+            "10/5.5ms",
+            "10/99999999999999999999999ns",
+            "10/400d",
             "+5/s",
         ] {
             assert!(bad.parse::<Quota>().is_err(), "{bad:?} parsed");
@@ -243,11 +284,32 @@ mod tests {
             "3/d",
             "100/min;burst=20",
             "5/250ms",
+            "3/500us",
+            "7/1500ns",
+            "2/90000ms",
         ] {
             let parsed: Quota = q.parse().unwrap();
             assert_eq!(parsed.to_string(), q);
             assert_eq!(parsed.to_string().parse::<Quota>().unwrap(), parsed);
         }
+    }
+
+    #[test]
+    fn sub_millisecond_windows_round_trip() {
+        for nanos in [1, 999, 500_000, 1_500, 1_000_000_001, 59_999_999_999] {
+            let q = Quota::new(3, Duration::from_nanos(nanos)).unwrap();
+            assert_eq!(q.to_string().parse::<Quota>(), Ok(q), "{q}");
+        }
+        assert_eq!(
+            Quota::new(3, Duration::from_micros(500))
+                .unwrap()
+                .to_string(),
+            "3/500us"
+        );
+        assert_eq!(
+            "3/500\u{b5}s".parse::<Quota>().unwrap().window(),
+            Duration::from_micros(500)
+        );
     }
 
     #[test]
