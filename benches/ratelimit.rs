@@ -262,7 +262,7 @@ fn parts(c: &mut Criterion) {
 const CAPACITY: usize = 1_000_000;
 
 /// Writes the `i`-th key of a series into `buf`, without allocating once `buf` has grown.
-fn key_into(buf: &mut String, series: &str, i: u64) -> &str {
+fn key_into<'b>(buf: &'b mut String, series: &str, i: u64) -> &'b str {
     use std::fmt::Write as _;
     buf.clear();
     write!(buf, "{series}_{i:016x}").expect("writing to a String");

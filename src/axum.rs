@@ -79,7 +79,10 @@ fn missing(parts: &Parts) -> PrincipalRejection {
     match parts.extensions.get::<Anonymous>() {
         Some(anon) => PrincipalRejection::new(AuthError::MissingCredential, &anon.rendering, parts),
         None => {
-            tracing::error!(target: "keygate", path = parts.uri.path(), "Principal extracted on a route without AuthLayer");
+            crate::outage::error_misconfigured!(
+                path = parts.uri.path(),
+                "Principal extracted on a route without AuthLayer"
+            );
             PrincipalRejection::new(AuthError::MissingLayer, &Rendering::default(), parts)
         }
     }
@@ -131,7 +134,7 @@ mod claims {
             ),
             Some(_) => {
                 let error = AuthError::ClaimsType(std::any::type_name::<T>());
-                tracing::error!(target: "keygate", path = parts.uri.path(), "{error}");
+                crate::outage::error_misconfigured!(path = parts.uri.path(), "{error}");
                 PrincipalRejection::new(error, &Rendering::default(), parts)
             }
             None => missing(parts),

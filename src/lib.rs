@@ -32,6 +32,7 @@ pub mod error;
 pub mod jwt;
 pub mod key;
 pub mod maybe;
+mod outage;
 pub mod principal;
 pub mod ratelimit;
 pub mod scope;

@@ -145,7 +145,9 @@ where
             }
             None if req.extensions().get::<Anonymous>().is_some() => AuthError::MissingCredential,
             None => {
-                tracing::error!(target: "keygate", "RequireScopeLayer without AuthLayer in front of it");
+                crate::outage::error_misconfigured!(
+                    "RequireScopeLayer without AuthLayer in front of it"
+                );
                 AuthError::MissingLayer
             }
         };

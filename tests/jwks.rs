@@ -324,9 +324,13 @@ async fn failing_endpoint_keeps_the_last_good_set() {
     assert_eq!(server.hits(), hits);
     assert_eq!(call(&app, &token).await, (StatusCode::OK, "alice".into()));
     assert_eq!(call(&app, &rsa).await, (StatusCode::OK, "rob".into()));
-    // A token of a key never seen fails with 401 — the set is there, only the kid is unknown.
+    // A token of a key never seen: the fetch it causes fails, so whether the provider has that
+    // key cannot be known now (503, retry later), though the known keys still work.
     let stranger = hs_token("k7", SECRET_2, "eve");
-    assert_eq!(call(&app, &stranger).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(&app, &stranger).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert!(jwks.is_ready());
 }
 
@@ -376,6 +380,84 @@ async fn unknown_kid_refetch_is_throttled_and_shared() {
         assert_eq!(call(&app, &token).await.0, StatusCode::UNAUTHORIZED);
     }
     assert_eq!(server.hits(), 3);
+}
+
+/// A provider that hangs cannot park requests: a token naming an unknown `kid` waits for the
+/// fetch it causes at most `unknown_kid_wait` (default 1 s), then gets 503, though the fetch's
+/// own timeout is far longer; once a fetch succeeds and the set still lacks the `kid`, 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_jwks_endpoint_bounds_the_wait_of_unknown_kids() {
+    const SLACK: Duration = Duration::from_millis(1500);
+    let server = Server::start(&[hs_jwk("k1", SECRET_1)]).await;
+    let jwks = server
+        .jwks()
+        .timeout(Duration::from_secs(30))
+        .unknown_kid_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let router = app(JwtVerifier::new(jwks.clone()));
+    server.mode(Mode::Slow(Duration::from_secs(60)));
+
+    // The default wait: one second, not the fetch's 30 s timeout.
+    let token = hs_token("unknown-1", SECRET_2, "mallory");
+    let start = std::time::Instant::now();
+    let (status, _) = tokio::time::timeout(Duration::from_secs(10), call(&router, &token))
+        .await
+        .expect("the request is answered long before the fetch times out");
+    let waited = start.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(waited >= Duration::from_secs(1), "waited {waited:?}");
+    assert!(waited < Duration::from_secs(1) + SLACK, "waited {waited:?}");
+    // Known keys keep working while the fetch hangs.
+    let good = hs_token("k1", SECRET_1, "alice");
+    assert_eq!(call(&router, &good).await, (StatusCode::OK, "alice".into()));
+
+    // A shorter configured wait, with requests joining the fetch still under way.
+    let short = server
+        .jwks()
+        .timeout(Duration::from_secs(30))
+        .unknown_kid_wait(Duration::from_millis(200))
+        .build();
+    server.mode(Mode::Serve);
+    let short = short.await.unwrap();
+    let router = app(JwtVerifier::new(short));
+    server.mode(Mode::Slow(Duration::from_secs(60)));
+    let requests: Vec<_> = (0..10)
+        .map(|i| {
+            let router = router.clone();
+            tokio::spawn(async move {
+                let token = hs_token(&format!("unknown-{i}"), SECRET_2, "mallory");
+                let start = std::time::Instant::now();
+                let status = call(&router, &token).await.0;
+                (status, start.elapsed())
+            })
+        })
+        .collect();
+    for request in requests {
+        let (status, waited) = tokio::time::timeout(Duration::from_secs(10), request)
+            .await
+            .expect("answered")
+            .unwrap();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            waited < Duration::from_millis(200) + SLACK,
+            "waited {waited:?}"
+        );
+    }
+
+    // The endpoint answers again, without the kid: 401, not 503.
+    server.mode(Mode::Serve);
+    let fresh = server
+        .jwks()
+        .unknown_kid_interval(Duration::from_millis(10))
+        .build()
+        .await
+        .unwrap();
+    let router = app(JwtVerifier::new(fresh));
+    let token = hs_token("unknown-2", SECRET_2, "mallory");
+    assert_eq!(call(&router, &token).await.0, StatusCode::UNAUTHORIZED);
+    drop(jwks);
 }
 
 /// Whether an error is the one expected.

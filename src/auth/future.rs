@@ -12,6 +12,7 @@ use tower::Service;
 use super::service::admit;
 use super::{Admission, AuthConfig, Wait};
 use crate::body::{ResponseBody, take_error};
+use crate::error::AuthError;
 
 pin_project! {
     /// The response future of [`AuthService`](super::AuthService).
@@ -97,10 +98,10 @@ where
                             config.finish_key(result).map(Admission::Key)
                         }
                         #[cfg(feature = "jwt")]
-                        Wait::Token(refetch, token) => {
-                            ready!(Pin::new(refetch).poll(cx));
-                            config.recheck_token(token)
-                        }
+                        Wait::Token(refetch, token) => match ready!(Pin::new(refetch).poll(cx)) {
+                            crate::jwt::Refetch::Fetched => config.recheck_token(token),
+                            _ => Err(AuthError::Unavailable(crate::error::Unavailable::JwtKeys)),
+                        },
                     };
                     let (mut service, mut req) = pending
                         .take()

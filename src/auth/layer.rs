@@ -43,6 +43,7 @@ impl AuthLayer {
                     store: Arc::new(store),
                     format: None,
                     max_len: DEFAULT_MAX_KEY_LEN,
+                    outage: Default::default(),
                 }),
                 #[cfg(feature = "jwt")]
                 jwt: None,

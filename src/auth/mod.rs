@@ -43,6 +43,7 @@ pub(crate) struct KeyAuth {
     pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) format: Option<KeyFormat>,
     pub(crate) max_len: usize,
+    pub(crate) outage: Arc<crate::outage::OutageLog>,
 }
 
 #[derive(Clone)]
@@ -73,7 +74,7 @@ pub(crate) enum Wait {
     Key(Lookup),
     /// New JWT keys; then the token is checked again.
     #[cfg(feature = "jwt")]
-    Token(crate::maybe::MaybeReady<()>, Box<str>),
+    Token(crate::maybe::MaybeReady<crate::jwt::Refetch>, Box<str>),
 }
 
 /// What to do with a request, decided without waiting when possible.
@@ -161,11 +162,21 @@ impl AuthConfig {
 
     pub(crate) fn finish_key(&self, result: LookupResult) -> Result<Principal, AuthError> {
         let invalid = |why| Err(AuthError::InvalidCredential(why));
+        let outage = self.keys.as_ref().map(|k| &*k.outage);
         let record = match result {
-            Ok(Some(record)) => record,
-            Ok(None) => return invalid(InvalidCredential::UnknownKey),
+            Ok(found) => {
+                if let Some(outage) = outage {
+                    crate::outage::info_recovered!(outage, "key store");
+                }
+                match found {
+                    Some(record) => record,
+                    None => return invalid(InvalidCredential::UnknownKey),
+                }
+            }
             Err(e) => {
-                tracing::warn!(target: "keygate", error = %e, "key store unavailable");
+                if let Some(outage) = outage {
+                    crate::outage::warn_outage!(outage, e, "key store");
+                }
                 return Err(AuthError::Unavailable(Unavailable::KeyStore(Arc::new(e))));
             }
         };

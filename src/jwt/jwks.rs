@@ -12,7 +12,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use super::{JwtKey, JwtKeyError, KeySet, KeySource};
+use super::{JwtKey, JwtKeyError, KeySet, KeySource, Refetch};
 use crate::maybe::MaybeReady;
 
 /// How often the set is fetched when the response says nothing (`Cache-Control: max-age`).
@@ -26,6 +26,8 @@ const DEFAULT_UNKNOWN_KID_INTERVAL: Duration = Duration::from_secs(30);
 /// The first wait before fetching again after a failed fetch (it doubles on each failure, up to
 /// the refresh interval).
 const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a request whose token names an unknown `kid` waits for the fetch it causes or joins.
+const DEFAULT_UNKNOWN_KID_WAIT: Duration = Duration::from_secs(1);
 /// How long one fetch may take, connection and body included.
 const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest response body accepted, in bytes.
@@ -86,7 +88,9 @@ pub enum JwksError {
 ///   [`unknown_kid_interval`](RemoteJwksBuilder::unknown_kid_interval) (default 30 s); the
 ///   requests that arrive meanwhile share that fetch, and tokens naming unknown keys after it
 ///   are rejected without one. So a rotated-in key works as soon as the provider publishes it,
-///   and random `kid`s cannot make keygate hammer the provider.
+///   and random `kid`s cannot make keygate hammer the provider. A request waits for that fetch
+///   at most [`unknown_kid_wait`](RemoteJwksBuilder::unknown_kid_wait) (default 1 s), then fails
+///   with 503 if the fetch has not succeeded, so a provider that hangs cannot park requests.
 /// - When a fetch fails (connection, timeout, status other than 200, a body over
 ///   [`max_body`](RemoteJwksBuilder::max_body), not a JWK set, no usable key), the last good
 ///   set stays in use. A key removed from the set stops verifying at the next fetch, even for
@@ -151,6 +155,7 @@ struct Options {
     min_refresh: Duration,
     max_refresh: Duration,
     unknown_kid_interval: Duration,
+    unknown_kid_wait: Duration,
     retry_interval: Duration,
     timeout: Duration,
     max_body: usize,
@@ -204,6 +209,7 @@ impl RemoteJwks {
                 min_refresh: DEFAULT_MIN_REFRESH,
                 max_refresh: DEFAULT_MAX_REFRESH,
                 unknown_kid_interval: DEFAULT_UNKNOWN_KID_INTERVAL,
+                unknown_kid_wait: DEFAULT_UNKNOWN_KID_WAIT,
                 retry_interval: DEFAULT_RETRY_INTERVAL,
                 timeout: DEFAULT_FETCH_TIMEOUT,
                 max_body: DEFAULT_MAX_BODY,
@@ -283,6 +289,16 @@ impl RemoteJwksBuilder {
     /// (default 30 s).
     pub fn unknown_kid_interval(mut self, interval: Duration) -> Self {
         self.options.unknown_kid_interval = interval;
+        self
+    }
+
+    /// How long a request whose token names a `kid` the set lacks waits for the fetch this
+    /// causes (or joins), at most (default 1 s). When the fetch has not succeeded by then — the
+    /// identity provider is slow, down or hangs — the request fails with 503 instead of waiting
+    /// for the fetch's whole timeout; when it has, and the new set still lacks the `kid`, with
+    /// 401. The fetch itself goes on in the background either way.
+    pub fn unknown_kid_wait(mut self, wait: Duration) -> Self {
+        self.options.unknown_kid_wait = wait;
         self
     }
 
@@ -521,11 +537,20 @@ impl State {
         let o = &self.options;
         let delay = match &result {
             Ok(delay) => {
+                if *failures > 0 {
+                    tracing::info!(target: "keygate", failures = *failures, "JWK set fetched again after failures");
+                }
                 *failures = 0;
                 *delay
             }
             Err(e) => {
-                tracing::warn!(target: "keygate", error = %e, "JWK set fetch failed; keeping the last good set");
+                // One warning when fetching starts to fail, then quieter: a provider that stays
+                // down must not fill the logs at the retry rate.
+                if *failures == 0 {
+                    tracing::warn!(target: "keygate", error = %e, "JWK set fetch failed; keeping the last good set");
+                } else {
+                    tracing::debug!(target: "keygate", error = %e, failures = *failures + 1, "JWK set fetch failed again");
+                }
                 let backoff = o
                     .retry_interval
                     .saturating_mul(1 << (*failures).min(16))
@@ -590,7 +615,7 @@ impl KeySource for RemoteJwks {
         self.handle.state.generation.load(Ordering::Acquire)
     }
 
-    fn unknown_kid(&self, _kid: &str) -> Option<MaybeReady<()>> {
+    fn unknown_kid(&self, _kid: &str) -> Option<MaybeReady<Refetch>> {
         let state = &self.handle.state;
         let mut finished = state.finished.subscribe();
         let target = {
@@ -611,10 +636,13 @@ impl KeySource for RemoteJwks {
             }
             s.target
         };
-        // A fetch under way is finished before the one asked for starts: allow for both.
-        let limit = state.options.timeout.saturating_mul(2) + Duration::from_secs(1);
+        let wait = state.options.unknown_kid_wait;
+        let state = state.clone();
         Some(MaybeReady::pending(async move {
-            let _ = tokio::time::timeout(limit, finished.wait_for(|&n| n >= target)).await;
+            match tokio::time::timeout(wait, finished.wait_for(|&n| n >= target)).await {
+                Ok(Ok(_)) if state.schedule().last.is_ok() => Refetch::Fetched,
+                _ => Refetch::Unavailable,
+            }
         }))
     }
 }

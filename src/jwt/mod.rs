@@ -40,7 +40,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
 pub use revocation::{MemoryRevocations, Revocations, TokenInfo};
-pub use source::{KeySource, StaticKeys};
+pub use source::{KeySource, Refetch, StaticKeys};
 pub use verifier::{DEFAULT_CACHE_ENTRIES, DEFAULT_MAX_TOKEN_LEN, JwtVerifier};
 
 pub(crate) use verifier::{Outcome, Verified, looks_like_jws};

@@ -10,9 +10,12 @@ use crate::maybe::MaybeReady;
 /// `current` is called on every token that is not in the cache, so it must be cheap (hand out
 /// an `Arc` of a snapshot). When a token names a `kid` the current set lacks, the verifier calls
 /// `unknown_kid`; a source that can fetch new keys returns a future that completes when it has
-/// tried, and the token is checked again against the then current set. Any client can send a
-/// token naming any `kid` (the signature cannot be checked before the key is known), so a
-/// source that fetches must throttle: return `None` while a fetch would come too soon.
+/// tried, or when the request has waited long enough, with a [`Refetch`] saying which. After
+/// [`Refetch::Fetched`] the token is checked again against the then current set (401 if it still
+/// lacks the `kid`); after [`Refetch::Unavailable`] the request fails with 503. Any client can
+/// send a token naming any `kid` (the signature cannot be checked before the key is known), so a
+/// source that fetches must throttle: return `None` while a fetch would come too soon, and bound
+/// how long a request waits, so that tokens naming made-up keys cannot park requests.
 pub trait KeySource: Send + Sync + 'static {
     /// The keys trusted now.
     fn current(&self) -> Arc<KeySet>;
@@ -24,10 +27,22 @@ pub trait KeySource: Send + Sync + 'static {
     }
 
     /// A token names `kid`, which the current set lacks.
-    fn unknown_kid(&self, kid: &str) -> Option<MaybeReady<()>> {
+    fn unknown_kid(&self, kid: &str) -> Option<MaybeReady<Refetch>> {
         let _ = kid;
         None
     }
+}
+
+/// How a fetch of keys, asked for by a token naming an unknown `kid`, ended for the request that
+/// waited for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refetch {
+    /// The source fetched its keys: the token is checked against the new set.
+    Fetched,
+    /// The keys could not be had within the request's wait (the fetch failed, or is still under
+    /// way): the request fails with 503.
+    Unavailable,
 }
 
 /// A set of keys fixed in configuration; [`replace`](Self::replace) swaps it at run time.

@@ -61,7 +61,7 @@ pub(crate) struct Verified {
 pub(crate) enum Outcome {
     Done(Result<Arc<Verified>, AuthError>),
     /// The token names a key the source may fetch; check again when this completes.
-    Refetch(MaybeReady<()>),
+    Refetch(MaybeReady<super::Refetch>),
 }
 
 /// Verifies JWT bearer tokens: signature with a pinned algorithm, then `exp`, `nbf`, `iss`,

@@ -14,6 +14,7 @@ use super::{Check, Decision, Quota, RateLimitError, RateLimiter, UsageTracker};
 use crate::body::{ResponseBody, take_error, take_ready};
 use crate::credential::RequestHead;
 use crate::error::{AuthError, ErrorResponder, RateLimited, Rendering, Unavailable};
+use crate::outage::{OutageLog, error_misconfigured, info_recovered, warn_outage};
 use crate::principal::{Anonymous, Principal};
 
 type CostFn = dyn Fn(&RequestHead<'_>) -> u32 + Send + Sync;
@@ -59,6 +60,7 @@ struct Config {
     style: HeaderStyle,
     usage: Option<UsageTracker>,
     rendering: Rendering,
+    outage: OutageLog,
 }
 
 /// Which policy applies to a request.
@@ -89,7 +91,9 @@ impl Config {
         Which::Default
     }
 
+    /// Records a decision the limiter made.
     fn record(&self, key: &str, allowed: bool) {
+        info_recovered!(self.outage, "rate limiter");
         if let Some(usage) = &self.usage {
             usage.record(key, allowed);
         }
@@ -100,11 +104,11 @@ impl Config {
         self.policy(which).write(&mut headers, decision, self.style);
         AuthError::RateLimited(Box::new(RateLimited::new(decision.retry_after, headers)))
     }
-}
 
-fn unavailable(e: RateLimitError) -> AuthError {
-    tracing::warn!(target: "keygate", error = %e, "rate limiter unavailable");
-    AuthError::Unavailable(Unavailable::RateLimiter(Arc::new(e.into())))
+    fn unavailable(&self, e: RateLimitError) -> AuthError {
+        warn_outage!(self.outage, e, "rate limiter");
+        AuthError::Unavailable(Unavailable::RateLimiter(Arc::new(e.into())))
+    }
 }
 
 impl RateLimitLayer {
@@ -120,6 +124,7 @@ impl RateLimitLayer {
                 style: HeaderStyle::default(),
                 usage: None,
                 rendering: Rendering::default(),
+                outage: OutageLog::new(),
             }),
         }
     }
@@ -247,7 +252,7 @@ where
         } else if req.extensions().get::<Anonymous>().is_some() {
             (ANONYMOUS_KEY, Which::Default)
         } else {
-            tracing::error!(target: "keygate", "RateLimitLayer without AuthLayer in front of it and no key_by");
+            error_misconfigured!("RateLimitLayer without AuthLayer in front of it and no key_by");
             let response = config.rendering.render(&AuthError::MissingLayer, &req);
             return ResponseFuture::failed(response);
         };
@@ -267,7 +272,9 @@ where
                 let error = config.limited(&which, &decision);
                 ResponseFuture::failed(config.rendering.render(&error, &req))
             }
-            Some(Err(e)) => ResponseFuture::failed(config.rendering.render(&unavailable(e), &req)),
+            Some(Err(e)) => {
+                ResponseFuture::failed(config.rendering.render(&config.unavailable(e), &req))
+            }
             None => {
                 let key: Box<str> = key.into();
                 let service = take_ready(&mut self.inner);
@@ -375,7 +382,7 @@ where
                             config.record(&key, false);
                             config.limited(&which, &decision)
                         }
-                        Err(e) => unavailable(e),
+                        Err(e) => config.unavailable(e),
                     };
                     let response = config.rendering.render(&error, &req);
                     return Poll::Ready(Ok(response.map(ResponseBody::full)));

@@ -1,0 +1,185 @@
+//! Logging of failures that can repeat at request rate: a backend that is down fails every
+//! request, and one warning per request would flood the logs (and let any client fill them).
+//! [`OutageLog`] turns a run of failures into a warning when it starts, one summary per interval
+//! while it lasts, and a note when the backend answers again.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a failure that goes on is reported again, with a count.
+pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What to log for a failure, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// The first failure after a success (or ever): log it.
+    Started,
+    /// Still failing; `failures` since the last report (this one included): log a summary.
+    Continuing { failures: u64 },
+}
+
+/// The state of one backend (or one misconfigured place), shared by every request.
+///
+/// The success path is one relaxed load of a flag no request writes while the backend is up,
+/// so it costs nothing measurable and contends with nothing.
+#[derive(Debug)]
+pub(crate) struct OutageLog {
+    down: AtomicBool,
+    /// Failures since the last report.
+    unreported: AtomicU64,
+    /// Failures since the outage started.
+    total: AtomicU64,
+    /// When the last report was logged, in milliseconds since the process's first report.
+    last_report_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = ORIGIN.get_or_init(Instant::now);
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A clone starts with no outage: it belongs to a layer being configured, not yet serving.
+impl Clone for OutageLog {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
+
+impl Default for OutageLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OutageLog {
+    pub(crate) const fn new() -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            unreported: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            last_report_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a failure; says what to log for it.
+    pub(crate) fn failure(&self) -> Option<Report> {
+        self.failure_at(now_ms())
+    }
+
+    fn failure_at(&self, now: u64) -> Option<Report> {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        if !self.down.swap(true, Ordering::AcqRel) {
+            self.unreported.store(0, Ordering::Relaxed);
+            self.last_report_ms.store(now, Ordering::Relaxed);
+            return Some(Report::Started);
+        }
+        let failures = self.unreported.fetch_add(1, Ordering::Relaxed) + 1;
+        let last = self.last_report_ms.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= REPORT_INTERVAL.as_millis() as u64;
+        // One request wins the report of each interval.
+        if due
+            && self
+                .last_report_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let failures = self.unreported.swap(0, Ordering::Relaxed).max(failures);
+            return Some(Report::Continuing { failures });
+        }
+        None
+    }
+
+    /// Records a success; returns the failures of the outage it ends, if it ends one.
+    #[inline]
+    pub(crate) fn success(&self) -> Option<u64> {
+        if !self.down.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.recovered()
+    }
+
+    #[cold]
+    fn recovered(&self) -> Option<u64> {
+        if self.down.swap(false, Ordering::AcqRel) {
+            Some(self.total.swap(0, Ordering::Relaxed))
+        } else {
+            None
+        }
+    }
+}
+
+/// Logs a failure of `what` through `log` at WARN: when it starts, then once per interval with
+/// the count of failures since.
+macro_rules! warn_outage {
+    ($log:expr, $error:expr, $what:literal) => {
+        match $log.failure() {
+            Some($crate::outage::Report::Started) => {
+                tracing::warn!(target: "keygate", error = %$error, concat!($what, " unavailable"));
+            }
+            Some($crate::outage::Report::Continuing { failures }) => {
+                tracing::warn!(
+                    target: "keygate",
+                    error = %$error,
+                    failures,
+                    concat!($what, " still unavailable; failures since the last report")
+                );
+            }
+            None => {
+                tracing::debug!(target: "keygate", error = %$error, concat!($what, " unavailable"));
+            }
+        }
+    };
+}
+
+/// Logs that `what` answers again after an outage, if `log` says one just ended.
+macro_rules! info_recovered {
+    ($log:expr, $what:literal) => {
+        if let Some(failures) = $log.success() {
+            tracing::info!(target: "keygate", failures, concat!($what, " available again"));
+        }
+    };
+}
+
+/// Logs a misconfiguration met at request rate at ERROR: the first time, then once per interval
+/// with the count.
+macro_rules! error_misconfigured {
+    ($($field:tt)*) => {{
+        static LOG: $crate::outage::OutageLog = $crate::outage::OutageLog::new();
+        match LOG.failure() {
+            Some($crate::outage::Report::Started) => tracing::error!(target: "keygate", $($field)*),
+            Some($crate::outage::Report::Continuing { failures }) => {
+                tracing::error!(target: "keygate", failures, $($field)*)
+            }
+            None => {}
+        }
+    }};
+}
+
+pub(crate) use {error_misconfigured, info_recovered, warn_outage};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_when_it_starts_then_once_per_interval() {
+        let log = OutageLog::new();
+        assert_eq!(log.success(), None);
+        assert_eq!(log.failure_at(1_000), Some(Report::Started));
+        for t in 1_001..1_500 {
+            assert_eq!(log.failure_at(t), None);
+        }
+        let interval = REPORT_INTERVAL.as_millis() as u64;
+        assert_eq!(
+            log.failure_at(1_000 + interval),
+            Some(Report::Continuing { failures: 500 })
+        );
+        assert_eq!(log.failure_at(1_001 + interval), None);
+        assert_eq!(log.success(), Some(502));
+        assert_eq!(log.success(), None);
+        // The next outage is a new one.
+        assert_eq!(log.failure_at(90_000), Some(Report::Started));
+    }
+}
