@@ -1,6 +1,6 @@
 //! What `AuthLayer` adds to a request, in-process, against the floor of an API-key check.
 //!
-//! `cargo bench --bench overhead`
+//! `cargo bench -p keygate-benches --bench overhead`
 //!
 //! Every request goes through an axum `Router` (one route, `GET /v1/current.json`, answering a
 //! small static string, finished with `with_state(())` as `axum::serve` does) with
@@ -379,7 +379,7 @@ fn jwt(c: &mut Criterion, fx: &Fixture) {
         scope: String,
     }
 
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/");
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/");
     let read = |name: &str| std::fs::read(format!("{FIXTURES}{name}")).expect("a fixture key");
     let secret = b"a benchmark secret of 32 bytes!!";
     let cases: Vec<(&str, Algorithm, EncodingKey, DecodingKey, JwtKey)> = vec![

@@ -1,6 +1,6 @@
 //! The in-memory limiter per decision, against `governor`'s keyed limiter in the same run.
 //!
-//! `cargo bench --bench ratelimit`
+//! `cargo bench -p keygate-benches --bench ratelimit`
 //!
 //! Groups, each with `keygate` and `governor` on equivalent quotas:
 //! - `admitted/1_key` and `admitted/100k_keys`: 10⁹ per hour with a burst of 10⁹, of which each

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Configuration (all read by [`Config::from_vars`]; the JWT variables and `RATE_LIMIT` mean the
-//! same as for the gRPC example, `examples/grpc.rs`):
+//! same as for the gRPC example, `examples/grpc/main.rs`):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
@@ -98,18 +98,6 @@ pub const REALM: &str = "weather";
 const MAX_KEY_LEN: usize = keygate::auth::DEFAULT_MAX_KEY_LEN;
 /// The longest city name accepted in `q`.
 const MAX_CITY_LEN: usize = 100;
-/// Claims the token issuer writes itself, which cannot also name the caller.
-const RESERVED_CLAIMS: [&str; 9] = [
-    "scope",
-    "scp",
-    "permissions",
-    "iat",
-    "exp",
-    "nbf",
-    "jti",
-    "iss",
-    "aud",
-];
 
 /// The service's configuration. Every environment variable is read here, in
 /// [`Config::from_vars`], and nowhere else.
@@ -234,10 +222,10 @@ impl Config {
         let jwt_subject_claim = set("JWT_SUBJECT_CLAIM")
             .map(|c| c.trim().to_owned())
             .filter(|c| c != "sub");
-        if let Some(claim) = &jwt_subject_claim {
-            if RESERVED_CLAIMS.contains(&claim.as_str()) {
-                return Err(ConfigError::SubjectClaim(claim.clone()));
-            }
+        if let Some(claim) = &jwt_subject_claim
+            && TokenIssuer::is_reserved(claim)
+        {
+            return Err(ConfigError::SubjectClaim(claim.clone()));
         }
         Ok(Self {
             addr,

@@ -191,7 +191,7 @@ fn noncanonical(segment: &str) -> String {
 /// JSON bytes for `value`, padded with spaces until their base64url has unused bits.
 fn json_with_unused_bits(value: &Value) -> Vec<u8> {
     let mut text = value.to_string();
-    while b64(text.as_bytes()).len() % 4 == 0 {
+    while b64(text.as_bytes()).len().is_multiple_of(4) {
         text.push(' ');
     }
     text.into_bytes()

@@ -56,6 +56,7 @@ impl AuthLayer {
 
     /// A layer that accepts JWT bearer tokens only.
     #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     pub fn jwt_only(verifier: crate::jwt::JwtVerifier) -> Self {
         let mut layer = Self::new(crate::store::MemoryStore::new());
         let config = layer.config();
@@ -67,6 +68,7 @@ impl AuthLayer {
     /// Also accepts JWT bearer tokens: a credential shaped like a compact JWS goes to
     /// `verifier`, anything else is looked up as an API key.
     #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
         self.config().jwt = Some(verifier);
         self

@@ -113,10 +113,10 @@ impl AuthConfig {
         };
         let key = &*found.value;
         #[cfg(feature = "jwt")]
-        if let Some(jwt) = &self.jwt {
-            if crate::jwt::looks_like_jws(key) {
-                return Self::token_outcome(jwt.check(key, true), key);
-            }
+        if let Some(jwt) = &self.jwt
+            && crate::jwt::looks_like_jws(key)
+        {
+            return Self::token_outcome(jwt.check(key, true), key);
         }
         let Some(keys) = &self.keys else {
             return Decision::Reject(AuthError::InvalidCredential(InvalidCredential::UnknownKey));

@@ -118,6 +118,8 @@ struct Seen<'de> {
 
 impl<'de> Seen<'de> {
     /// Whether this is the first time `key` is named.
+    // The `Cow` itself is kept (a borrowed key costs no copy), so a `&str` would not do.
+    #[allow(clippy::ptr_arg)]
     fn first(&mut self, key: &Cow<'de, str>, names: &ClaimNames) -> bool {
         let bit = if **key == *names.subject {
             Some(0)

@@ -147,6 +147,21 @@ impl TokenIssuer {
         self
     }
 
+    /// Whether the issuer writes `claim` itself (a registered claim or a scope claim), so that it
+    /// can name neither an extra claim nor the subject claim. Configuration can check a claim
+    /// name with it before any token is issued.
+    ///
+    /// ```
+    /// use keygate::jwt::TokenIssuer;
+    ///
+    /// assert!(TokenIssuer::is_reserved("exp"));
+    /// assert!(TokenIssuer::is_reserved("scp"));
+    /// assert!(!TokenIssuer::is_reserved("userId"));
+    /// ```
+    pub fn is_reserved(claim: &str) -> bool {
+        RESERVED.contains(&claim)
+    }
+
     /// Writes the subject in `claim` too (besides `sub`), for verifiers that read the caller's
     /// id from it ([`JwtVerifier::subject_claim`](super::JwtVerifier::subject_claim)). Extra
     /// claims may not name it.
@@ -255,7 +270,7 @@ impl TokenIssuer {
         mut claims: serde_json::Map<String, serde_json::Value>,
     ) -> Result<IssuedToken, IssueError> {
         if let Some(claim) = &self.subject_claim {
-            if RESERVED.contains(&claim.as_str()) {
+            if Self::is_reserved(claim) {
                 return Err(IssueError::ReservedClaim(claim.clone()));
             }
             claims.insert(claim.clone(), subject.into());

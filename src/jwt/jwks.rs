@@ -578,10 +578,10 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
             if name.eq_ignore_ascii_case("no-store") || name.eq_ignore_ascii_case("no-cache") {
                 return Some(Duration::ZERO);
             }
-            if name.eq_ignore_ascii_case("max-age") {
-                if let Some(secs) = arg.and_then(seconds) {
-                    max_age = Some(secs);
-                }
+            if name.eq_ignore_ascii_case("max-age")
+                && let Some(secs) = arg.and_then(seconds)
+            {
+                max_age = Some(secs);
             }
         }
     }

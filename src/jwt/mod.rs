@@ -37,6 +37,7 @@ mod verifier;
 pub use issuer::{IssueError, IssuedToken, TokenIssuer};
 pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
 pub use revocation::{MemoryRevocations, Revocations, TokenInfo};

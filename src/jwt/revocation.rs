@@ -79,10 +79,10 @@ impl MemoryRevocations {
 
 impl Revocations for MemoryRevocations {
     fn is_revoked(&self, token: &TokenInfo<'_>) -> bool {
-        if let Some(jti) = token.jti {
-            if self.inner.jtis.contains_key(jti) {
-                return true;
-            }
+        if let Some(jti) = token.jti
+            && self.inner.jtis.contains_key(jti)
+        {
+            return true;
         }
         if self.inner.subjects.is_empty() {
             return false;

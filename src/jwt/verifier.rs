@@ -309,10 +309,10 @@ impl JwtVerifier {
                 .get(&hash)
                 .filter(|e| &*e.0 == token)
                 .map(|e| e.1.clone());
-            if let Some(hit) = hit {
-                if hit.generation == c.source.current_generation() {
-                    return Outcome::Done(self.still_valid(hit, now));
-                }
+            if let Some(hit) = hit
+                && hit.generation == c.source.current_generation()
+            {
+                return Outcome::Done(self.still_valid(hit, now));
             }
         }
         let verified = match self.verify_fully(token, may_refetch) {
@@ -378,20 +378,18 @@ impl JwtVerifier {
             return Err(fail());
         }
         let keys = c.source.current();
-        if let Some(kid) = kid {
-            if !keys.has_kid(kid) {
-                if may_refetch {
-                    if let Some(wait) = c.source.unknown_kid(kid) {
-                        return Err(Outcome::Refetch(wait));
-                    }
-                }
-                if keys.keys.is_empty() {
-                    return Err(Outcome::Done(Err(AuthError::Unavailable(
-                        Unavailable::JwtKeys,
-                    ))));
-                }
-                return Err(fail());
+        if let Some(kid) = kid
+            && !keys.has_kid(kid)
+        {
+            if may_refetch && let Some(wait) = c.source.unknown_kid(kid) {
+                return Err(Outcome::Refetch(wait));
             }
+            if keys.keys.is_empty() {
+                return Err(Outcome::Done(Err(AuthError::Unavailable(
+                    Unavailable::JwtKeys,
+                ))));
+            }
+            return Err(fail());
         }
         let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
         let verified = keys.candidates(kid, alg).any(|key| {
@@ -413,15 +411,15 @@ impl JwtVerifier {
         if c.require_exp && r.exp.is_none() {
             return Err(fail());
         }
-        if let Some(issuers) = &c.issuers {
-            if !r.iss.as_ref().is_some_and(|iss| issuers.contains(iss)) {
-                return Err(fail());
-            }
+        if let Some(issuers) = &c.issuers
+            && !r.iss.as_ref().is_some_and(|iss| issuers.contains(iss))
+        {
+            return Err(fail());
         }
-        if let Some(audiences) = &c.audiences {
-            if !r.aud.iter().any(|a| audiences.contains(a)) {
-                return Err(fail());
-            }
+        if let Some(audiences) = &c.audiences
+            && !r.aud.iter().any(|a| audiences.contains(a))
+        {
+            return Err(fail());
         }
         let Some(sub) = r.sub.filter(|s| !s.is_empty()) else {
             return Err(fail());

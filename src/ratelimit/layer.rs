@@ -83,10 +83,10 @@ impl Config {
         if let Some(quota) = principal.quota() {
             return Which::Own(Box::new(Policy::new("key", quota)));
         }
-        if let Some(tier) = principal.tier() {
-            if let Some(i) = self.tiers.iter().position(|p| &*p.name == tier) {
-                return Which::Tier(i);
-            }
+        if let Some(tier) = principal.tier()
+            && let Some(i) = self.tiers.iter().position(|p| &*p.name == tier)
+        {
+            return Which::Tier(i);
         }
         Which::Default
     }

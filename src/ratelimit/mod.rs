@@ -35,6 +35,7 @@ mod redis;
 mod usage;
 
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, FailurePolicy, RedisLimiter};
 pub use gcra::Decision;
 pub use headers::HeaderStyle;

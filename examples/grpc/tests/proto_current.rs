@@ -5,7 +5,7 @@
 //! To regenerate after changing `examples/grpc/weather.proto`:
 //!
 //! ```text
-//! KEYGATE_REGENERATE=1 cargo test --test grpc_proto_current
+//! KEYGATE_REGENERATE=1 cargo test -p keygate-grpc-example --test proto_current
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -13,10 +13,11 @@ use std::sync::OnceLock;
 
 use prost::Message;
 
-const REGENERATE: &str = "KEYGATE_REGENERATE=1 cargo test --test grpc_proto_current";
+const REGENERATE: &str =
+    "KEYGATE_REGENERATE=1 cargo test -p keygate-grpc-example --test proto_current";
 
 fn proto_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/grpc")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// The descriptor set (with source info, which carries the comments) and the Rust code,

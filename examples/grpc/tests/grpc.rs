@@ -1,10 +1,8 @@
 //! keygate on a tonic server, driven by real tonic clients over TCP on 127.0.0.1: the gRPC
-//! example (`examples/grpc.rs`, included below) with its generated client, and a server with the
+//! example (`examples/grpc/main.rs`, included below) with its generated client, and a server with the
 //! layer on every service. Each case asserts the client-side `tonic::Code` and message.
 
-#![cfg(all(feature = "tonic", feature = "jwt"))]
-
-#[path = "../examples/grpc.rs"]
+#[path = "../main.rs"]
 #[allow(dead_code)]
 mod grpc_example;
 

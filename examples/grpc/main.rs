@@ -3,9 +3,9 @@
 //! service and server reflection stay open.
 //!
 //! ```sh
-//! cargo run --example grpc --features tonic             # issues a demo key, prints grpcurl commands
-//! KEYGATE_ADDR=127.0.0.1:0 cargo run --example grpc --features tonic   # any free port
-//! WEATHER_API_KEYS=key-one,key-two JWT_SECRET=... cargo run --example grpc --features tonic
+//! cargo run -p keygate-grpc-example                     # issues a demo key, prints grpcurl commands
+//! KEYGATE_ADDR=127.0.0.1:0 cargo run -p keygate-grpc-example   # any free port
+//! WEATHER_API_KEYS=key-one,key-two JWT_SECRET=... cargo run -p keygate-grpc-example
 //! ```
 //!
 //! Configuration (all read by [`Config::from_vars`]; the same variables as the HTTP `weather`
@@ -34,8 +34,8 @@
 //!
 //! The Rust code for the proto is generated without `protoc` and committed
 //! (`examples/grpc/weather.v1.rs`, `examples/grpc/weather_descriptor.bin`);
-//! `tests/grpc_proto_current.rs` checks that it is current and regenerates it with
-//! `KEYGATE_REGENERATE=1 cargo test --test grpc_proto_current`.
+//! `examples/grpc/tests/proto_current.rs` checks that it is current and regenerates it with
+//! `KEYGATE_REGENERATE=1 cargo test -p keygate-grpc-example --test proto_current`.
 //!
 //! The first line on stdout is `listening on ADDR`. The pieces (`Config`, `App`, `serve`) are
 //! public so that `tests/grpc.rs` drives this very file over TCP.
@@ -64,14 +64,14 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 /// The code generated from `examples/grpc/weather.proto` (package `weather.v1`).
 pub mod pb {
     #![allow(missing_docs, clippy::all)]
-    include!("grpc/weather.v1.rs");
+    include!("weather.v1.rs");
 }
 
 use pb::weather_server::{Weather, WeatherServer};
 use pb::{CurrentReply, CurrentRequest};
 
 /// The encoded `FileDescriptorSet` of `weather.proto`, served by reflection.
-pub const DESCRIPTOR: &[u8] = include_bytes!("grpc/weather_descriptor.bin");
+pub const DESCRIPTOR: &[u8] = include_bytes!("weather_descriptor.bin");
 
 /// The address served when `KEYGATE_ADDR` is not set.
 pub const DEFAULT_ADDR: SocketAddr =
@@ -143,6 +143,9 @@ pub enum ConfigError {
     /// `RATE_LIMIT` is not a quota.
     #[error("RATE_LIMIT={0:?} is not a quota such as 10/s or 100/min: {1}")]
     RateLimit(String, #[source] QuotaError),
+    /// `JWT_SUBJECT_CLAIM` names a claim the token issuer sets itself.
+    #[error("JWT_SUBJECT_CLAIM={0:?} names a claim tokens use for something else")]
+    SubjectClaim(String),
     /// `JWT_SECRET` is set but empty.
     #[error("JWT_SECRET is empty; unset it for a random secret")]
     EmptySecret,
@@ -179,11 +182,17 @@ impl Config {
             .trim()
             .parse()
             .map_err(|e| ConfigError::RateLimit(rate_limit.clone(), e))?;
+        let jwt_subject_claim = set("JWT_SUBJECT_CLAIM").filter(|c| c != "sub");
+        if let Some(claim) = jwt_subject_claim.as_ref()
+            && TokenIssuer::is_reserved(claim)
+        {
+            return Err(ConfigError::SubjectClaim(claim.clone()));
+        }
         Ok(Self {
             addr,
             api_keys,
             jwt_secret,
-            jwt_subject_claim: set("JWT_SUBJECT_CLAIM").filter(|c| c != "sub"),
+            jwt_subject_claim,
             jwt_issuer: set("JWT_ISSUER"),
             jwt_audience: set("JWT_AUDIENCE"),
             rate_limit,
@@ -203,8 +212,6 @@ pub struct App {
     pub verifier: JwtVerifier,
     /// Mints tokens the verifier accepts (for the demo token).
     pub issuer: TokenIssuer,
-    /// The claim naming the caller, when not `sub`.
-    pub subject_claim: Option<String>,
     /// Each caller's quota.
     pub rate_limit: Quota,
 }
@@ -264,6 +271,7 @@ impl App {
         let mut issuer = TokenIssuer::hmac(&secret);
         if let Some(claim) = &config.jwt_subject_claim {
             verifier = verifier.subject_claim(claim);
+            issuer = issuer.subject_claim(claim);
         }
         if let Some(iss) = &config.jwt_issuer {
             verifier = verifier.issuer([iss.clone()]);
@@ -278,20 +286,16 @@ impl App {
             demo_key,
             verifier,
             issuer,
-            subject_claim: config.jwt_subject_claim.clone(),
             rate_limit: config.rate_limit,
         })
     }
 
     /// A token for `subject` with scope `weather:read`, which this server accepts.
     pub fn token(&self, subject: &str) -> String {
-        let mut extra = serde_json::Map::new();
-        if let Some(claim) = &self.subject_claim {
-            extra.insert(claim.clone(), subject.into());
-        }
+        // The subject claim was checked against the reserved ones at configuration.
         self.issuer
-            .issue_with(subject, [SCOPE], extra)
-            .expect("HS256 signing does not fail")
+            .issue(subject, [SCOPE])
+            .expect("an HS256 token with a checked subject claim is always issued")
             .access_token
     }
 
