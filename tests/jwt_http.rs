@@ -356,6 +356,61 @@ async fn a_token_whose_payload_does_not_fit_t_is_refused() {
     assert_eq!(reply.status, StatusCode::OK);
 }
 
+/// A handler asking for `Claims<T>` of a type the verifier does not decode is a server
+/// misconfiguration: 500, and the answer says that the claims type does not match — not that
+/// the `AuthLayer` is missing, which it is not.
+#[tokio::test]
+async fn claims_of_another_type_than_the_verifiers_say_so() {
+    #[derive(Clone, Deserialize)]
+    struct OtherClaims {
+        #[allow(dead_code)]
+        plan: String,
+    }
+    let clock = clock();
+    let app = Router::new()
+        .route(
+            "/other",
+            get(|_: Claims<OtherClaims>| async { "unreachable" }),
+        )
+        .layer(
+            AuthLayer::jwt_only(
+                hs_verifier(&clock)
+                    .claims::<SeedClaims>()
+                    .subject_claim("userId"),
+            )
+            .realm(REALM),
+        );
+    let token = hs_token(&json!({"userId": 7, "plan": "pro", "exp": T0 + 60}));
+    let reply = send(app.clone(), with_bearer("/other", &token)).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let detail = reply.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("claims of a type the JwtVerifier does not decode"),
+        "{detail}"
+    );
+    assert!(!detail.contains("AuthLayer"), "{detail}");
+    assert!(
+        !detail.contains("OtherClaims"),
+        "type names stay in the logs: {detail}"
+    );
+
+    // The same with a verifier that decodes no claims at all.
+    let app = Router::new()
+        .route(
+            "/other",
+            get(|_: Claims<OtherClaims>| async { "unreachable" }),
+        )
+        .layer(AuthLayer::jwt_only(hs_verifier(&clock).subject_claim("userId")).realm(REALM));
+    let reply = send(app, with_bearer("/other", &token)).await;
+    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains(".claims::<T>()")
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The verified-token cache
 

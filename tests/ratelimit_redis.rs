@@ -1,12 +1,17 @@
 //! The Redis rate limiter against a real Redis.
 //!
-//! Set `KEYGATE_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`) to run the tests that need a
-//! server; without it they print `skipped: KEYGATE_TEST_REDIS_URL not set` and pass. Each test
-//! uses its own random key prefix, so tests (and parallel runs) never share a key. The failure
-//! tests point at a closed port and need no server; the recovery test starts (and kills) a
-//! private `redis-server` of its own when the binary is installed.
+//! The tests that need a server are ignored unless asked for: run them with
+//! `KEYGATE_TEST_REDIS_URL` set (e.g. `redis://127.0.0.1:6379/`) and `-- --include-ignored`.
+//! Asked for without the variable, they fail, so that a run without Redis never passes for one
+//! that tested it. Each test uses its own random key prefix, so tests (and parallel runs) never
+//! share a key. The failure tests point at a closed port and need no server; the recovery test
+//! starts (and kills) a private `redis-server` of its own when the binary is installed. Neither
+//! is ignored.
 #![cfg(feature = "redis")]
 
+mod services;
+
+use services::redis_url;
 use std::future::Future;
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -38,16 +43,6 @@ const SHORT: Duration = Duration::from_millis(100);
 const SLACK: Duration = Duration::from_millis(400);
 /// A port nothing listens on.
 const CLOSED_PORT_URL: &str = "redis://127.0.0.1:1/";
-
-fn redis_url() -> Option<String> {
-    match std::env::var("KEYGATE_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            println!("skipped: KEYGATE_TEST_REDIS_URL not set");
-            None
-        }
-    }
-}
 
 /// A prefix no other test or run uses.
 fn unique_prefix(test: &str) -> String {
@@ -143,8 +138,9 @@ where
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn concurrent_checks_for_one_key_admit_exactly_the_burst() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let l = limiter(&url, "concurrent").await;
         // 50 per hour: nothing refills while the test runs.
@@ -156,8 +152,9 @@ async fn concurrent_checks_for_one_key_admit_exactly_the_burst() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn two_limiters_on_one_redis_share_one_limit() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let prefix = unique_prefix("shared");
         // One on a connection manager, one on a plain multiplexed connection.
@@ -178,8 +175,9 @@ async fn two_limiters_on_one_redis_share_one_limit() {
 }
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn decisions_match_the_in_memory_gcra() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let redis = limiter(&url, "fields").await;
         // The reference: the same GCRA in memory, its clock standing still.
@@ -231,8 +229,9 @@ async fn futures_seq(l: &RedisLimiter, key: &str, q: &Quota, n: usize) -> Vec<(b
 }
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn the_stored_timestamp_is_exact_to_the_nanosecond() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let l = limiter(&url, "exact").await;
         let mut conn = raw(&url).await;
@@ -269,8 +268,9 @@ async fn the_stored_timestamp_is_exact_to_the_nanosecond() {
 }
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn a_denied_caller_is_admitted_after_retry_after() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let l = limiter(&url, "refill").await;
         let q = Quota::per_second(100).with_burst(1); // T = 10 ms
@@ -297,8 +297,9 @@ async fn a_denied_caller_is_admitted_after_retry_after() {
 }
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn quotas_longer_than_104_days_count_in_microseconds() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let l = limiter(&url, "long").await;
         let mut conn = raw(&url).await;
@@ -330,8 +331,9 @@ async fn quotas_longer_than_104_days_count_in_microseconds() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn idle_keys_expire_once_the_burst_has_refilled() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let l = limiter(&url, "expiry").await;
         let mut conn = raw(&url).await;
@@ -362,8 +364,9 @@ async fn idle_keys_expire_once_the_burst_has_refilled() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn the_layer_answers_429_with_retry_after_once_the_limit_is_spent() {
-    let Some(url) = redis_url() else { return };
+    let url = redis_url();
     bounded(async {
         let store = MemoryStore::new();
         let key = store.issue(KeyRecord::new("key_1", "acme")).unwrap();
@@ -519,12 +522,12 @@ impl Server {
         let url = format!("redis://127.0.0.1:{port}/");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(client) = redis::Client::open(url.as_str()) {
-                if let Ok(mut c) = client.get_multiplexed_async_connection().await {
-                    let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
-                    if pong.is_ok() {
-                        return;
-                    }
+            if let Ok(client) = redis::Client::open(url.as_str())
+                && let Ok(mut c) = client.get_multiplexed_async_connection().await
+            {
+                let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
+                if pong.is_ok() {
+                    return;
                 }
             }
             assert!(Instant::now() < deadline, "redis-server did not start");

@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_KEYS: usize = 4_000_000;
 /// the back of the ring). So the table holds about twice the keys active within one burst
 /// window, and no decision ever walks the table: the cost of forgetting is a constant per new
 /// key, not a pause now and then. The limiter also never holds more than `max_keys` entries
-/// (default 4,000,000): a new key that arrives at that limit looks at up to 64 more of its
+/// (default 4,000,000): a new key that arrives at that limit looks at up to 16 more of its
 /// shard's oldest entries and, when none of them is idle, fails with [`RateLimitError::Full`]
 /// (503) rather than go unlimited or evict a live limit. A flood of new keys at capacity thus
 /// costs each request a few microseconds, never a sweep of millions of entries.
@@ -73,7 +73,7 @@ struct Entry {
 /// Entries of its shard each new key looks at, so the table stays near its live size.
 const STEPS_PER_INSERT: usize = 2;
 /// Further entries a new key looks at when the limiter is at `max_keys`.
-const STEPS_AT_CAPACITY: usize = 64;
+const STEPS_AT_CAPACITY: usize = 16;
 
 const INLINE_KEY: usize = 22;
 

@@ -47,9 +47,17 @@ pub enum QuotaError {
     /// The window is zero or longer than a year.
     #[error("a quota's window is between 1 ns and 365 days")]
     Window,
+    /// The burst holds more than 2^62 ns (about 146 years) of requests.
+    #[error("a quota's burst holds at most 146 years of requests (burst × window / limit)")]
+    Burst,
 }
 
 const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
+
+/// The most time a burst may hold, `burst × window / limit`: 2^62 ns, about 146 years. Below it
+/// every sum a decision makes stays exact in 64-bit nanoseconds; a burst beyond it would make
+/// the limiter's arithmetic saturate, and a saturated limit admits everything.
+pub(crate) const MAX_TOLERANCE_NANOS: u64 = 1 << 62;
 
 impl Quota {
     /// `limit` requests per `window`, with a burst of `limit`.
@@ -94,10 +102,21 @@ impl Quota {
         }
     }
 
-    /// The same rate with a burst of `burst` requests. A zero `burst` is taken as 1.
+    /// The same rate with a burst of `burst` requests. A zero `burst` is taken as 1, and a
+    /// burst that would hold more than about 146 years of requests is cut to the largest one
+    /// that holds less (only quotas of years per request with bursts in the millions get near).
+    ///
+    /// ```
+    /// use keygate::Quota;
+    ///
+    /// assert_eq!(Quota::per_second(10).with_burst(50).burst(), 50);
+    /// assert_eq!(Quota::per_day(1).with_burst(u32::MAX).burst(), 53_375);
+    /// ```
     #[must_use]
     pub fn with_burst(mut self, burst: u32) -> Self {
-        self.burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let most = MAX_TOLERANCE_NANOS / self.emission_interval_nanos();
+        let burst = burst.max(1).min(u32::try_from(most).unwrap_or(u32::MAX));
+        self.burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
         self
     }
 
@@ -176,7 +195,13 @@ impl FromStr for Quota {
         for param in parts {
             let (name, value) = param.split_once('=').ok_or(QuotaError::Syntax)?;
             match name.trim() {
-                "burst" => quota.burst = NonZeroU32::MIN.saturating_add(parse_count(value)? - 1),
+                "burst" => {
+                    let burst = parse_count(value)?;
+                    quota = quota.with_burst(burst);
+                    if quota.burst() != burst {
+                        return Err(QuotaError::Burst);
+                    }
+                }
                 _ => return Err(QuotaError::Syntax),
             }
         }
@@ -269,6 +294,7 @@ mod tests {
             "10/5.5ms",
             "10/99999999999999999999999ns",
             "10/400d",
+            "1/d;burst=60000",
             "+5/s",
         ] {
             assert!(bad.parse::<Quota>().is_err(), "{bad:?} parsed");

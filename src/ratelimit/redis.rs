@@ -66,7 +66,12 @@ local ahead = used + cost * t
 if ahead > tau then
   local remaining = 0
   if tau > used then remaining = math.floor((tau - used) / t) end
-  return {0, remaining, used, ahead - tau}
+  -- The wait, ahead - tau, as cost * t - (tau - used): exact whenever cost * t is, as for any
+  -- cost within the burst. Held below 2^62, so that a cost far beyond the burst still replies
+  -- a long wait and never an overflowed integer.
+  local retry = cost * t - (tau - used)
+  if retry > 4611686018427387904 then retry = 4611686018427387904 end
+  return {0, remaining, used, retry}
 end
 if ahead > 0 then
   local us, sub
