@@ -271,7 +271,7 @@ fn key_into<'b>(buf: &'b mut String, series: &str, i: u64) -> &'b str {
     buf
 }
 
-/// Runs `f` `iters` times, timing each call; prints the 99.9th percentile and the maximum, and
+/// Runs `f` `iters` times, timing each call; prints percentiles and the maximum, and
 /// returns the maximum as the time of every call (criterion divides by `iters`), so that the
 /// figure criterion reports is the slowest call of each sample.
 fn worst_of(iters: u64, name: &str, mut f: impl FnMut()) -> Duration {

@@ -9,8 +9,8 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example weather --features redis
 //! ```
 //!
-//! Configuration (all read by [`Config::from_vars`]; the JWT variables and `RATE_LIMIT` mean the
-//! same as for the gRPC example, `examples/grpc/main.rs`):
+//! Configuration (all read by [`Config::from_vars`]; `RATE_LIMIT` and the JWT variables but
+//! `JWT_KID` mean the same as for the gRPC example, `examples/grpc/main.rs`):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|

@@ -141,6 +141,7 @@ mod claims {
         }
     }
 
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     /// Rejects like [`Principal`] does; a caller that used an API key instead of a token gets
     /// 401, and a verifier not configured with `.claims::<T>()` for this `T` gives 500
     /// ([`AuthError::ClaimsType`], which names `T` in the log).
@@ -159,7 +160,9 @@ mod claims {
         }
     }
 
-    /// `None` for anonymous and API-key callers; 500 when no layer ran.
+    /// `None` for anonymous and API-key callers; 500 when no layer ran, or when a token's
+    /// verifier decodes no claims of type `T`.
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     impl<S: Send + Sync, T: Send + Sync + 'static> OptionalFromRequestParts<S> for Claims<T> {
         type Rejection = PrincipalRejection;
 
@@ -170,12 +173,13 @@ mod claims {
             if let Some(c) = parts.extensions.get::<Claims<T>>() {
                 return Ok(Some(c.clone()));
             }
-            if parts.extensions.get::<Principal>().is_some()
-                || parts.extensions.get::<Anonymous>().is_some()
-            {
-                return Ok(None);
+            match parts.extensions.get::<Principal>() {
+                // A token whose claims are not of type `T`: a misconfiguration, never "no claims".
+                Some(p) if p.kind() == PrincipalKind::Jwt => Err(missing_claims::<T>(parts)),
+                Some(_) => Ok(None),
+                None if parts.extensions.get::<Anonymous>().is_some() => Ok(None),
+                None => Err(missing(parts)),
             }
-            Err(missing(parts))
         }
     }
 }

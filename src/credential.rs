@@ -379,6 +379,11 @@ fn query<'r>(
             return Err(CredentialError::Repeated);
         }
         within(v.as_bytes(), max_encoded_len(max_len))?;
+        // The decoded length, counted without decoding: a value within the raw bound may still
+        // decode to more than the limit, and is refused before it costs an allocation.
+        if has_escape(v) && FormDecoded::new(v.as_bytes()).count() > max_len {
+            return Err(CredentialError::TooLong);
+        }
         found = Some(decode(v)?);
     }
     Ok(found)

@@ -13,7 +13,7 @@ pub(crate) const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 /// What to log for a failure, if anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Report {
-    /// The first failure after a success (or ever): log it.
+    /// The first failure after a success (or ever), and no report within the interval: log it.
     Started,
     /// Still failing; `failures` since the last report (this one included): log a summary.
     Continuing { failures: u64 },
@@ -21,17 +21,23 @@ pub(crate) enum Report {
 
 /// The state of one backend (or one misconfigured place), shared by every request.
 ///
-/// The success path is one relaxed load of a flag no request writes while the backend is up,
-/// so it costs nothing measurable and contends with nothing.
+/// At most one failure report per [`REPORT_INTERVAL`], and a recovery only after a reported
+/// outage: a backend that fails every other request (a flaky store, a limiter that is full for
+/// new keys only) gives two lines per interval, not two per request. The success path is one
+/// relaxed load of a flag no request writes while the backend is up, so it costs nothing
+/// measurable and contends with nothing.
 #[derive(Debug)]
 pub(crate) struct OutageLog {
     down: AtomicBool,
+    /// Whether the current outage was logged (so its end is logged too).
+    reported: AtomicBool,
     /// Failures since the last report.
     unreported: AtomicU64,
-    /// Failures since the outage started.
+    /// Failures since the last logged recovery.
     total: AtomicU64,
-    /// When the last report was logged, in milliseconds since the process's first report.
-    last_report_ms: AtomicU64,
+    /// When the last report was logged: 1 + milliseconds since the process's first report, or
+    /// 0 for never.
+    last_report: AtomicU64,
 }
 
 fn now_ms() -> u64 {
@@ -57,9 +63,10 @@ impl OutageLog {
     pub(crate) const fn new() -> Self {
         Self {
             down: AtomicBool::new(false),
+            reported: AtomicBool::new(false),
             unreported: AtomicU64::new(0),
             total: AtomicU64::new(0),
-            last_report_ms: AtomicU64::new(0),
+            last_report: AtomicU64::new(0),
         }
     }
 
@@ -70,28 +77,30 @@ impl OutageLog {
 
     fn failure_at(&self, now: u64) -> Option<Report> {
         self.total.fetch_add(1, Ordering::Relaxed);
-        if !self.down.swap(true, Ordering::AcqRel) {
-            self.unreported.store(0, Ordering::Relaxed);
-            self.last_report_ms.store(now, Ordering::Relaxed);
-            return Some(Report::Started);
-        }
         let failures = self.unreported.fetch_add(1, Ordering::Relaxed) + 1;
-        let last = self.last_report_ms.load(Ordering::Relaxed);
-        let due = now.saturating_sub(last) >= REPORT_INTERVAL.as_millis() as u64;
+        let was_down = self.down.swap(true, Ordering::AcqRel);
+        let last = self.last_report.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last - 1) >= REPORT_INTERVAL.as_millis() as u64;
         // One request wins the report of each interval.
-        if due
-            && self
-                .last_report_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+        if !due
+            || self
+                .last_report
+                .compare_exchange(last, now + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
         {
-            let failures = self.unreported.swap(0, Ordering::Relaxed).max(failures);
-            return Some(Report::Continuing { failures });
+            return None;
         }
-        None
+        self.reported.store(true, Ordering::Relaxed);
+        let failures = self.unreported.swap(0, Ordering::Relaxed).max(failures);
+        Some(if was_down {
+            Report::Continuing { failures }
+        } else {
+            Report::Started
+        })
     }
 
-    /// Records a success; returns the failures of the outage it ends, if it ends one.
+    /// Records a success; returns the failures since the last logged recovery when it ends an
+    /// outage that was reported.
     #[inline]
     pub(crate) fn success(&self) -> Option<u64> {
         if !self.down.load(Ordering::Relaxed) {
@@ -102,7 +111,7 @@ impl OutageLog {
 
     #[cold]
     fn recovered(&self) -> Option<u64> {
-        if self.down.swap(false, Ordering::AcqRel) {
+        if self.down.swap(false, Ordering::AcqRel) && self.reported.swap(false, Ordering::AcqRel) {
             Some(self.total.swap(0, Ordering::Relaxed))
         } else {
             None
@@ -181,5 +190,19 @@ mod tests {
         assert_eq!(log.success(), None);
         // The next outage is a new one.
         assert_eq!(log.failure_at(90_000), Some(Report::Started));
+    }
+
+    #[test]
+    fn a_backend_that_fails_every_other_request_is_reported_once_per_interval() {
+        let log = OutageLog::new();
+        let mut lines = 0;
+        for t in 0..1_000 {
+            lines += usize::from(log.failure_at(5_000 + t).is_some());
+            lines += usize::from(log.success().is_some());
+        }
+        assert_eq!(lines, 2, "one warning and one recovery");
+        let interval = REPORT_INTERVAL.as_millis() as u64;
+        assert_eq!(log.failure_at(5_000 + interval), Some(Report::Started));
+        assert_eq!(log.success(), Some(1_000), "every failure is counted");
     }
 }

@@ -57,11 +57,13 @@ pub trait RequestExt {
     #[allow(clippy::result_large_err)]
     fn principal(&self) -> Result<&Principal, Status>;
 
-    /// The verified token's claims: the failures of [`principal`](Self::principal), or
-    /// `Status::unauthenticated` when the caller did not present a token with such claims (an
-    /// API key, or a verifier not configured with
-    /// [`JwtVerifier::claims`](crate::jwt::JwtVerifier::claims)).
+    /// The verified token's claims: the failures of [`principal`](Self::principal),
+    /// `Status::unauthenticated` when the caller did not present a token (an API key), or
+    /// `Status::internal` when it did but the verifier decodes no claims of type `T` (it was not
+    /// configured with [`JwtVerifier::claims`](crate::jwt::JwtVerifier::claims) for this `T`: a
+    /// server misconfiguration, not the client's fault).
     #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     #[allow(clippy::result_large_err)]
     fn claims<T: Send + Sync + 'static>(&self) -> Result<&crate::jwt::Claims<T>, Status>;
 }
@@ -80,14 +82,59 @@ impl<B> RequestExt for tonic::Request<B> {
 
     #[cfg(feature = "jwt")]
     fn claims<T: Send + Sync + 'static>(&self) -> Result<&crate::jwt::Claims<T>, Status> {
-        self.principal()?;
+        let principal = self.principal()?;
         self.extensions()
             .get::<crate::jwt::Claims<T>>()
-            .ok_or_else(|| Status::unauthenticated("The credential carries no token claims."))
+            .ok_or_else(|| {
+                if principal.kind() == crate::PrincipalKind::Jwt {
+                    let error = AuthError::ClaimsType(std::any::type_name::<T>());
+                    crate::outage::error_misconfigured!("{error}");
+                    status(&error)
+                } else {
+                    Status::unauthenticated("The credential carries no token claims.")
+                }
+            })
     }
 }
 
 /// The gRPC status of `error`, with the message keygate's responses carry.
 fn status(error: &AuthError) -> Status {
     Status::new(Code::from_i32(error.grpc_code().into()), error.detail())
+}
+
+#[cfg(all(test, feature = "jwt"))]
+mod tests {
+    use super::*;
+    use crate::PrincipalKind;
+    use crate::jwt::Claims;
+
+    #[derive(Debug)]
+    struct Mine;
+    #[derive(Debug)]
+    struct Other;
+
+    fn request(kind: PrincipalKind) -> tonic::Request<()> {
+        let mut req = tonic::Request::new(());
+        req.extensions_mut().insert(Principal::new("u1", kind));
+        req
+    }
+
+    #[test]
+    fn claims_of_another_type_are_a_server_error_not_the_callers() {
+        let mut req = request(PrincipalKind::Jwt);
+        req.extensions_mut().insert(Claims::new(Mine));
+        assert!(req.claims::<Mine>().is_ok());
+        let status = req.claims::<Other>().unwrap_err();
+        assert_eq!(status.code(), Code::Internal);
+        assert!(
+            status
+                .message()
+                .contains("a type the JwtVerifier does not decode"),
+            "{}",
+            status.message()
+        );
+        // An API-key caller has no token claims at all: the caller's credential is the wrong one.
+        let status = request(PrincipalKind::ApiKey).claims::<Mine>().unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
 }

@@ -32,52 +32,66 @@ fn cargo(args: &[&str]) -> String {
     String::from_utf8(stdout).expect("UTF-8 output")
 }
 
-fn version(v: &str) -> Vec<u64> {
+fn version_of(v: &str) -> Vec<u64> {
     v.split('.')
         .map(|n| n.parse().expect("a numeric version part"))
         .collect()
 }
 
+/// The platform this runs on, as `rustc -vV` names it.
+fn host() -> String {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .expect("rustc runs");
+    let out = String::from_utf8(out.stdout).expect("UTF-8 output");
+    out.lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc names its host")
+        .to_owned()
+}
+
 #[test]
 fn rust_version_is_what_the_default_features_need() {
-    let metadata: serde_json::Value =
-        serde_json::from_str(&cargo(&["metadata", "--format-version", "1"])).unwrap();
-    let packages = metadata["packages"].as_array().unwrap();
-    let by_id = |id: &str| packages.iter().find(|p| p["id"] == id).unwrap();
-    let nodes = metadata["resolve"]["nodes"].as_array().unwrap();
-    let root = packages
-        .iter()
-        .find(|p| p["name"] == "keygate")
-        .expect("the keygate package");
-    let declared = version(root["rust_version"].as_str().expect("rust-version is set"));
+    // What the library itself builds with its default features, and nothing a workspace member
+    // or a dev-dependency adds: `cargo tree` of this package alone, normal dependencies.
+    let tree = cargo(&[
+        "tree", "-p", "keygate", "-e", "normal", "--prefix", "none", "--format", "{p}",
+    ]);
+    let built: Vec<(String, String)> = tree
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let name = words.next()?.to_owned();
+            let version = words.next()?.trim_start_matches('v').to_owned();
+            Some((name, version))
+        })
+        .collect();
+    assert!(built.iter().any(|(n, _)| n == "jsonwebtoken"), "{tree}");
 
-    // Every package the library itself builds with its default features: normal dependencies,
-    // transitively (not dev-dependencies, which users never build).
-    let mut seen = vec![root["id"].as_str().unwrap().to_owned()];
-    let mut todo = seen.clone();
-    let mut needed = (version("1.0"), String::from("none"));
-    while let Some(id) = todo.pop() {
-        let node = nodes.iter().find(|n| n["id"] == id.as_str()).unwrap();
-        for dep in node["deps"].as_array().unwrap() {
-            let normal = dep["dep_kinds"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|k| k["kind"].is_null());
-            let dep_id = dep["pkg"].as_str().unwrap();
-            if normal && !seen.iter().any(|s| s == dep_id) {
-                seen.push(dep_id.to_owned());
-                todo.push(dep_id.to_owned());
-                let package = by_id(dep_id);
-                if let Some(v) = package["rust_version"].as_str() {
-                    let v = version(v);
-                    if v > needed.0 {
-                        needed = (v, package["name"].as_str().unwrap().to_owned());
-                    }
-                }
-            }
-        }
-    }
+    let metadata: serde_json::Value = serde_json::from_str(&cargo(&[
+        "metadata",
+        "--format-version",
+        "1",
+        "--filter-platform",
+        &host(),
+    ]))
+    .unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    let rust_version = |name: &str, version: &str| {
+        packages
+            .iter()
+            .find(|p| p["name"] == name && p["version"] == version)
+            .and_then(|p| p["rust_version"].as_str())
+            .map(version_of)
+    };
+    let declared = rust_version("keygate", env!("CARGO_PKG_VERSION")).expect("rust-version is set");
+    let needed = built
+        .iter()
+        .filter(|(name, _)| name != "keygate")
+        .filter_map(|(name, version)| Some((rust_version(name, version)?, name)))
+        .max()
+        .expect("some dependency states a rust-version");
     let pad = |mut v: Vec<u64>| {
         v.resize(3, 0);
         v

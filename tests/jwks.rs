@@ -331,6 +331,14 @@ async fn failing_endpoint_keeps_the_last_good_set() {
         call(&app, &stranger).await.0,
         StatusCode::SERVICE_UNAVAILABLE
     );
+    // The next one comes too soon for another fetch; the last one failed, so it is 503 too.
+    let hits = server.hits();
+    let another = hs_token("k8", SECRET_2, "eve");
+    assert_eq!(
+        call(&app, &another).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(server.hits(), hits, "no fetch within the interval");
     assert!(jwks.is_ready());
 }
 

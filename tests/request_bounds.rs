@@ -61,7 +61,11 @@ async fn allocated_by<F: Future>(f: F) -> (F::Output, usize) {
 /// whole request runs on this thread).
 async fn cost_of_refusing(uri: &str) -> usize {
     let (store, _key) = store_with_key();
-    let app = routes().layer(AuthLayer::new(store).realm(REALM));
+    cost_with(AuthLayer::new(store).realm(REALM), uri).await
+}
+
+async fn cost_with(layer: AuthLayer, uri: &str) -> usize {
+    let app = routes().layer(layer);
     let req = get_req(uri);
     let (reply, bytes) = allocated_by(send(app, req)).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{uri:.60}");
@@ -86,4 +90,17 @@ async fn an_oversized_query_credential_is_refused_without_decoding_it() {
         large <= small + 1024,
         "60 KB cost {large} bytes, 1.5 KB cost {small}"
     );
+}
+
+/// With a JWT verifier the credential limit is a token's (8 KiB), so 24 KiB of escapes pass the
+/// raw bound; their decoded length is counted first, and they are still refused unallocated.
+#[tokio::test]
+async fn an_oversized_escaped_value_is_refused_without_decoding_it_with_jwts_too() {
+    let (store, _key) = store_with_key();
+    let verifier = keygate::jwt::JwtVerifier::with_keys([keygate::jwt::JwtKey::hmac(
+        b"a test secret of at least 32 bytes!!",
+    )]);
+    let layer = AuthLayer::new(store).jwt(verifier).realm(REALM);
+    let bytes = cost_with(layer, &format!("/me?key={}", "%41".repeat(8 * 1024 + 1))).await;
+    assert!(bytes < 16 * 1024, "refusing 24 KB allocated {bytes} bytes");
 }

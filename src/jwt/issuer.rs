@@ -269,10 +269,15 @@ impl TokenIssuer {
         scopes: impl IntoIterator<Item = S>,
         mut claims: serde_json::Map<String, serde_json::Value>,
     ) -> Result<IssuedToken, IssueError> {
-        if let Some(claim) = &self.subject_claim {
-            if Self::is_reserved(claim) {
-                return Err(IssueError::ReservedClaim(claim.clone()));
+        // The subject and tier claims are the issuer's own: neither may be a registered claim,
+        // nor the two the same one (the token would name a member twice, and be refused).
+        let own = [self.subject_claim.as_deref(), self.tier_claim.as_deref()];
+        for claim in own.into_iter().flatten() {
+            if Self::is_reserved(claim) || own[0] == own[1] {
+                return Err(IssueError::ReservedClaim(claim.to_owned()));
             }
+        }
+        if let Some(claim) = &self.subject_claim {
             claims.insert(claim.clone(), subject.into());
         }
         let now = self
@@ -365,10 +370,23 @@ mod tests {
         let p = verifier.verify(&token.access_token).unwrap();
         assert_eq!(p.id(), "u1");
         assert_eq!(p.scopes().iter().collect::<Vec<_>>(), ["read"]);
-        // A registered claim cannot be the subject claim of issued tokens.
+        // A registered claim cannot be the subject or tier claim of issued tokens, nor can the
+        // two be one.
         assert!(matches!(
             TokenIssuer::hmac(SECRET).subject_claim("scope").issue("u1", ["read"]),
             Err(IssueError::ReservedClaim(c)) if c == "scope"
+        ));
+        let caller = crate::Principal::new("u1", crate::PrincipalKind::ApiKey).with_tier("gold");
+        assert!(matches!(
+            TokenIssuer::hmac(SECRET).tier_claim("exp").issue_for(&caller),
+            Err(IssueError::ReservedClaim(c)) if c == "exp"
+        ));
+        assert!(matches!(
+            TokenIssuer::hmac(SECRET)
+                .subject_claim("who")
+                .tier_claim("who")
+                .issue_for(&caller),
+            Err(IssueError::ReservedClaim(c)) if c == "who"
         ));
     }
 

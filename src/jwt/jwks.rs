@@ -627,7 +627,13 @@ impl KeySource for RemoteJwks {
                 if s.last_unknown_kid.is_some_and(|at| {
                     now.saturating_duration_since(at) < state.options.unknown_kid_interval
                 }) {
-                    return None;
+                    // Too soon for another fetch. After a failed one, whether the provider has
+                    // the key cannot be known: 503, as for the request that caused it; after a
+                    // good one, the set is current and lacks the key: 401.
+                    return s
+                        .last
+                        .is_err()
+                        .then(|| MaybeReady::ready(Refetch::Unavailable));
                 }
                 s.last_unknown_kid = Some(now);
                 let target = s.started + 1;
