@@ -285,10 +285,13 @@ fn worst_of(iters: u64, name: &str, mut f: impl FnMut()) -> Duration {
     times.sort_unstable();
     let worst = times.last().copied().unwrap_or_default();
     if times.len() >= 10_000 {
-        let p999 = times[times.len() * 999 / 1000];
+        let at = |per_mille: usize| times[times.len() * per_mille / 1000];
         println!(
-            "{name}: {} calls, p99.9 {p999:?}, max {worst:?}",
-            times.len()
+            "{name}: {} calls, p50 {:?}, p99 {:?}, p99.9 {:?}, max {worst:?}",
+            times.len(),
+            at(500),
+            at(990),
+            at(999)
         );
     }
     worst * u32::try_from(iters).unwrap_or(u32::MAX)
