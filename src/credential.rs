@@ -379,12 +379,7 @@ fn query<'r>(
             return Err(CredentialError::Repeated);
         }
         within(v.as_bytes(), max_encoded_len(max_len))?;
-        // The decoded length, counted without decoding: a value within the raw bound may still
-        // decode to more than the limit, and is refused before it costs an allocation.
-        if has_escape(v) && FormDecoded::new(v.as_bytes()).count() > max_len {
-            return Err(CredentialError::TooLong);
-        }
-        found = Some(decode(v)?);
+        found = Some(decode(v, max_len)?);
     }
     Ok(found)
 }
@@ -443,10 +438,15 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-/// Form-decodes `s`, borrowing it when it has nothing to decode; one allocation otherwise.
-fn decode(s: &str) -> Result<Cow<'_, str>, CredentialError> {
+/// Form-decodes `s`, borrowing it when it has nothing to decode; one allocation otherwise. A
+/// value that decodes to more than `max_len` bytes is refused first, its length counted without
+/// decoding, so it costs no allocation.
+fn decode(s: &str, max_len: usize) -> Result<Cow<'_, str>, CredentialError> {
     if !has_escape(s) {
         return Ok(Cow::Borrowed(s));
+    }
+    if FormDecoded::new(s.as_bytes()).count() > max_len {
+        return Err(CredentialError::TooLong);
     }
     let mut bytes = Vec::with_capacity(s.len());
     bytes.extend(FormDecoded::new(s.as_bytes()));
@@ -646,12 +646,13 @@ mod tests {
 
     #[test]
     fn form_decoding() {
-        let d = |s: &str| decode(s).map(Cow::into_owned);
+        let d = |s: &str| decode(s, usize::MAX).map(Cow::into_owned);
         assert_eq!(d("a%2Fb+c"), Ok("a/b c".into()));
         assert_eq!(d("100%"), Ok("100%".into()));
         assert_eq!(d("%4"), Ok("%4".into()));
         assert_eq!(d("%zz%41"), Ok("%zzA".into()));
-        assert!(matches!(decode("plain"), Ok(Cow::Borrowed("plain"))));
+        assert!(matches!(decode("plain", 1), Ok(Cow::Borrowed("plain"))));
+        assert_eq!(decode("%41%41", 1), Err(CredentialError::TooLong));
         assert_eq!(d("%C3%A9"), Ok("\u{e9}".into()));
         assert_eq!(d("%C3"), Err(CredentialError::InvalidCharacters));
     }

@@ -7,8 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use common::*;
 use http::StatusCode;
@@ -17,30 +17,6 @@ use keygate::ratelimit::{Check, RateLimitError, RateLimiter};
 use keygate::store::{KeyStore, Lookup, MemoryStore, StoreError};
 use keygate::{AuthLayer, Quota, RateLimitLayer};
 use tower::ServiceBuilder;
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Buf {
-    /// The lines logged at `level` that contain `needle`.
-    fn count(&self, level: &str, needle: &str) -> usize {
-        let logs = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-        logs.lines()
-            .filter(|l| l.contains(level) && l.contains(needle))
-            .count()
-    }
-}
 
 /// A backend switched down and up by the test.
 #[derive(Clone)]
@@ -74,14 +50,7 @@ impl RateLimiter for Switch {
 
 #[tokio::test]
 async fn outages_are_logged_at_their_transitions_not_per_request() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = LogCapture::install(tracing::Level::INFO);
 
     let (store, key) = store_with_key();
     let key = key.expose_secret();

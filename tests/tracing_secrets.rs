@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
-
 use common::*;
 use http::StatusCode;
 use keygate::AuthLayer;
@@ -17,30 +15,9 @@ fn app(store: impl KeyStore) -> axum::Router {
     routes().layer(AuthLayer::new(store).realm(REALM))
 }
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tracing_names_the_key_id_never_the_key() {
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (buf, _guard) = LogCapture::install(tracing::Level::TRACE);
 
     let (store, key) = store_with_key();
     let revoked = store.issue(KeyRecord::new("revoked_1", "acme")).unwrap();
@@ -64,7 +41,7 @@ async fn tracing_names_the_key_id_never_the_key() {
     let reply = send(app(DownStore), with_key(key)).await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
 
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     let count = |needle: &str| logs.matches(needle).count();
     assert_eq!(
         count(r#"principal="key_1" kind="api_key" outcome="authenticated""#),

@@ -70,6 +70,14 @@ struct Entry {
     tat: AtomicU64,
 }
 
+impl Shard {
+    /// The ring anew from the table: every entry once, in the table's order.
+    fn rebuild_ring(&mut self) {
+        self.ring.clear();
+        self.ring.extend(self.table.iter().map(|e| e.hash));
+    }
+}
+
 /// Entries of its shard each new key looks at, so the table stays near its live size.
 const STEPS_PER_INSERT: usize = 2;
 /// Further entries a new key looks at when the limiter is at `max_keys`.
@@ -201,8 +209,7 @@ impl Inner {
         shard.table.retain(|e| e.tat.load(Ordering::Acquire) > now);
         let removed = before - shard.table.len();
         self.len.fetch_sub(removed, Ordering::Relaxed);
-        shard.ring.clear();
-        shard.ring.extend(shard.table.iter().map(|e| e.hash));
+        shard.rebuild_ring();
         removed
     }
 
@@ -227,8 +234,7 @@ impl Inner {
         // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
         // the ring; a ring far longer than its table is rebuilt here, so it stays bounded.
         if shard.ring.len() > 2 * shard.table.len() + STEPS_AT_CAPACITY {
-            shard.ring.clear();
-            shard.ring.extend(shard.table.iter().map(|e| e.hash));
+            shard.rebuild_ring();
         }
         self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
