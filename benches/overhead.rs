@@ -41,7 +41,7 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use dashmap::DashMap;
 use http::StatusCode;
-use keygate::AuthLayer;
+use keygate::auth::AuthLayer;
 use keygate::key::{ApiKey, FormatError, KeyDigest, KeyFormat, KeyRecord};
 use keygate::store::MemoryStore;
 use support::{

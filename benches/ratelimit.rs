@@ -146,12 +146,12 @@ fn bench(c: &mut Criterion) {
             let mut limiters = vec![("keygate", MemoryLimiter::new())];
             if setup.name != "idle" {
                 // A clock that never moves would keep "idle" keys alive: not the same test.
-                let manual = MemoryLimiter::new().with_clock(ManualClock::new());
+                let manual = MemoryLimiter::builder().clock(ManualClock::new()).build();
                 limiters.push(("keygate_manual_clock", manual));
             }
             limiters.push((
                 "keygate_quanta_clock",
-                MemoryLimiter::new().with_clock(Tsc::new()),
+                MemoryLimiter::builder().clock(Tsc::new()).build(),
             ));
             for (name, limiter) in limiters {
                 // Insert every key, spending `spend` units at once.
@@ -306,7 +306,7 @@ fn at_capacity(c: &mut Criterion) {
     let mut buf = String::new();
 
     // Full of live keys: every new key is turned away.
-    let full = MemoryLimiter::new().with_max_keys(CAPACITY);
+    let full = MemoryLimiter::builder().max_keys(CAPACITY).build();
     for i in 0..CAPACITY as u64 {
         assert!(keygate_allowed(&full, key_into(&mut buf, "live", i), &q));
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use axum::{Json, Router, routing::get};
 use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 use keygate::store::{KeyStore, Lookup, StoreError};
-use keygate::{AuthLayer, Principal};
+use keygate::{Principal, auth::AuthLayer};
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// The table. `digest` is the SHA-256 of the key; `revoked_at` and `expires_at` are checked by

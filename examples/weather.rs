@@ -68,11 +68,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use keygate::QuotaError;
 use keygate::jwt::{IssueError, IssuedToken, JwtKey, JwtVerifier, TokenIssuer};
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
-use keygate::ratelimit::{MemoryLimiter, QuotaError, RateLimitLayer, RateLimiter};
+use keygate::ratelimit::{MemoryLimiter, RateLimitLayer, RateLimiter};
 use keygate::store::{MemoryStore, MemoryStoreError};
-use keygate::{AuthLayer, Principal, PrincipalKind, Quota, RequireScopeLayer};
+use keygate::{Principal, PrincipalKind, Quota, auth::AuthLayer, scope::RequireScopeLayer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -94,8 +95,8 @@ pub const KEY_PREFIX: &str = "wk_live_";
 pub const SCOPE: &str = "weather:read";
 /// The realm named in `WWW-Authenticate`.
 pub const REALM: &str = "weather";
-/// The longest key accepted (keygate's default limit).
-const MAX_KEY_LEN: usize = keygate::auth::DEFAULT_MAX_KEY_LEN;
+/// The longest key accepted.
+const MAX_KEY_LEN: usize = 512;
 /// The longest city name accepted in `q`.
 const MAX_CITY_LEN: usize = 100;
 
@@ -413,13 +414,14 @@ pub fn app(services: &Services) -> Router {
     let format = store.format().clone();
     let auth = AuthLayer::new(store)
         .key_format(format)
+        .max_key_len(MAX_KEY_LEN)
         .jwt(services.verifier.clone())
         .realm(REALM);
-    let limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit).realm(REALM);
+    let limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit);
     Router::new()
         .route(
             "/v1/current.json",
-            get(current).route_layer(RequireScopeLayer::new(SCOPE).realm(REALM)),
+            get(current).route_layer(RequireScopeLayer::new(SCOPE)),
         )
         .route("/v1/me", get(me))
         .route("/v1/token", post(token))

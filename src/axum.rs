@@ -2,7 +2,7 @@
 //!
 //! ```
 //! use axum::{Json, Router, routing::get};
-//! use keygate::{AuthLayer, Principal, store::MemoryStore};
+//! use keygate::{Principal, auth::AuthLayer, store::MemoryStore};
 //!
 //! async fn me(principal: Principal) -> Json<Principal> {
 //!     Json(principal)
@@ -23,16 +23,18 @@
 //! ```
 //!
 //! `Principal` rejects with 401 when the request was let through anonymously (optional mode) and
-//! with 500 when no [`AuthLayer`](crate::AuthLayer) ran: the route was left unprotected by
-//! mistake. `Option<Principal>` is `None` only for anonymous requests; it too rejects with 500
+//! with 500 when no [`AuthLayer`](crate::auth::AuthLayer) ran: the route was left unprotected by
+//! mistake. Rejections are rendered with the realm and responder of the `AuthLayer` the request
+//! passed. `Option<Principal>` is `None` only for anonymous requests; it too rejects with 500
 //! when no layer ran, so a forgotten layer never passes for an anonymous caller.
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::error::{AuthError, ErrorContext, Rendering};
-use crate::principal::{Anonymous, Principal};
+use crate::credential::RequestHead;
+use crate::error::{AuthError, Passed, Rendering};
+use crate::principal::Principal;
 
 /// Why a [`Principal`] could not be extracted.
 #[derive(Debug)]
@@ -42,16 +44,9 @@ pub struct PrincipalRejection {
 }
 
 impl PrincipalRejection {
-    fn new(error: AuthError, rendering: &Rendering, parts: &Parts) -> Self {
-        let head = crate::credential::RequestHead {
-            method: &parts.method,
-            uri: &parts.uri,
-            headers: &parts.headers,
-            extensions: &parts.extensions,
-        };
-        let response = rendering
-            .responder
-            .respond(&error, &ErrorContext::new(&rendering.realm, head));
+    /// Rendered as the `AuthLayer` the request passed renders errors (or by default).
+    fn new(error: AuthError, parts: &Parts) -> Self {
+        let response = Rendering::default().render_head(&error, RequestHead::from_parts(parts));
         Self { error, response }
     }
 
@@ -75,17 +70,20 @@ impl IntoResponse for PrincipalRejection {
     }
 }
 
+/// Whether an `AuthLayer` let the request through: without a `Principal`, it is anonymous.
+fn passed(parts: &Parts) -> bool {
+    parts.extensions.get::<Passed>().is_some()
+}
+
 fn missing(parts: &Parts) -> PrincipalRejection {
-    match parts.extensions.get::<Anonymous>() {
-        Some(anon) => PrincipalRejection::new(AuthError::MissingCredential, &anon.rendering, parts),
-        None => {
-            crate::outage::error_misconfigured!(
-                path = parts.uri.path(),
-                "Principal extracted on a route without AuthLayer"
-            );
-            PrincipalRejection::new(AuthError::MissingLayer, &Rendering::default(), parts)
-        }
+    if passed(parts) {
+        return PrincipalRejection::new(AuthError::MissingCredential, parts);
     }
+    crate::outage::error_misconfigured!(
+        path = parts.uri.path(),
+        "Principal extracted on a route without AuthLayer"
+    );
+    PrincipalRejection::new(AuthError::MissingLayer, parts)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
@@ -110,7 +108,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
         if let Some(p) = parts.extensions.get::<Principal>() {
             return Ok(Some(p.clone()));
         }
-        if parts.extensions.get::<Anonymous>().is_some() {
+        if passed(parts) {
             return Ok(None);
         }
         Err(missing(parts))
@@ -129,13 +127,12 @@ mod claims {
             // An API-key caller on a route that needs a token's claims.
             Some(p) if p.kind() != PrincipalKind::Jwt => PrincipalRejection::new(
                 AuthError::InvalidCredential(InvalidCredential::InvalidToken),
-                &Rendering::default(),
                 parts,
             ),
             Some(_) => {
                 let error = AuthError::ClaimsType(std::any::type_name::<T>());
                 crate::outage::error_misconfigured!(path = parts.uri.path(), "{error}");
-                PrincipalRejection::new(error, &Rendering::default(), parts)
+                PrincipalRejection::new(error, parts)
             }
             None => missing(parts),
         }
@@ -177,7 +174,7 @@ mod claims {
                 // A token whose claims are not of type `T`: a misconfiguration, never "no claims".
                 Some(p) if p.kind() == PrincipalKind::Jwt => Err(missing_claims::<T>(parts)),
                 Some(_) => Ok(None),
-                None if parts.extensions.get::<Anonymous>().is_some() => Ok(None),
+                None if passed(parts) => Ok(None),
                 None => Err(missing(parts)),
             }
         }

@@ -45,23 +45,6 @@ impl<B> ResponseBody<B> {
     }
 }
 
-/// Takes the response a layer made itself out of its future's state, exactly once.
-pub(crate) fn take_error<B>(
-    response: &mut Option<http::Response<Bytes>>,
-) -> http::Response<ResponseBody<B>> {
-    response
-        .take()
-        .expect("ResponseFuture polled after completion")
-        .map(ResponseBody::full)
-}
-
-/// The tower "clone dance": the service that was polled ready goes with a request whose call is
-/// deferred, and a clone takes its place for the next `poll_ready`.
-pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
-}
-
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,

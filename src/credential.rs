@@ -1,28 +1,4 @@
-//! Where a request's credential is found, and the rules that keep finding it unambiguous.
-//!
-//! An [`AuthLayer`](crate::AuthLayer) looks in every configured [`CredentialSource`], in order.
-//! Exactly one credential may be present: two (even equal ones, in two places), a repeated header
-//! or query parameter, an empty value, control characters, non-UTF-8 bytes or an oversized value
-//! make the request fail with 400 `invalid_request` (RFC 6750 §2: a client uses one method).
-//!
-//! ```
-//! use keygate::{AuthLayer, CredentialSource, store::MemoryStore};
-//!
-//! let layer = AuthLayer::new(MemoryStore::new()).sources([
-//!     CredentialSource::bearer(),
-//!     CredentialSource::header("x-api-key"),
-//!     CredentialSource::query("key"),
-//!     CredentialSource::cookie("session_key"),
-//!     CredentialSource::custom(|head: &keygate::RequestHead<'_>| {
-//!         Ok(head
-//!             .headers
-//!             .get("x-legacy-token")
-//!             .and_then(|v| v.to_str().ok())
-//!             .map(str::to_owned))
-//!     }),
-//! ]);
-//! # let _ = layer;
-//! ```
+#![doc = include_str!("../docs/credentials.md")]
 
 use std::borrow::Cow;
 use std::fmt;
@@ -53,6 +29,16 @@ impl<'a> RequestHead<'a> {
             uri: req.uri(),
             headers: req.headers(),
             extensions: req.extensions(),
+        }
+    }
+
+    /// The head of a request taken apart (what axum extractors see).
+    pub fn from_parts(parts: &'a http::request::Parts) -> Self {
+        Self {
+            method: &parts.method,
+            uri: &parts.uri,
+            headers: &parts.headers,
+            extensions: &parts.extensions,
         }
     }
 

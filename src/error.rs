@@ -1,43 +1,4 @@
-//! [`AuthError`]: every way a request can fail, and the one place it becomes a response.
-//!
-//! | case | HTTP | `WWW-Authenticate` | gRPC |
-//! |---|---|---|---|
-//! | no credential | 401 | `Bearer realm="R"` | 16 `UNAUTHENTICATED` |
-//! | malformed, oversized, ambiguous | 400 | `Bearer realm="R", error="invalid_request"` | 16 `UNAUTHENTICATED` |
-//! | unknown, revoked, expired, bad signature | 401 | `Bearer realm="R", error="invalid_token"` | 16 `UNAUTHENTICATED` |
-//! | missing scope | 403 | `Bearer realm="R", error="insufficient_scope", scope="S"` | 7 `PERMISSION_DENIED` |
-//! | rate limited | 429 + `Retry-After` | — | 8 `RESOURCE_EXHAUSTED` |
-//! | store or limiter unavailable | 503 | — | 14 `UNAVAILABLE` |
-//!
-//! HTTP failures carry an `application/problem+json` body (RFC 9457). gRPC failures (requests
-//! whose `content-type` starts with `application/grpc`) are trailers-only responses: HTTP 200,
-//! `grpc-status` and a percent-encoded `grpc-message`, empty body. Bodies and messages never echo
-//! the credential, and an unknown key reads exactly like a revoked or expired one.
-//!
-//! A service that wants other bodies implements [`ErrorResponder`]:
-//!
-//! ```
-//! use bytes::Bytes;
-//! use http::Response;
-//! use keygate::{AuthError, AuthLayer, ErrorContext, ErrorResponder, store::MemoryStore};
-//!
-//! struct PlainText;
-//!
-//! impl ErrorResponder for PlainText {
-//!     fn respond(&self, error: &AuthError, ctx: &ErrorContext<'_>) -> Response<Bytes> {
-//!         if ctx.head.is_grpc() {
-//!             return error.to_grpc_response(); // keep gRPC clients working
-//!         }
-//!         let mut res = error.to_http_response(ctx.realm); // status and headers
-//!         *res.body_mut() = Bytes::from(error.detail().into_owned());
-//!         res.headers_mut().insert("content-type", "text/plain".parse().unwrap());
-//!         res
-//!     }
-//! }
-//!
-//! let layer = AuthLayer::new(MemoryStore::new()).responder(PlainText);
-//! # let _ = layer;
-//! ```
+#![doc = include_str!("../docs/errors.md")]
 
 use std::borrow::Cow;
 use std::fmt;
@@ -49,6 +10,7 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::credential::{CredentialError, RequestHead};
+use crate::ratelimit::RateLimitError;
 use crate::store::StoreError;
 
 /// Why a credential that was read is not accepted. All are answered alike (401
@@ -88,16 +50,55 @@ impl InvalidCredential {
     }
 }
 
-/// What is unavailable when a request fails with 503.
-#[derive(Debug, Clone)]
+/// What is unavailable when a request fails with 503. Its [`source`](std::error::Error::source)
+/// is the backend's own error, so a log line can print the whole chain.
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Unavailable {
     /// The key store failed or timed out.
-    KeyStore(Arc<StoreError>),
-    /// The rate limiter's backend failed or timed out.
-    RateLimiter(Arc<crate::BoxError>),
+    #[error("the key store could not answer")]
+    KeyStore(#[source] Arc<StoreError>),
+    /// The rate limiter failed, timed out or is full.
+    #[error("the rate limiter could not decide")]
+    RateLimiter(#[source] Arc<RateLimitError>),
     /// The JWT keys could not be had.
+    #[error("the token's signing keys could not be had")]
     JwtKeys,
+}
+
+/// A gRPC status code keygate answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum GrpcCode {
+    /// 7: the caller lacks a scope.
+    PermissionDenied = 7,
+    /// 8: rate limited.
+    ResourceExhausted = 8,
+    /// 13: the server is misconfigured.
+    Internal = 13,
+    /// 14: a backend is down.
+    Unavailable = 14,
+    /// 16: no credential, or a bad one.
+    Unauthenticated = 16,
+}
+
+impl GrpcCode {
+    /// The code's number, as sent in `grpc-status`.
+    pub const fn as_u8(self) -> u8 {
+        self as u8
+    }
+
+    /// The code's name in the gRPC spec, such as `"UNAUTHENTICATED"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            Self::Internal => "INTERNAL",
+            Self::Unavailable => "UNAVAILABLE",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+        }
+    }
 }
 
 /// A rate-limited request: what its 429 tells the client.
@@ -141,7 +142,7 @@ pub enum AuthError {
     RateLimited(Box<RateLimited>),
     /// A backend is down: 503.
     #[error("authentication is unavailable")]
-    Unavailable(Unavailable),
+    Unavailable(#[source] Unavailable),
     /// A handler asked for a `Principal` on a route no `AuthLayer` covers: 500.
     #[error("no Principal in the request: the route is not behind keygate's AuthLayer")]
     MissingLayer,
@@ -168,13 +169,15 @@ impl AuthError {
     }
 
     /// The gRPC status code.
-    pub fn grpc_code(&self) -> u8 {
+    pub fn grpc_code(&self) -> GrpcCode {
         match self {
-            Self::MissingCredential | Self::InvalidRequest(_) | Self::InvalidCredential(_) => 16,
-            Self::InsufficientScope(_) => 7,
-            Self::RateLimited(_) => 8,
-            Self::Unavailable(_) => 14,
-            Self::MissingLayer | Self::ClaimsType(_) => 13,
+            Self::MissingCredential | Self::InvalidRequest(_) | Self::InvalidCredential(_) => {
+                GrpcCode::Unauthenticated
+            }
+            Self::InsufficientScope(_) => GrpcCode::PermissionDenied,
+            Self::RateLimited(_) => GrpcCode::ResourceExhausted,
+            Self::Unavailable(_) => GrpcCode::Unavailable,
+            Self::MissingLayer | Self::ClaimsType(_) => GrpcCode::Internal,
         }
     }
 
@@ -289,7 +292,7 @@ impl AuthError {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(
             "grpc-status",
-            HeaderValue::from(u16::from(self.grpc_code())),
+            HeaderValue::from(u16::from(self.grpc_code().as_u8())),
         );
         let message = grpc_percent_encode(&self.detail());
         if let Ok(v) = HeaderValue::from_str(&message) {
@@ -391,35 +394,74 @@ impl ErrorResponder for DefaultResponder {
     }
 }
 
-/// How a layer renders errors: its realm and responder. Cheap to clone.
-#[derive(Clone)]
+/// The realm and responder used when neither a layer nor the request names one.
+const DEFAULT_REALM: &str = "api";
+
+/// How a layer renders errors: the realm and responder it was given, if any. Cheap to clone
+/// (at most two reference counts; none for a layer left at the defaults).
+///
+/// [`AuthLayer`](crate::auth::AuthLayer) puts its own into every request it lets through
+/// ([`Passed`]), so the layers and extractors behind it render with the same realm and
+/// responder unless they were given their own.
+#[derive(Clone, Default)]
 pub(crate) struct Rendering {
-    pub(crate) realm: Arc<str>,
-    pub(crate) responder: Arc<dyn ErrorResponder>,
+    realm: Option<Arc<str>>,
+    responder: Option<Arc<dyn ErrorResponder>>,
 }
 
 impl Rendering {
-    pub(crate) fn render<B>(&self, error: &AuthError, req: &http::Request<B>) -> Response<Bytes> {
-        let ctx = ErrorContext::new(&self.realm, RequestHead::of(req));
-        self.responder.respond(error, &ctx)
+    pub(crate) fn set_realm(&mut self, realm: impl Into<Arc<str>>) {
+        self.realm = Some(realm.into());
     }
-}
 
-impl Default for Rendering {
-    fn default() -> Self {
-        Self {
-            realm: Arc::from("api"),
-            responder: Arc::new(DefaultResponder),
-        }
+    pub(crate) fn set_responder(&mut self, responder: impl ErrorResponder) {
+        self.responder = Some(Arc::new(responder));
+    }
+
+    /// The realm in effect for a request that carries `carried` (the `AuthLayer`'s rendering).
+    fn realm<'a>(&'a self, carried: Option<&'a Self>) -> &'a str {
+        self.realm
+            .as_deref()
+            .or_else(|| carried.and_then(|c| c.realm.as_deref()))
+            .unwrap_or(DEFAULT_REALM)
+    }
+
+    /// The response for `error`: this layer's realm and responder, else those the request
+    /// carries from its `AuthLayer`, else the defaults.
+    pub(crate) fn render_head(&self, error: &AuthError, head: RequestHead<'_>) -> Response<Bytes> {
+        let carried = head.extensions.get::<Passed>().map(|p| &p.rendering);
+        let responder: &dyn ErrorResponder = match &self.responder {
+            Some(r) => &**r,
+            None => match carried.and_then(|c| c.responder.as_deref()) {
+                Some(r) => r,
+                None => &DefaultResponder,
+            },
+        };
+        responder.respond(error, &ErrorContext::new(self.realm(carried), head))
+    }
+
+    /// [`render_head`](Self::render_head) for a request.
+    pub(crate) fn render<B>(&self, error: &AuthError, req: &http::Request<B>) -> Response<Bytes> {
+        self.render_head(error, RequestHead::of(req))
     }
 }
 
 impl fmt::Debug for Rendering {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rendering")
-            .field("realm", &self.realm)
-            .finish_non_exhaustive()
+            .field("realm", &self.realm(None))
+            .field("responder", &self.responder.as_ref().map(|_| "custom"))
+            .finish()
     }
+}
+
+/// Put into every request [`AuthLayer`](crate::auth::AuthLayer) lets through, with or without a
+/// [`Principal`](crate::Principal): it tells layers and extractors behind it that the layer ran
+/// (no `Principal` then means an anonymous caller, not a forgotten layer) and how it renders
+/// errors.
+#[derive(Clone, Debug)]
+pub(crate) struct Passed {
+    pub(crate) rendering: Rendering,
 }
 
 #[cfg(test)]

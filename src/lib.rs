@@ -1,4 +1,4 @@
-#![doc = include_str!("../README.md")]
+#![doc = include_str!("../docs/index.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs, unreachable_pub)]
@@ -24,21 +24,62 @@ macro_rules! define_inner_service_accessors {
     };
 }
 
+/// The parts of a layer's `Service` impl that are the same for every layer: the response and
+/// future types, and `poll_ready` forwarded to `self.inner`. For use inside
+/// `impl<S, ReqB, ResB> Service<Request<ReqB>> for Foo<S>`.
+macro_rules! forward_service_plumbing {
+    () => {
+        type Response = http::Response<crate::ResponseBody<ResB>>;
+        type Error = S::Error;
+        type Future = ResponseFuture<S, ReqB>;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.inner.poll_ready(cx)
+        }
+    };
+}
+
+/// The `realm` and `responder` builder methods of a layer, setting `self.rendering_mut()`;
+/// `$by_default` says what applies when they are not called.
+macro_rules! define_rendering_setters {
+    ($by_default:literal) => {
+        #[doc = concat!("The realm named in `WWW-Authenticate`. ", $by_default)]
+        pub fn realm(mut self, realm: impl Into<std::sync::Arc<str>>) -> Self {
+            self.rendering_mut().set_realm(realm);
+            self
+        }
+
+        #[doc = concat!("Replaces the error responder. ", $by_default)]
+        pub fn responder(mut self, responder: impl crate::error::ErrorResponder) -> Self {
+            self.rendering_mut().set_responder(responder);
+            self
+        }
+    };
+}
+
 pub mod auth;
-pub mod body;
+mod body;
 pub mod clock;
 pub mod credential;
 pub mod error;
+mod future;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
 pub mod key;
-pub mod maybe;
+mod maybe;
 mod outage;
-pub mod principal;
+mod principal;
+mod quota;
 pub mod ratelimit;
 pub mod scope;
 pub mod store;
+
+#[doc = include_str!("../docs/deployment.md")]
+pub mod deployment {}
 
 #[cfg(feature = "axum")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -47,23 +88,40 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 
-pub use auth::{AuthLayer, AuthService};
-pub use credential::{CredentialError, CredentialSource, RequestHead};
-pub use error::{AuthError, DefaultResponder, ErrorContext, ErrorResponder, InvalidCredential};
+pub use body::ResponseBody;
+pub use maybe::MaybeReady;
 pub use principal::{Principal, PrincipalKind};
-pub use ratelimit::{Quota, RateLimitLayer};
-pub use scope::RequireScopeLayer;
+pub use quota::{Quota, QuotaError};
 
 /// A boxed error, as tower uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The names most services need, in one import.
+///
+/// ```
+/// use keygate::prelude::*;
+///
+/// let store = MemoryStore::new();
+/// let layer = AuthLayer::new(store.clone());
+/// let limit = RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(10));
+/// let scope = RequireScopeLayer::new("orders:read");
+/// # let _ = (layer, limit, scope);
+/// ```
 pub mod prelude {
-    pub use crate::key::{ApiKey, KeyFormat, KeyRecord, Scopes};
-    pub use crate::ratelimit::{MemoryLimiter, RateLimiter};
+    pub use crate::auth::AuthLayer;
+    pub use crate::credential::CredentialSource;
+    pub use crate::error::AuthError;
+    #[cfg(feature = "jwt")]
+    pub use crate::jwt::{Claims, JwtKey, JwtVerifier, TokenIssuer};
+    pub use crate::key::{ApiKey, KeyFormat, KeyRecord};
+    pub use crate::ratelimit::{MemoryLimiter, RateLimitLayer, RateLimiter};
+    pub use crate::scope::RequireScopeLayer;
     pub use crate::store::{KeyStore, MemoryStore};
-    pub use crate::{
-        AuthError, AuthLayer, CredentialSource, Principal, PrincipalKind, Quota, RateLimitLayer,
-        RequireScopeLayer,
-    };
+    #[cfg(feature = "tonic")]
+    pub use crate::tonic::RequestExt;
+    pub use crate::{Principal, PrincipalKind, Quota};
 }
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -7,7 +7,7 @@ use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::key::{KeyRecord, Scopes};
-use crate::ratelimit::Quota;
+use crate::quota::Quota;
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -23,7 +23,7 @@ pub enum PrincipalKind {
 }
 
 /// The authenticated caller, inserted into request extensions by
-/// [`AuthLayer`](crate::AuthLayer).
+/// [`AuthLayer`](crate::auth::AuthLayer).
 ///
 /// Cloning is cheap (one reference count). `Debug` and serialisation show the id, kind, owner
 /// and scopes, never a secret. With the `axum` feature it is an extractor; in tonic, read it from
@@ -204,12 +204,4 @@ impl Serialize for Principal {
         s.serialize_field("scopes", self.scopes())?;
         s.end()
     }
-}
-
-/// Put in the extensions of a request that [`AuthLayer`](crate::AuthLayer) let through without
-/// a credential (optional mode), so extractors can tell "anonymous" from "no layer".
-#[derive(Clone)]
-#[cfg_attr(not(feature = "axum"), allow(dead_code))]
-pub(crate) struct Anonymous {
-    pub(crate) rendering: crate::error::Rendering,
 }

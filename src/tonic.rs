@@ -1,42 +1,15 @@
-//! tonic (gRPC) integration: keygate's layers on a tonic server, and reading the caller in a
-//! method.
-//!
-//! The layers are plain tower layers, so they go on every service of a server with
-//! `Server::builder().layer(...)`, or around one service with `tower::ServiceBuilder` (they
-//! forward the wrapped service's [`NamedService`] name, so the wrapped service can be added to
-//! the server like the bare one). Credentials come from gRPC metadata — `authorization: Bearer
-//! …` or `x-api-key` — which are HTTP/2 headers, so extraction is the same as for HTTP. Failures
-//! of gRPC requests are answered as gRPC statuses (16 `UNAUTHENTICATED`, 7 `PERMISSION_DENIED`,
-//! 8 `RESOURCE_EXHAUSTED`, 14 `UNAVAILABLE`) in trailers-only responses.
-//!
-//! ```no_run
-//! use keygate::{AuthLayer, store::MemoryStore, tonic::RequestExt};
-//! # use tonic::{Request, Response, Status};
-//!
-//! // In a method: the caller, or `Status::unauthenticated` in one call.
-//! async fn current(request: Request<()>) -> Result<Response<String>, Status> {
-//!     let principal = request.principal()?;
-//!     Ok(Response::new(format!("hello, {}", principal.id())))
-//! }
-//!
-//! // On the server (with `tonic::transport::Server`):
-//! // Server::builder()
-//! //     .layer(AuthLayer::new(MemoryStore::new()))
-//! //     .add_service(WeatherServer::new(MyWeather))
-//! //     .serve(addr)
-//! //     .await?;
-//! ```
+#![doc = include_str!("../docs/grpc.md")]
 
 use tonic::server::NamedService;
 use tonic::{Code, Status};
 
-use crate::auth::AuthService;
-use crate::error::AuthError;
-use crate::principal::{Anonymous, Principal};
+use crate::auth::Auth;
+use crate::error::{AuthError, Passed};
+use crate::principal::Principal;
 use crate::ratelimit::RateLimit;
 use crate::scope::RequireScope;
 
-impl<S: NamedService> NamedService for AuthService<S> {
+impl<S: NamedService> NamedService for Auth<S> {
     const NAME: &'static str = S::NAME;
 }
 
@@ -51,7 +24,7 @@ impl<S: NamedService> NamedService for RequireScope<S> {
 /// Reads keygate's results from a `tonic::Request`.
 pub trait RequestExt {
     /// The authenticated caller. Without one: `Status::unauthenticated` when the request was
-    /// let through anonymously ([`AuthLayer::optional`](crate::AuthLayer::optional)), and
+    /// let through anonymously ([`AuthLayer::optional`](crate::auth::AuthLayer::optional)), and
     /// `Status::internal` when no `AuthLayer` ran at all (the method was left unprotected by
     /// mistake), as the axum extractor answers 401 and 500.
     #[allow(clippy::result_large_err)]
@@ -72,7 +45,7 @@ impl<B> RequestExt for tonic::Request<B> {
     fn principal(&self) -> Result<&Principal, Status> {
         let extensions = self.extensions();
         extensions.get::<Principal>().ok_or_else(|| {
-            if extensions.get::<Anonymous>().is_some() {
+            if extensions.get::<Passed>().is_some() {
                 status(&AuthError::MissingCredential)
             } else {
                 status(&AuthError::MissingLayer)
@@ -99,7 +72,10 @@ impl<B> RequestExt for tonic::Request<B> {
 
 /// The gRPC status of `error`, with the message keygate's responses carry.
 fn status(error: &AuthError) -> Status {
-    Status::new(Code::from_i32(error.grpc_code().into()), error.detail())
+    Status::new(
+        Code::from_i32(error.grpc_code().as_u8().into()),
+        error.detail(),
+    )
 }
 
 #[cfg(all(test, feature = "jwt"))]

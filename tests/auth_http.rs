@@ -15,7 +15,8 @@ use http::{Request, StatusCode};
 use keygate::key::{ApiKey, KeyFormat, KeyRecord, KeyStatus};
 use keygate::store::{KeyStore, MemoryStore};
 use keygate::{
-    AuthLayer, CredentialError, CredentialSource, Principal, PrincipalKind, RequestHead,
+    Principal, PrincipalKind, auth::AuthLayer, credential::CredentialError,
+    credential::CredentialSource, credential::RequestHead,
 };
 use tower::ServiceBuilder;
 

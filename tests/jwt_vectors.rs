@@ -16,9 +16,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{DecodingKey, EncodingKey};
+use keygate::PrincipalKind;
 use keygate::clock::ManualClock;
-use keygate::jwt::{Algorithm, JwtKey, JwtVerifier};
-use keygate::{AuthError, InvalidCredential, PrincipalKind};
+use keygate::jwt::{Algorithm, JwtKey, JwtVerifier, VerifyError};
 
 // ---------------------------------------------------------------------------------------------
 // The published examples
@@ -173,8 +173,13 @@ fn raw_verify(token: &str, key: &DecodingKey, alg: Algorithm) -> bool {
 
 #[track_caller]
 fn assert_invalid(verifier: &JwtVerifier, token: &str, what: &str) {
+    // Every reason the HTTP layer answers as 401 `invalid_token`.
     match verifier.verify(token) {
-        Err(AuthError::InvalidCredential(InvalidCredential::InvalidToken)) => {}
+        Err(e)
+            if !matches!(
+                e,
+                VerifyError::Expired | VerifyError::TooLong | VerifyError::KeysUnavailable
+            ) => {}
         other => panic!("{what}: expected an invalid token, got {other:?}"),
     }
 }
@@ -551,20 +556,10 @@ fn the_examples_expire_at_their_exp_plus_leeway() {
         assert!(v.verify(&token).is_ok(), "{header}");
         // One second later: expired, said as such, even though it is cached.
         clock.advance(Duration::from_secs(1));
-        assert!(matches!(
-            v.verify(&token),
-            Err(AuthError::InvalidCredential(
-                InvalidCredential::TokenExpired
-            ))
-        ));
+        assert_eq!(v.verify(&token).unwrap_err(), VerifyError::Expired);
         // On the real clock (2011 is long past), with `exp` required or not.
         let now = JwtVerifier::with_keys([key(jwk_json)]).subject_claim("iss");
-        assert!(matches!(
-            now.verify(&token),
-            Err(AuthError::InvalidCredential(
-                InvalidCredential::TokenExpired
-            ))
-        ));
+        assert_eq!(now.verify(&token).unwrap_err(), VerifyError::Expired);
         let now = now.require_exp(false);
         assert!(now.verify(&token).is_err());
     }

@@ -15,7 +15,7 @@ use http::StatusCode;
 use keygate::key::KeyDigest;
 use keygate::ratelimit::{Check, RateLimitError, RateLimiter};
 use keygate::store::{KeyStore, Lookup, MemoryStore, StoreError};
-use keygate::{AuthLayer, Quota, RateLimitLayer};
+use keygate::{Quota, auth::AuthLayer, ratelimit::RateLimitLayer};
 use tower::ServiceBuilder;
 
 /// A backend switched down and up by the test.
@@ -120,7 +120,7 @@ async fn outages_are_logged_at_their_transitions_not_per_request() {
 
     // A misconfigured route (a scope check without AuthLayer) answers 500 every time, and says
     // why once.
-    let app = routes().layer(keygate::RequireScopeLayer::new("weather:read"));
+    let app = routes().layer(keygate::scope::RequireScopeLayer::new("weather:read"));
     for _ in 0..100 {
         let reply = send(app.clone(), with_key(key)).await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);

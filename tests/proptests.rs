@@ -35,7 +35,7 @@ use keygate::clock::ManualClock;
 use keygate::key::{ApiKey, KeyDigest, KeyRecord};
 use keygate::ratelimit::{Decision, MemoryLimiter, RateLimiter};
 use keygate::store::{KeyStore, Lookup};
-use keygate::{AuthLayer, CredentialSource, Quota};
+use keygate::{Quota, auth::AuthLayer, credential::CredentialSource};
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
@@ -288,7 +288,7 @@ fn check_against_model(spec: QuotaSpec, start: u64, steps: &[Step]) -> Result<()
     let quota = spec.quota();
     let (t, tau) = (spec.t(), spec.tau());
     let clock = ManualClock::at(UNIX_EPOCH + Duration::from_nanos(start));
-    let limiter = MemoryLimiter::new().with_clock(clock.clone());
+    let limiter = MemoryLimiter::builder().clock(clock.clone()).build();
     let mut now = u128::from(start);
     let mut tats: HashMap<u8, u128> = HashMap::new();
     for (i, step) in steps.iter().enumerate() {
@@ -1003,7 +1003,7 @@ mod redis_twin {
         let quota = spec.quota();
         let (t, tau) = (spec.t(), spec.tau());
         let clock = ManualClock::at(UNIX_EPOCH + Duration::from_micros(start_us));
-        let memory = MemoryLimiter::new().with_clock(clock.clone());
+        let memory = MemoryLimiter::builder().clock(clock.clone()).build();
         let mut now_us = start_us;
         let mut case = [0u8; 8];
         getrandom::fill(&mut case).unwrap();

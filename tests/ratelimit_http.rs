@@ -23,7 +23,7 @@ use keygate::ratelimit::{
     Usage, UsageTracker,
 };
 use keygate::store::MemoryStore;
-use keygate::{AuthLayer, Principal, PrincipalKind, Quota};
+use keygate::{Principal, PrincipalKind, Quota, auth::AuthLayer};
 use tower::util::MapRequestLayer;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -175,7 +175,7 @@ fn app(store: MemoryStore, limit: RateLimitLayer, hits: &Hits) -> Router {
 
 fn limiter() -> (MemoryLimiter, ManualClock) {
     let clock = ManualClock::new();
-    (MemoryLimiter::new().with_clock(clock.clone()), clock)
+    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
 }
 
 fn store_with(records: impl IntoIterator<Item = KeyRecord>) -> (MemoryStore, Vec<ApiKey>) {

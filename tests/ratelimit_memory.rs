@@ -25,7 +25,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 fn limiter() -> (MemoryLimiter, ManualClock) {
     let clock = ManualClock::new();
-    (MemoryLimiter::new().with_clock(clock.clone()), clock)
+    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
 }
 
 fn decide(l: &MemoryLimiter, key: &str, q: &Quota, cost: u32) -> Decision {

@@ -29,7 +29,7 @@ use keygate::ratelimit::{
     RedisLimiter,
 };
 use keygate::store::MemoryStore;
-use keygate::{AuthLayer, Quota};
+use keygate::{Quota, auth::AuthLayer};
 use redis::AsyncCommands;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -181,7 +181,7 @@ async fn decisions_match_the_in_memory_gcra() {
     bounded(async {
         let redis = limiter(&url, "fields").await;
         // The reference: the same GCRA in memory, its clock standing still.
-        let memory = MemoryLimiter::new().with_clock(ManualClock::new());
+        let memory = MemoryLimiter::builder().clock(ManualClock::new()).build();
         let q = Quota::per_hour(5).with_burst(4); // T = 720 s
         let started = Instant::now();
         let mut denied = 0;

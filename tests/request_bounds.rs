@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use common::*;
 use http::StatusCode;
-use keygate::AuthLayer;
+use keygate::auth::AuthLayer;
 
 /// Counts the bytes allocated on the current thread while counting is on.
 struct Counting;

@@ -12,7 +12,7 @@ use common::*;
 use http::{Request, StatusCode};
 use keygate::key::KeyRecord;
 use keygate::store::MemoryStore;
-use keygate::{AuthLayer, RequireScopeLayer};
+use keygate::{auth::AuthLayer, scope::RequireScopeLayer};
 use tower::ServiceBuilder;
 
 const READ_DENIED: &str = r#"Bearer realm="R", error="insufficient_scope", scope="weather:read""#;
@@ -117,16 +117,26 @@ async fn a_caller_without_the_scope_gets_403_naming_it() {
 }
 
 #[tokio::test]
-async fn the_scope_layer_has_its_own_realm() {
+async fn the_scope_layer_uses_the_auth_layers_realm_unless_given_its_own() {
     let (store, reader, _, _) = store();
     let app = Router::new()
         .route("/v1/alerts", post(|| async { "saved" }))
         .route_layer(RequireScopeLayer::new("weather:write"))
+        .layer(AuthLayer::new(store.clone()).realm(REALM));
+    let reply = send(app, write(&reader)).await;
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(r#"Bearer realm="R", error="insufficient_scope", scope="weather:write""#)
+    );
+
+    let app = Router::new()
+        .route("/v1/alerts", post(|| async { "saved" }))
+        .route_layer(RequireScopeLayer::new("weather:write").realm("alerts"))
         .layer(AuthLayer::new(store).realm(REALM));
     let reply = send(app, write(&reader)).await;
     assert_eq!(
         reply.header("www-authenticate"),
-        Some(r#"Bearer realm="api", error="insufficient_scope", scope="weather:write""#)
+        Some(r#"Bearer realm="alerts", error="insufficient_scope", scope="weather:write""#)
     );
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use common::*;
 use http::StatusCode;
-use keygate::AuthLayer;
+use keygate::auth::AuthLayer;
 use keygate::clock::{Clock, ManualClock};
 use keygate::key::{ApiKey, KeyRecord, KeyStatus};
 use keygate::store::{KeyStore, MemoryStore};

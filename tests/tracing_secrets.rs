@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use keygate::AuthLayer;
+use keygate::auth::AuthLayer;
 use keygate::key::{ApiKey, KeyRecord};
 use keygate::store::KeyStore;
 

@@ -47,12 +47,13 @@ use std::process::ExitCode;
 
 use axum::Extension;
 use axum::routing::get;
+use keygate::QuotaError;
 use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
-use keygate::ratelimit::{MemoryLimiter, QuotaError, RateLimitLayer};
+use keygate::ratelimit::{MemoryLimiter, RateLimitLayer};
 use keygate::store::{MemoryStore, MemoryStoreError};
 use keygate::tonic::RequestExt;
-use keygate::{AuthLayer, Principal, Quota, RequireScopeLayer};
+use keygate::{Principal, Quota, auth::AuthLayer, scope::RequireScopeLayer};
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::service::Routes;
@@ -84,6 +85,8 @@ pub const KEY_PREFIX: &str = "wk_live_";
 pub const SCOPE: &str = "weather:read";
 /// The realm named in the HTTP routes' `WWW-Authenticate`.
 pub const REALM: &str = "weather";
+/// The longest key accepted.
+const MAX_KEY_LEN: usize = 512;
 /// The response metadata that carries the caller's id.
 pub const CALLER_ID: &str = "x-caller-id";
 /// The longest place name accepted in `q`.
@@ -245,7 +248,7 @@ impl App {
             let bad = |why| ConfigError::Key { position, why };
             let text = key.expose_secret();
             // Refuse keys the layer would always turn away, rather than serve with a dead key.
-            if text.len() > keygate::auth::DEFAULT_MAX_KEY_LEN {
+            if text.len() > MAX_KEY_LEN {
                 return Err(bad("is longer than 512 bytes"));
             }
             if text.bytes().any(|b| b < 0x20 || b == 0x7f) {
@@ -304,6 +307,7 @@ impl App {
         let format = self.store.format().clone();
         let auth = AuthLayer::new(self.store.clone())
             .key_format(format)
+            .max_key_len(MAX_KEY_LEN)
             .jwt(self.verifier.clone())
             .realm(REALM);
 
@@ -311,8 +315,8 @@ impl App {
         // they call now, may they call this.
         let weather = tower::ServiceBuilder::new()
             .layer(auth.clone())
-            .layer(RateLimitLayer::new(MemoryLimiter::new(), self.rate_limit).realm(REALM))
-            .layer(RequireScopeLayer::new(SCOPE).realm(REALM))
+            .layer(RateLimitLayer::new(MemoryLimiter::new(), self.rate_limit))
+            .layer(RequireScopeLayer::new(SCOPE))
             .service(WeatherServer::new(WeatherService));
 
         let reflection = tonic_reflection::server::Builder::configure()

@@ -30,8 +30,9 @@ use keygate::jwt::JwtVerifier;
 use keygate::key::{ApiKey, KeyRecord};
 use keygate::store::MemoryStore;
 use keygate::{
-    AuthError, AuthLayer, AuthService, CredentialError, CredentialSource, InvalidCredential,
-    Principal, PrincipalKind, RequestHead,
+    Principal, PrincipalKind, auth::Auth, auth::AuthLayer, credential::CredentialError,
+    credential::CredentialSource, credential::RequestHead, error::AuthError,
+    error::InvalidCredential,
 };
 use keygate_fuzz::*;
 use libfuzzer_sys::fuzz_target;
@@ -74,7 +75,7 @@ fn inner(req: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
 
 /// Built once: the layer's configuration is the same for every input, and building it (the
 /// store, the verifier) per run would cost more than the request.
-static SERVICE: LazyLock<AuthService<ServiceFn<Inner>>> = LazyLock::new(|| {
+static SERVICE: LazyLock<Auth<ServiceFn<Inner>>> = LazyLock::new(|| {
     let store = MemoryStore::new();
     // Registered by hand (not `issue`d at random) so that the seeds can carry the keys.
     let register = |key: &str, record: KeyRecord| {

@@ -20,8 +20,8 @@
 
 use std::sync::LazyLock;
 
-use keygate::jwt::JwtVerifier;
-use keygate::{AuthError, Principal};
+use keygate::Principal;
+use keygate::jwt::{JwtVerifier, VerifyError};
 use keygate_fuzz::*;
 use libfuzzer_sys::fuzz_target;
 
@@ -56,13 +56,13 @@ static ISS_AS_SUBJECT: LazyLock<JwtVerifier> = LazyLock::new(|| {
 });
 
 /// The part of a verdict two verifiers with the same rules must agree on.
-fn verdict(result: &Result<Principal, AuthError>) -> Result<(String, Vec<String>), &'static str> {
+fn verdict(result: &Result<Principal, VerifyError>) -> Result<(String, Vec<String>), &'static str> {
     match result {
         Ok(p) => Ok((
             p.id().to_owned(),
             p.scopes().iter().map(String::from).collect(),
         )),
-        Err(e) => Err(e.kind()),
+        Err(e) => Err(e.as_str()),
     }
 }
 

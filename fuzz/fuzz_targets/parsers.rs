@@ -31,7 +31,7 @@ use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use keygate::key::{FormatError, KeyDigest, KeyFormat};
 use keygate::store::{KeyStore, Lookup, MemoryStore};
-use keygate::{AuthLayer, AuthService, CredentialSource, Principal, Quota};
+use keygate::{Principal, Quota, auth::Auth, auth::AuthLayer, credential::CredentialSource};
 use libfuzzer_sys::fuzz_target;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use tower::ServiceExt as _;
@@ -229,9 +229,10 @@ fn inner(req: Request<()>) -> Ready<Result<Response<Full<Bytes>>, Infallible>> {
 const HEADER: &str = "x-api-key";
 const QUERY: &str = "key";
 const COOKIE: &str = "sid";
-const MAX_KEY_LEN: usize = keygate::auth::DEFAULT_MAX_KEY_LEN;
+/// The layer's default limit on an API key.
+const MAX_KEY_LEN: usize = 512;
 
-static EXTRACTING: LazyLock<AuthService<ServiceFn<Inner>>> = LazyLock::new(|| {
+static EXTRACTING: LazyLock<Auth<ServiceFn<Inner>>> = LazyLock::new(|| {
     let layer = AuthLayer::new(Recorder).sources([
         CredentialSource::bearer(),
         CredentialSource::header(HEADER),
@@ -249,7 +250,7 @@ struct Outcome {
     reached: Option<bool>,
 }
 
-fn run(service: AuthService<ServiceFn<Inner>>, req: Request<()>) -> Outcome {
+fn run(service: Auth<ServiceFn<Inner>>, req: Request<()>) -> Outcome {
     LOOKUPS.with(|l| l.borrow_mut().clear());
     REACHED.with(|r| *r.borrow_mut() = None);
     // The recorder and the inner service answer at once: nothing here ever waits.

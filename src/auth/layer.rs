@@ -1,23 +1,42 @@
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use tower::Layer;
 
-use super::{AuthConfig, AuthService, DEFAULT_MAX_KEY_LEN, KeyAuth};
+use super::Auth;
+use super::config::{AuthConfig, KeyAuth};
 use crate::clock::Clock;
 use crate::credential::{self, CredentialSource};
-use crate::error::{ErrorResponder, Rendering};
+use crate::error::Rendering;
 use crate::key::KeyFormat;
 use crate::store::KeyStore;
 
-/// The authentication layer. Builds [`AuthService`]s.
+/// What an [`AuthLayer`] made with [`AuthLayer::new`] accepts: API keys from a store (and JWTs,
+/// when given a verifier). Only such a layer has the API-key settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WithKeys;
+
+/// What an [`AuthLayer`] made with [`AuthLayer::jwt_only`] accepts: JWT bearer tokens only. It
+/// has no key store, so it has no API-key settings either.
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+#[derive(Debug, Clone, Copy)]
+pub struct JwtOnly;
+
+/// The authentication layer. Builds [`Auth`] services.
 ///
 /// Defaults: credentials from `Authorization: Bearer`, the `x-api-key` header and the `key` query
 /// parameter (exactly one of them); keys up to 512 bytes; realm `"api"`; every request must
 /// authenticate.
 ///
+/// The realm and responder set here are also used by the layers and extractors behind it
+/// ([`RequireScopeLayer`](crate::scope::RequireScopeLayer),
+/// [`RateLimitLayer`](crate::ratelimit::RateLimitLayer), the `Principal` and `Claims<T>`
+/// extractors), unless they are given their own.
+///
 /// ```
-/// use keygate::{AuthLayer, CredentialSource, key::KeyFormat, store::MemoryStore};
+/// use keygate::{auth::AuthLayer, key::KeyFormat, store::MemoryStore};
 ///
 /// let format = KeyFormat::new("wk_live_").unwrap();
 /// let store = MemoryStore::with_format(format.clone());
@@ -27,51 +46,45 @@ use crate::store::KeyStore;
 ///     .optional();                 // let anonymous requests through without a Principal
 /// # let _ = layer;
 /// ```
-#[derive(Clone)]
+///
+/// The type parameter records whether the layer takes API keys. A layer made for JWTs only has
+/// no key store, so key settings on it do not compile:
+///
+/// ```compile_fail
+/// use keygate::{auth::AuthLayer, jwt::{JwtKey, JwtVerifier}};
+///
+/// let verifier = JwtVerifier::with_keys([JwtKey::hmac(b"a secret of at least 32 bytes!!")]);
+/// let layer = AuthLayer::jwt_only(verifier).max_key_len(64); // error: no such method
+/// ```
 #[must_use]
-pub struct AuthLayer {
+pub struct AuthLayer<M = WithKeys> {
     config: Arc<AuthConfig>,
+    accepts: PhantomData<fn() -> M>,
 }
 
-impl AuthLayer {
-    /// A layer that accepts API keys found in `store`.
-    pub fn new(store: impl KeyStore) -> Self {
+impl<M> Clone for AuthLayer<M> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            accepts: PhantomData,
+        }
+    }
+}
+
+impl<M> AuthLayer<M> {
+    fn with(keys: Option<KeyAuth>) -> Self {
         Self {
             config: Arc::new(AuthConfig {
                 sources: credential::default_sources(),
-                keys: Some(KeyAuth {
-                    store: Arc::new(store),
-                    format: None,
-                    max_len: DEFAULT_MAX_KEY_LEN,
-                    outage: Default::default(),
-                }),
+                keys,
                 #[cfg(feature = "jwt")]
                 jwt: None,
                 optional: false,
                 rendering: Rendering::default(),
                 clock: crate::clock::system(),
             }),
+            accepts: PhantomData,
         }
-    }
-
-    /// A layer that accepts JWT bearer tokens only.
-    #[cfg(feature = "jwt")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-    pub fn jwt_only(verifier: crate::jwt::JwtVerifier) -> Self {
-        let mut layer = Self::new(crate::store::MemoryStore::new());
-        let config = layer.config();
-        config.keys = None;
-        config.jwt = Some(verifier);
-        layer
-    }
-
-    /// Also accepts JWT bearer tokens: a credential shaped like a compact JWS goes to
-    /// `verifier`, anything else is looked up as an API key.
-    #[cfg(feature = "jwt")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-    pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
-        self.config().jwt = Some(verifier);
-        self
     }
 
     fn config(&mut self) -> &mut AuthConfig {
@@ -91,23 +104,6 @@ impl AuthLayer {
         self
     }
 
-    /// Keys that start with `format`'s prefix must pass its checksum, or they are turned away
-    /// (401) without asking the store. Keys without the prefix still go to the store.
-    pub fn key_format(mut self, format: KeyFormat) -> Self {
-        if let Some(keys) = &mut self.config().keys {
-            keys.format = Some(format);
-        }
-        self
-    }
-
-    /// The longest API key accepted, in bytes (default 512). Longer ones get 400.
-    pub fn max_key_len(mut self, max: usize) -> Self {
-        if let Some(keys) = &mut self.config().keys {
-            keys.max_len = max;
-        }
-        self
-    }
-
     /// Lets requests without any credential through, without a [`Principal`](crate::Principal).
     /// A credential that is present but bad is still turned away.
     pub fn optional(mut self) -> Self {
@@ -115,17 +111,14 @@ impl AuthLayer {
         self
     }
 
-    /// The realm named in `WWW-Authenticate` (default `"api"`).
-    pub fn realm(mut self, realm: impl Into<Arc<str>>) -> Self {
-        self.config().rendering.realm = realm.into();
-        self
+    fn rendering_mut(&mut self) -> &mut Rendering {
+        &mut self.config().rendering
     }
 
-    /// Replaces the error responder.
-    pub fn responder(mut self, responder: impl ErrorResponder) -> Self {
-        self.config().rendering.responder = Arc::new(responder);
-        self
-    }
+    define_rendering_setters!(
+        "By default `\"api\"` and the standard responder. Used here and by the layers and \
+         extractors behind this one that are not given their own."
+    );
 
     /// Reads time from `clock` to check key expiry.
     pub fn clock(mut self, clock: impl Clock) -> Self {
@@ -134,20 +127,69 @@ impl AuthLayer {
     }
 }
 
-impl<S> Layer<S> for AuthLayer {
-    type Service = AuthService<S>;
+impl AuthLayer<WithKeys> {
+    /// A layer that accepts API keys found in `store`.
+    pub fn new(store: impl KeyStore) -> Self {
+        Self::with(Some(KeyAuth::new(store)))
+    }
 
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthService::new(inner, self.config.clone())
+    /// Also accepts JWT bearer tokens: a credential shaped like a compact JWS goes to
+    /// `verifier`, anything else is looked up as an API key.
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
+        self.config().jwt = Some(verifier);
+        self
+    }
+
+    fn keys(&mut self) -> &mut KeyAuth {
+        self.config()
+            .keys
+            .as_mut()
+            .expect("an AuthLayer<WithKeys> always has a key store")
+    }
+
+    /// Keys that start with `format`'s prefix must pass its checksum, or they are turned away
+    /// (401) without asking the store. Keys without the prefix still go to the store.
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.keys().format = Some(format);
+        self
+    }
+
+    /// The longest API key accepted, in bytes (default 512). Longer ones get 400.
+    pub fn max_key_len(mut self, max: usize) -> Self {
+        self.keys().max_len = max;
+        self
     }
 }
 
-impl fmt::Debug for AuthLayer {
+#[cfg(feature = "jwt")]
+impl AuthLayer<JwtOnly> {
+    /// A layer that accepts JWT bearer tokens only: every other credential is refused as an
+    /// unknown key.
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt_only(verifier: crate::jwt::JwtVerifier) -> Self {
+        let mut layer = Self::with(None);
+        layer.config().jwt = Some(verifier);
+        layer
+    }
+}
+
+impl<S, M> Layer<S> for AuthLayer<M> {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth::new(inner, self.config.clone())
+    }
+}
+
+impl<M> fmt::Debug for AuthLayer<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthLayer")
             .field("sources", &self.config.sources)
+            .field("api_keys", &self.config.keys.is_some())
             .field("optional", &self.config.optional)
-            .field("realm", &self.config.rendering.realm)
+            .field("rendering", &self.config.rendering)
             .finish_non_exhaustive()
     }
 }

@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use super::{JwtKey, JwtKeyError, KeySet, KeySource, Refetch};
-use crate::maybe::MaybeReady;
+use crate::MaybeReady;
 
 /// How often the set is fetched when the response says nothing (`Cache-Control: max-age`).
 const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(5 * 60);
@@ -104,7 +104,7 @@ pub enum JwksError {
 /// ```no_run
 /// use std::time::Duration;
 /// use axum::{Router, routing::get};
-/// use keygate::{AuthLayer, Principal, jwt::{JwtVerifier, RemoteJwks}};
+/// use keygate::{auth::AuthLayer, Principal, jwt::{JwtVerifier, RemoteJwks}};
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let jwks = RemoteJwks::builder("https://auth.example.com/.well-known/jwks.json")

@@ -1,29 +1,4 @@
-//! JWT bearer tokens: [`JwtVerifier`] (pinned algorithms, keys by `kid`, verified-token cache,
-//! [`Revocations`]), typed [`Claims<T>`], and [`TokenIssuer`].
-//!
-//! One [`AuthLayer`](crate::AuthLayer) accepts API keys and JWTs side by side: a Bearer value
-//! shaped like a compact JWS (three base64url segments) goes to the verifier, anything else is
-//! an API key. Both hand the handler a [`Principal`](crate::Principal).
-//!
-//! ```
-//! use axum::{Router, routing::get};
-//! use keygate::{AuthLayer, jwt::{Claims, JwtKey, JwtVerifier}, store::MemoryStore};
-//!
-//! #[derive(Clone, serde::Deserialize)]
-//! struct MyClaims {
-//!     #[serde(rename = "userId")]
-//!     user_id: u64,
-//! }
-//!
-//! let verifier = JwtVerifier::with_keys([JwtKey::hmac(b"a secret of at least 32 bytes!!")])
-//!     .subject_claim("userId")
-//!     .claims::<MyClaims>();
-//!
-//! let app: Router = Router::new()
-//!     .route("/me", get(|c: Claims<MyClaims>| async move { c.user_id.to_string() }))
-//!     .layer(AuthLayer::new(MemoryStore::new()).jwt(verifier));
-//! # let _ = app;
-//! ```
+#![doc = include_str!("../../docs/jwt.md")]
 
 mod claims;
 mod issuer;
@@ -42,9 +17,9 @@ pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
 pub use revocation::{MemoryRevocations, Revocations, TokenInfo};
 pub use source::{KeySource, Refetch, StaticKeys};
-pub use verifier::{DEFAULT_CACHE_ENTRIES, DEFAULT_MAX_TOKEN_LEN, JwtVerifier};
+pub use verifier::{JwtVerifier, VerifyError};
 
-pub(crate) use verifier::{Outcome, Verified, looks_like_jws};
+pub(crate) use verifier::{Outcome, UnknownKid, Verified, looks_like_jws};
 
 use std::fmt;
 use std::ops::Deref;

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::KeySet;
-use crate::maybe::MaybeReady;
+use crate::MaybeReady;
 
 /// Where a verifier's keys come from: a fixed set, a remote JWKS, or your own source.
 ///

@@ -14,17 +14,94 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::claims::{ClaimNames, Registered};
 use super::{Claims, JwtKey, KeySet, KeySource, Revocations, StaticKeys, TokenInfo};
+use crate::MaybeReady;
 use crate::clock::{self, Clock, SharedClock};
-use crate::credential::CredentialError;
-use crate::error::{AuthError, InvalidCredential, Unavailable};
 use crate::key::DigestHasher;
-use crate::maybe::MaybeReady;
 use crate::principal::{Principal, PrincipalKind};
 
 /// The default limit on a token's length, in bytes.
-pub const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
+const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The default number of verified tokens kept in the cache.
-pub const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+
+/// Why a token was not accepted.
+///
+/// The reasons are for logs and tests; an HTTP client is told only "invalid token" (or that it
+/// expired), whichever the reason, so that it learns nothing about the verifier's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// The token is longer than the verifier accepts (checked before any decoding).
+    #[error("the token is longer than the verifier accepts")]
+    TooLong,
+    /// Not a compact JWS with a valid JOSE header and a JSON object of claims: bad base64 or
+    /// JSON, an unknown `alg`, a `crit` header, a duplicate claim, a claim of the wrong type.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The header names a `kid` the verifier has no key for.
+    #[error("the token names a key the verifier does not have")]
+    UnknownKid,
+    /// No key of the token's algorithm verifies its signature.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// `exp` is required and missing.
+    #[error("the token has no expiry")]
+    MissingExpiry,
+    /// Past its `exp`, plus the leeway.
+    #[error("the token has expired")]
+    Expired,
+    /// Before its `nbf`, less the leeway.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` is missing or not one of the accepted issuers.
+    #[error("the token is from another issuer")]
+    WrongIssuer,
+    /// `aud` names none of the accepted audiences.
+    #[error("the token is for another audience")]
+    WrongAudience,
+    /// The subject claim is missing or empty.
+    #[error("the token names no subject")]
+    MissingSubject,
+    /// The payload does not fit the claims type set with [`JwtVerifier::claims`].
+    #[error("the token's claims do not fit the claims type")]
+    ClaimsType,
+    /// The token, its subject or its `jti` is revoked.
+    #[error("the token is revoked")]
+    Revoked,
+    /// The key source has no keys at all (a JWKS that could not be fetched yet).
+    #[error("no keys to verify the token with")]
+    KeysUnavailable,
+}
+
+impl VerifyError {
+    /// A short, fixed name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::TooLong => "too_long",
+            Self::Malformed => "malformed",
+            Self::UnknownKid => "unknown_kid",
+            Self::BadSignature => "bad_signature",
+            Self::MissingExpiry => "missing_expiry",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::WrongAudience => "wrong_audience",
+            Self::MissingSubject => "missing_subject",
+            Self::ClaimsType => "claims_type",
+            Self::Revoked => "revoked",
+            Self::KeysUnavailable => "keys_unavailable",
+        }
+    }
+}
+
+/// What [`JwtVerifier::check`] does with a token whose `kid` it has no key for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnknownKid {
+    /// Ask the key source to fetch keys, and check again once it has.
+    Refetch,
+    /// Refuse the token (the source fetched already).
+    Refuse,
+}
 
 /// Inserts a verified token's typed claims into request extensions.
 pub(crate) trait InsertClaims: Send + Sync {
@@ -59,7 +136,7 @@ pub(crate) struct Verified {
 
 /// The outcome of checking a token without waiting.
 pub(crate) enum Outcome {
-    Done(Result<Arc<Verified>, AuthError>),
+    Done(Result<Arc<Verified>, VerifyError>),
     /// The token names a key the source may fetch; check again when this completes.
     Refetch(MaybeReady<super::Refetch>),
 }
@@ -143,10 +220,6 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<IgnoredAny>,
 
 const MAX_KID_LEN: usize = 256;
 
-fn invalid() -> AuthError {
-    AuthError::InvalidCredential(InvalidCredential::InvalidToken)
-}
-
 /// Whether `s` has the shape of a compact JWS: three base64url segments, none empty.
 pub(crate) fn looks_like_jws(s: &str) -> bool {
     // One branch-free pass over the bytes (it vectorises), then three splits on '.'.
@@ -194,26 +267,36 @@ impl JwtVerifier {
         Self::new(StaticKeys::new(KeySet::new(keys)))
     }
 
-    /// The configuration, to change a rule. Clones of a verifier share its cache; one whose
-    /// rules change gets a cache of its own, so that it never reuses a verdict reached under
-    /// other rules (issuer, audience, subject claim, claims type, ...).
+    /// The configuration, to change a setting no cached verdict depends on: the clock, the
+    /// leeway, the length limit, the revocations (all checked on every use, cached or not).
+    /// The cache stays as it is.
     fn config(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// The configuration, to change a rule a cached verdict depends on (issuer, audience,
+    /// subject claim, claims type, ...). A verifier must never reuse a verdict reached under
+    /// other rules: its cache is emptied, or, when clones share it, replaced by one of its own.
+    fn rules(&mut self) -> &mut Config {
         let config = Arc::make_mut(&mut self.inner);
         if let Some(cache) = &mut config.cache {
-            *cache = Arc::new(Cache::new(cache.max));
+            match Arc::get_mut(cache) {
+                Some(own) => own.map.clear(),
+                None => *cache = Arc::new(Cache::new(cache.max)),
+            }
         }
         config
     }
 
     /// Accepts only tokens whose `iss` is one of these.
     pub fn issuer<S: Into<String>>(mut self, issuers: impl IntoIterator<Item = S>) -> Self {
-        self.config().issuers = Some(issuers.into_iter().map(Into::into).collect());
+        self.rules().issuers = Some(issuers.into_iter().map(Into::into).collect());
         self
     }
 
     /// Accepts only tokens whose `aud` names one of these.
     pub fn audience<S: Into<String>>(mut self, audiences: impl IntoIterator<Item = S>) -> Self {
-        self.config().audiences = Some(audiences.into_iter().map(Into::into).collect());
+        self.rules().audiences = Some(audiences.into_iter().map(Into::into).collect());
         self
     }
 
@@ -225,7 +308,7 @@ impl JwtVerifier {
 
     /// Whether tokens must carry `exp` (default true).
     pub fn require_exp(mut self, required: bool) -> Self {
-        self.config().require_exp = required;
+        self.rules().require_exp = required;
         self
     }
 
@@ -238,20 +321,20 @@ impl JwtVerifier {
     /// The claim holding the caller's id (default `sub`). Strings and integers are accepted;
     /// integers are turned into their decimal text.
     pub fn subject_claim(mut self, claim: &str) -> Self {
-        self.config().names.subject = claim.into();
+        self.rules().names.subject = claim.into();
         self
     }
 
     /// The claim naming the caller's rate-limit tier.
     pub fn tier_claim(mut self, claim: &str) -> Self {
-        self.config().names.tier = Some(claim.into());
+        self.rules().names.tier = Some(claim.into());
         self
     }
 
     /// Decodes the payload into `T` too, inserted into requests as [`Claims<T>`]. A token
     /// whose payload does not fit `T` is rejected.
     pub fn claims<T: DeserializeOwned + Send + Sync + 'static>(mut self) -> Self {
-        self.config().claims = Some(decode_claims::<T>);
+        self.rules().claims = Some(decode_claims::<T>);
         self
     }
 
@@ -264,7 +347,19 @@ impl JwtVerifier {
     /// Keeps up to `entries` verified tokens (default 50,000; each entry holds its token, a few
     /// hundred bytes); 0 turns the cache off.
     pub fn cache(mut self, entries: usize) -> Self {
-        self.config().cache = (entries > 0).then(|| Arc::new(Cache::new(entries)));
+        let config = self.config();
+        config.cache = match (entries, config.cache.take()) {
+            (0, _) => None,
+            (entries, Some(mut cache)) => match Arc::get_mut(&mut cache) {
+                Some(own) => {
+                    own.max = entries;
+                    Some(cache)
+                }
+                // Shared with clones: a cache of its own.
+                None => Some(Arc::new(Cache::new(entries))),
+            },
+            (entries, None) => Some(Arc::new(Cache::new(entries))),
+        };
         self
     }
 
@@ -280,10 +375,10 @@ impl JwtVerifier {
     }
 
     /// Verifies `token` now, without fetching keys.
-    pub fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        match self.check(token, false) {
+    pub fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        match self.check(token, UnknownKid::Refuse) {
             Outcome::Done(r) => r.map(|v| v.principal.clone()),
-            Outcome::Refetch(_) => Err(invalid()),
+            Outcome::Refetch(_) => Err(VerifyError::UnknownKid),
         }
     }
 
@@ -292,10 +387,10 @@ impl JwtVerifier {
         self.inner.cache.as_ref().map_or(0, |c| c.map.len())
     }
 
-    pub(crate) fn check(&self, token: &str, may_refetch: bool) -> Outcome {
+    pub(crate) fn check(&self, token: &str, unknown_kid: UnknownKid) -> Outcome {
         let c = &*self.inner;
         if token.len() > c.max_len {
-            return Outcome::Done(Err(AuthError::InvalidRequest(CredentialError::TooLong)));
+            return Outcome::Done(Err(VerifyError::TooLong));
         }
         let now = c
             .clock
@@ -315,7 +410,7 @@ impl JwtVerifier {
                 return Outcome::Done(self.still_valid(hit, now));
             }
         }
-        let verified = match self.verify_fully(token, may_refetch) {
+        let verified = match self.verify_fully(token, unknown_kid) {
             Ok(v) => Arc::new(v),
             Err(outcome) => return outcome,
         };
@@ -327,15 +422,13 @@ impl JwtVerifier {
     }
 
     /// The checks that depend on time and revocation, made on every use.
-    fn still_valid(&self, v: Arc<Verified>, now: u64) -> Result<Arc<Verified>, AuthError> {
+    fn still_valid(&self, v: Arc<Verified>, now: u64) -> Result<Arc<Verified>, VerifyError> {
         let c = &*self.inner;
         if v.exp.is_some_and(|exp| now > exp.saturating_add(c.leeway)) {
-            return Err(AuthError::InvalidCredential(
-                InvalidCredential::TokenExpired,
-            ));
+            return Err(VerifyError::Expired);
         }
         if v.nbf.is_some_and(|nbf| now.saturating_add(c.leeway) < nbf) {
-            return Err(invalid());
+            return Err(VerifyError::NotYetValid);
         }
         if let Some(revocations) = &c.revocations {
             let info = TokenInfo {
@@ -344,15 +437,16 @@ impl JwtVerifier {
                 issued_at: v.iat,
             };
             if revocations.is_revoked(&info) {
-                return Err(invalid());
+                return Err(VerifyError::Revoked);
             }
         }
         Ok(v)
     }
 
-    fn verify_fully(&self, token: &str, may_refetch: bool) -> Result<Verified, Outcome> {
+    fn verify_fully(&self, token: &str, unknown_kid: UnknownKid) -> Result<Verified, Outcome> {
         let c = &*self.inner;
-        let fail = || Outcome::Done(Err(invalid()));
+        let refuse = |why| Outcome::Done(Err(why));
+        let fail = || refuse(VerifyError::Malformed);
         let mut parts = token.splitn(3, '.');
         let (Some(header_b64), Some(payload_b64), Some(signature)) =
             (parts.next(), parts.next(), parts.next())
@@ -381,15 +475,16 @@ impl JwtVerifier {
         if let Some(kid) = kid
             && !keys.has_kid(kid)
         {
-            if may_refetch && let Some(wait) = c.source.unknown_kid(kid) {
+            if unknown_kid == UnknownKid::Refetch
+                && let Some(wait) = c.source.unknown_kid(kid)
+            {
                 return Err(Outcome::Refetch(wait));
             }
-            if keys.keys.is_empty() {
-                return Err(Outcome::Done(Err(AuthError::Unavailable(
-                    Unavailable::JwtKeys,
-                ))));
-            }
-            return Err(fail());
+            return Err(refuse(if keys.keys.is_empty() {
+                VerifyError::KeysUnavailable
+            } else {
+                VerifyError::UnknownKid
+            }));
         }
         let message = &token.as_bytes()[..header_b64.len() + 1 + payload_b64.len()];
         let verified = keys.candidates(kid, alg).any(|key| {
@@ -399,33 +494,32 @@ impl JwtVerifier {
             )
         });
         if !verified {
-            if keys.keys.is_empty() {
-                return Err(Outcome::Done(Err(AuthError::Unavailable(
-                    Unavailable::JwtKeys,
-                ))));
-            }
-            return Err(fail());
+            return Err(refuse(if keys.keys.is_empty() {
+                VerifyError::KeysUnavailable
+            } else {
+                VerifyError::BadSignature
+            }));
         }
         let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| fail())?;
         let r = Registered::parse(&payload, &c.names).map_err(|_| fail())?;
         if c.require_exp && r.exp.is_none() {
-            return Err(fail());
+            return Err(refuse(VerifyError::MissingExpiry));
         }
         if let Some(issuers) = &c.issuers
             && !r.iss.as_ref().is_some_and(|iss| issuers.contains(iss))
         {
-            return Err(fail());
+            return Err(refuse(VerifyError::WrongIssuer));
         }
         if let Some(audiences) = &c.audiences
             && !r.aud.iter().any(|a| audiences.contains(a))
         {
-            return Err(fail());
+            return Err(refuse(VerifyError::WrongAudience));
         }
         let Some(sub) = r.sub.filter(|s| !s.is_empty()) else {
-            return Err(fail());
+            return Err(refuse(VerifyError::MissingSubject));
         };
         let claims = match c.claims {
-            Some(decode) => Some(decode(&payload).map_err(|_| fail())?),
+            Some(decode) => Some(decode(&payload).map_err(|_| refuse(VerifyError::ClaimsType))?),
             None => None,
         };
         let mut principal = Principal::new(sub, PrincipalKind::Jwt).with_scopes(r.scopes);
@@ -523,12 +617,7 @@ mod tests {
         clock.advance(Duration::from_secs(130)); // exp + leeway
         assert!(verifier.verify(&token).is_ok());
         clock.advance(Duration::from_secs(1));
-        assert!(matches!(
-            verifier.verify(&token),
-            Err(AuthError::InvalidCredential(
-                InvalidCredential::TokenExpired
-            ))
-        ));
+        assert_eq!(verifier.verify(&token).unwrap_err(), VerifyError::Expired);
     }
 
     #[test]
@@ -572,10 +661,10 @@ mod tests {
         let last = token.pop().unwrap();
         token.push(if last == 'A' { 'B' } else { 'A' });
         assert!(verifier.verify(&token).is_err());
-        assert!(matches!(
-            verifier.verify(&"a".repeat(9000)),
-            Err(AuthError::InvalidRequest(CredentialError::TooLong))
-        ));
+        assert_eq!(
+            verifier.verify(&"a".repeat(9000)).unwrap_err(),
+            VerifyError::TooLong
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 
-use crate::ratelimit::Quota;
+use crate::quota::Quota;
 
 /// A set of scopes (permissions) such as `weather:read`.
 ///

@@ -11,7 +11,7 @@ use super::{Check, Quota, RateLimitError, RateLimiter};
 use crate::clock::{self, Clock, SharedClock};
 
 /// The default limit on tracked keys of a [`MemoryLimiter`].
-pub const DEFAULT_MAX_KEYS: usize = 4_000_000;
+const DEFAULT_MAX_KEYS: usize = 4_000_000;
 
 /// The in-memory GCRA limiter: one atomic timestamp per key.
 ///
@@ -115,10 +115,62 @@ impl StoredKey {
     }
 }
 
+/// Builds a [`MemoryLimiter`] with another clock or key limit. Each setting is fixed for the
+/// limiter's life: its entries hold times read from its clock.
+///
+/// ```
+/// use keygate::clock::ManualClock;
+/// use keygate::ratelimit::MemoryLimiter;
+///
+/// let clock = ManualClock::new();
+/// let limiter = MemoryLimiter::builder().clock(clock.clone()).max_keys(10_000).build();
+/// # let _ = limiter;
+/// ```
+#[must_use]
+pub struct MemoryLimiterBuilder {
+    clock: SharedClock,
+    max_keys: usize,
+}
+
+impl MemoryLimiterBuilder {
+    /// Reads time from `clock` (tests move a [`ManualClock`](crate::clock::ManualClock)).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Tracks at most `max` keys at once (default 4,000,000; see [`MemoryLimiter`]). At least 1.
+    pub fn max_keys(mut self, max: usize) -> Self {
+        self.max_keys = max.max(1);
+        self
+    }
+
+    /// The limiter, empty.
+    pub fn build(self) -> MemoryLimiter {
+        MemoryLimiter::build(self.clock, self.max_keys)
+    }
+}
+
+impl fmt::Debug for MemoryLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLimiterBuilder")
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
 impl MemoryLimiter {
-    /// A limiter on the system clock.
+    /// A limiter on the system clock, tracking at most 4,000,000 keys.
     pub fn new() -> Self {
-        Self::build(clock::system(), DEFAULT_MAX_KEYS)
+        Self::builder().build()
+    }
+
+    /// A builder, to set another clock or key limit.
+    pub fn builder() -> MemoryLimiterBuilder {
+        MemoryLimiterBuilder {
+            clock: clock::system(),
+            max_keys: DEFAULT_MAX_KEYS,
+        }
     }
 
     fn build(clock: SharedClock, max_keys: usize) -> Self {
@@ -141,19 +193,6 @@ impl MemoryLimiter {
                 max_keys,
             }),
         }
-    }
-
-    /// Reads time from `clock` (tests move a [`ManualClock`](crate::clock::ManualClock)).
-    /// Call before the limiter is shared: a new limiter starts empty.
-    #[must_use]
-    pub fn with_clock(self, clock: impl Clock) -> Self {
-        Self::build(Arc::new(clock), self.inner.max_keys)
-    }
-
-    /// Tracks at most `max` keys at once (see the type's docs). Starts empty.
-    #[must_use]
-    pub fn with_max_keys(self, max: usize) -> Self {
-        Self::build(self.inner.clock.clone(), max.max(1))
     }
 
     /// Keys tracked now (live or not yet swept).
@@ -335,7 +374,7 @@ mod tests {
     #[test]
     fn refill_with_manual_clock() {
         let clock = ManualClock::new();
-        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
         let q = Quota::per_second(5);
         assert_eq!((0..10).filter(|_| allowed(&l, "a", &q)).count(), 5);
         assert!(allowed(&l, "b", &q), "keys are independent");
@@ -350,7 +389,7 @@ mod tests {
     #[test]
     fn sweep_forgets_idle_keys_only() {
         let clock = ManualClock::new();
-        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
         let q = Quota::per_second(1);
         for i in 0..1000 {
             assert!(allowed(&l, &format!("k{i}"), &q));
@@ -366,7 +405,7 @@ mod tests {
     #[test]
     fn automatic_sweep_bounds_the_table() {
         let clock = ManualClock::new();
-        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
         let q = Quota::per_second(100);
         for i in 0..100_000 {
             allowed(&l, &format!("k{i}"), &q);
@@ -378,7 +417,7 @@ mod tests {
 
     #[test]
     fn full_limiter_fails_closed() {
-        let l = MemoryLimiter::new().with_max_keys(2);
+        let l = MemoryLimiter::builder().max_keys(2).build();
         let q = Quota::per_hour(1);
         assert!(allowed(&l, "a", &q));
         assert!(allowed(&l, "b", &q));
@@ -392,9 +431,10 @@ mod tests {
     #[test]
     fn at_capacity_new_keys_reclaim_idle_entries_a_few_at_a_time() {
         let clock = ManualClock::new();
-        let l = MemoryLimiter::new()
-            .with_clock(clock.clone())
-            .with_max_keys(1000);
+        let l = MemoryLimiter::builder()
+            .clock(clock.clone())
+            .max_keys(1000)
+            .build();
         let q = Quota::per_second(1);
         for i in 0..1000 {
             assert!(allowed(&l, &format!("old{i}"), &q));
@@ -429,7 +469,7 @@ mod tests {
     #[test]
     fn sweep_keeps_the_ring_in_step_with_the_table() {
         let clock = ManualClock::new();
-        let l = MemoryLimiter::new().with_clock(clock.clone());
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
         let q = Quota::per_second(1);
         for i in 0..500 {
             assert!(allowed(&l, &format!("k{i}"), &q));

@@ -1,53 +1,30 @@
-//! Per-caller rate limiting: [`Quota`], the [`RateLimiter`] trait, the in-memory GCRA
-//! [`MemoryLimiter`], and [`RateLimitLayer`].
-//!
-//! The layer sits after [`AuthLayer`](crate::AuthLayer) and limits each caller by its
-//! [`Principal`](crate::Principal)'s id — the key record's id, or the token's subject, never a
-//! secret. A token minted for an API key carries the key's id as its subject, so it shares the
-//! key's limit instead of escaping it.
-//!
-//! ```
-//! use axum::{Router, routing::get};
-//! use keygate::{AuthLayer, Quota, ratelimit::{MemoryLimiter, RateLimitLayer}, store::MemoryStore};
-//! use tower::ServiceBuilder;
-//!
-//! let app: Router = Router::new()
-//!     .route("/v1/current.json", get(|| async { "sunny" }))
-//!     .layer(
-//!         ServiceBuilder::new()
-//!             .layer(AuthLayer::new(MemoryStore::new()))   // outer: who is calling
-//!             .layer(RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(10))),
-//!     );
-//! # let _ = app;
-//! ```
-//!
-//! Which quota applies, first match wins: the key record's own quota
-//! ([`KeyRecord::quota`](crate::key::KeyRecord)), the quota of the principal's tier
-//! ([`RateLimitLayer::tier`]), the layer's default.
+#![doc = include_str!("../../docs/rate-limits.md")]
 
+mod config;
+mod future;
 mod gcra;
 mod headers;
 mod layer;
 mod memory;
-mod quota;
 #[cfg(feature = "redis")]
 mod redis;
+mod service;
 mod usage;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use self::redis::{DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_TIMEOUT, FailurePolicy, RedisLimiter};
+pub use self::redis::{FailurePolicy, RedisLimiter};
+pub use future::ResponseFuture;
 pub use gcra::Decision;
 pub use headers::HeaderStyle;
-pub use layer::{ANONYMOUS_KEY, RateLimit, RateLimitLayer, ResponseFuture};
-pub use memory::{DEFAULT_MAX_KEYS, MemoryLimiter};
-pub use quota::{Quota, QuotaError};
+pub use layer::{ANONYMOUS_KEY, RateLimitLayer};
+pub use memory::{MemoryLimiter, MemoryLimiterBuilder};
+pub use service::RateLimit;
 pub use usage::{Usage, UsageTracker};
 
 use std::sync::Arc;
 
-use crate::BoxError;
-use crate::maybe::MaybeReady;
+use crate::{BoxError, MaybeReady, Quota};
 
 /// The answer of a [`RateLimiter`]: ready at once for in-memory limiters, to be waited for with
 /// remote ones.

@@ -12,20 +12,11 @@ use ::redis::{Client, RedisError, Script};
 use super::{Check, Decision, MemoryLimiter, Quota, RateLimitError, RateLimiter};
 
 /// The key prefix a [`RedisLimiter`] uses unless told otherwise ([`RedisLimiter::prefix`]).
-///
-/// ```
-/// assert_eq!(keygate::ratelimit::DEFAULT_REDIS_PREFIX, "keygate:rl:");
-/// ```
-pub const DEFAULT_REDIS_PREFIX: &str = "keygate:rl:";
+const DEFAULT_REDIS_PREFIX: &str = "keygate:rl:";
 
 /// How long a [`RedisLimiter`] waits for one decision unless told otherwise
 /// ([`RedisLimiter::timeout`]).
-///
-/// ```
-/// use std::time::Duration;
-/// assert_eq!(keygate::ratelimit::DEFAULT_REDIS_TIMEOUT, Duration::from_millis(50));
-/// ```
-pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Integers up to 2^53 are exact in a Lua number (a double).
 const EXACT: u64 = 1 << 53;
@@ -317,7 +308,7 @@ where
         Arc::make_mut(&mut self.inner)
     }
 
-    /// Prefixes every Redis key with `prefix` (default [`DEFAULT_REDIS_PREFIX`],
+    /// Prefixes every Redis key with `prefix` (default
     /// `"keygate:rl:"`): the key of caller `key_1` is `keygate:rl:key_1`.
     ///
     /// ```no_run
@@ -335,7 +326,7 @@ where
         self
     }
 
-    /// Waits at most `timeout` for each decision (default [`DEFAULT_REDIS_TIMEOUT`], 50 ms),
+    /// Waits at most `timeout` for each decision (default 50 ms),
     /// then lets the [`FailurePolicy`] answer.
     ///
     /// ```no_run

@@ -87,7 +87,7 @@ impl MemoryStore {
     /// Uses `clock` for rotation deadlines (tests move a
     /// [`ManualClock`](crate::clock::ManualClock) by hand), in this handle and the clones made
     /// from it. The keys stay shared with every clone, made before or after. Key expiry is checked
-    /// by [`AuthLayer::clock`](crate::AuthLayer::clock).
+    /// by [`AuthLayer::clock`](crate::auth::AuthLayer::clock).
     #[must_use]
     pub fn with_clock(self, clock: impl Clock) -> Self {
         Self {

@@ -1,40 +1,4 @@
-//! Key stores: where keygate looks up the [`KeyRecord`] behind a presented key's digest.
-//!
-//! A store knows nothing of HTTP. It is asked one question — *which record has this digest?* —
-//! and answers with the record, with "not found", or with a [`StoreError`] when it cannot answer
-//! (the request then fails with 503, never with 401: an outage must not look like a bad key).
-//!
-//! [`MemoryStore`] is the embedded default. To plug in your own, implement [`KeyStore`]:
-//!
-//! ```
-//! use std::{collections::HashMap, sync::Arc};
-//! use keygate::key::{KeyDigest, KeyRecord};
-//! use keygate::store::{KeyStore, Lookup};
-//!
-//! /// Records loaded once at start, e.g. from a config file.
-//! struct FixedStore(HashMap<KeyDigest, Arc<KeyRecord>>);
-//!
-//! impl KeyStore for FixedStore {
-//!     fn lookup(&self, digest: &KeyDigest) -> Lookup {
-//!         // Answers at once: no allocation, no task switch.
-//!         Lookup::ready(Ok(self.0.get(digest).cloned()))
-//!     }
-//! }
-//!
-//! /// A store that has to wait for a database.
-//! #[derive(Clone)]
-//! struct RemoteStore { /* a connection pool, cheap to clone */ }
-//!
-//! impl KeyStore for RemoteStore {
-//!     fn lookup(&self, digest: &KeyDigest) -> Lookup {
-//!         let (this, digest) = (self.clone(), *digest);
-//!         Lookup::pending(async move {
-//!             let _ = (this, digest); // query by digest here
-//!             Ok(None)
-//!         })
-//!     }
-//! }
-//! ```
+#![doc = include_str!("../../docs/keys-and-stores.md")]
 
 mod memory;
 
@@ -43,8 +7,8 @@ pub use memory::{MemoryStore, MemoryStoreError};
 use std::sync::Arc;
 
 use crate::BoxError;
+use crate::MaybeReady;
 use crate::key::{KeyDigest, KeyRecord};
-use crate::maybe::MaybeReady;
 
 /// What a store answers: the record, `None` for an unknown digest, or an error.
 pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;

@@ -14,7 +14,7 @@ use grpc_example::pb::weather_client::WeatherClient;
 use grpc_example::pb::weather_server::WeatherServer;
 use grpc_example::pb::{CurrentReply, CurrentRequest};
 use grpc_example::{App, CALLER_ID, Config, WeatherService};
-use keygate::AuthLayer;
+use keygate::auth::AuthLayer;
 use keygate::clock::ManualClock;
 use keygate::jwt::TokenIssuer;
 use keygate::key::{ApiKey, KeyRecord};

@@ -1,3 +1,6 @@
+//! [`Quota`]: how many requests a caller may make. A leaf: it depends on nothing else of the
+//! crate, so key records, principals and limiters can all name it.
+
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
@@ -21,7 +24,7 @@ use std::time::Duration;
 /// assert_eq!(q.to_string(), "100/min;burst=20");
 ///
 /// assert!("ten/s".parse::<Quota>().is_err());
-/// # Ok::<(), keygate::ratelimit::QuotaError>(())
+/// # Ok::<(), keygate::QuotaError>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Quota {

@@ -1,0 +1,243 @@
+//! What an [`AuthLayer`](super::AuthLayer) is configured with, and how it judges a request.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+
+use crate::clock::SharedClock;
+use crate::credential::{self, CredentialError, CredentialSource, RequestHead};
+use crate::error::{AuthError, InvalidCredential, Passed, Rendering, Unavailable};
+use crate::key::{KeyDigest, KeyFormat, KeyStatus};
+use crate::outage::{OutageLog, info_recovered, warn_outage};
+use crate::principal::Principal;
+use crate::store::{KeyStore, Lookup, LookupResult};
+
+/// The default limit on a presented API key, in bytes.
+pub(crate) const DEFAULT_MAX_KEY_LEN: usize = 512;
+
+/// The API-key side of a layer: where keys are looked up, and what is checked before.
+#[derive(Clone)]
+pub(crate) struct KeyAuth {
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) format: Option<KeyFormat>,
+    pub(crate) max_len: usize,
+    pub(crate) outage: Arc<OutageLog>,
+}
+
+impl KeyAuth {
+    pub(crate) fn new(store: impl KeyStore) -> Self {
+        Self {
+            store: Arc::new(store),
+            format: None,
+            max_len: DEFAULT_MAX_KEY_LEN,
+            outage: Default::default(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct AuthConfig {
+    pub(crate) sources: Vec<CredentialSource>,
+    pub(crate) keys: Option<KeyAuth>,
+    #[cfg(feature = "jwt")]
+    pub(crate) jwt: Option<crate::jwt::JwtVerifier>,
+    pub(crate) optional: bool,
+    pub(crate) rendering: Rendering,
+    pub(crate) clock: SharedClock,
+}
+
+/// Who a request was admitted as.
+pub(crate) enum Admission {
+    /// No credential, optional mode.
+    Anonymous,
+    /// An API key.
+    Key(Principal),
+    /// A verified token, with its claims.
+    #[cfg(feature = "jwt")]
+    Token(Arc<crate::jwt::Verified>),
+}
+
+/// What a request waits for.
+pub(crate) enum Pending {
+    /// The key store.
+    Key(Lookup),
+    /// New JWT keys; then the token is checked again.
+    #[cfg(feature = "jwt")]
+    Token(crate::MaybeReady<crate::jwt::Refetch>, Box<str>),
+}
+
+/// What to do with a request, decided without waiting when possible.
+pub(crate) enum Decision {
+    /// Let it through.
+    Admit(Admission),
+    /// Turn it away.
+    Reject(AuthError),
+    /// Wait first.
+    Wait(Pending),
+}
+
+/// The answer to a token's rejection: the verifier says why, the client is told only what the
+/// error contract lets it know.
+#[cfg(feature = "jwt")]
+fn token_error(error: crate::jwt::VerifyError) -> AuthError {
+    use crate::jwt::VerifyError;
+    tracing::debug!(target: "keygate", reason = error.as_str(), "token refused");
+    match error {
+        VerifyError::TooLong => AuthError::InvalidRequest(CredentialError::TooLong),
+        VerifyError::Expired => AuthError::InvalidCredential(InvalidCredential::TokenExpired),
+        VerifyError::KeysUnavailable => AuthError::Unavailable(Unavailable::JwtKeys),
+        _ => AuthError::InvalidCredential(InvalidCredential::InvalidToken),
+    }
+}
+
+impl AuthConfig {
+    fn max_credential_len(&self) -> usize {
+        let keys = self.keys.as_ref().map_or(0, |k| k.max_len);
+        #[cfg(feature = "jwt")]
+        let keys = keys.max(self.jwt.as_ref().map_or(0, |j| j.max_len()));
+        keys
+    }
+
+    pub(crate) fn decide(&self, head: &RequestHead<'_>) -> Decision {
+        let found = match credential::extract(&self.sources, head, self.max_credential_len()) {
+            Ok(Some(found)) => found,
+            Ok(None) if self.optional => return Decision::Admit(Admission::Anonymous),
+            Ok(None) => return Decision::Reject(AuthError::MissingCredential),
+            Err(e) => return Decision::Reject(AuthError::InvalidRequest(e)),
+        };
+        let key = &*found.value;
+        #[cfg(feature = "jwt")]
+        if let Some(jwt) = &self.jwt
+            && crate::jwt::looks_like_jws(key)
+        {
+            return match jwt.check(key, crate::jwt::UnknownKid::Refetch) {
+                crate::jwt::Outcome::Done(Ok(v)) => Decision::Admit(Admission::Token(v)),
+                crate::jwt::Outcome::Done(Err(e)) => Decision::Reject(token_error(e)),
+                crate::jwt::Outcome::Refetch(wait) => {
+                    Decision::Wait(Pending::Token(wait, key.into()))
+                }
+            };
+        }
+        let Some(keys) = &self.keys else {
+            return Decision::Reject(AuthError::InvalidCredential(InvalidCredential::UnknownKey));
+        };
+        if key.len() > keys.max_len {
+            return Decision::Reject(AuthError::InvalidRequest(CredentialError::TooLong));
+        }
+        if let Some(format) = &keys.format {
+            // Keys with the format's prefix must carry a valid checksum; keys without it (brought
+            // from an older system) go to the store as they are.
+            if format.has_prefix(key) && format.check(key).is_err() {
+                return Decision::Reject(AuthError::InvalidCredential(
+                    InvalidCredential::MalformedKey,
+                ));
+            }
+        }
+        let mut lookup = keys.store.lookup(&KeyDigest::of(key));
+        match lookup.take_ready() {
+            Some(result) => match self.finish_key(result) {
+                Ok(p) => Decision::Admit(Admission::Key(p)),
+                Err(e) => Decision::Reject(e),
+            },
+            None => Decision::Wait(Pending::Key(lookup)),
+        }
+    }
+
+    /// Checks a token again after its key source fetched keys; no second fetch.
+    #[cfg(feature = "jwt")]
+    pub(crate) fn recheck_token(&self, token: &str) -> Result<Admission, AuthError> {
+        let Some(jwt) = &self.jwt else {
+            return Err(AuthError::InvalidCredential(
+                InvalidCredential::InvalidToken,
+            ));
+        };
+        match jwt.check(token, crate::jwt::UnknownKid::Refuse) {
+            crate::jwt::Outcome::Done(Ok(v)) => Ok(Admission::Token(v)),
+            crate::jwt::Outcome::Done(Err(e)) => Err(token_error(e)),
+            crate::jwt::Outcome::Refetch(_) => {
+                Err(token_error(crate::jwt::VerifyError::UnknownKid))
+            }
+        }
+    }
+
+    pub(crate) fn finish_key(&self, result: LookupResult) -> Result<Principal, AuthError> {
+        let invalid = |why| Err(AuthError::InvalidCredential(why));
+        let outage = self.keys.as_ref().map(|k| &*k.outage);
+        let record = match result {
+            Ok(found) => {
+                if let Some(outage) = outage {
+                    info_recovered!(outage, "key store");
+                }
+                match found {
+                    Some(record) => record,
+                    None => return invalid(InvalidCredential::UnknownKey),
+                }
+            }
+            Err(e) => {
+                if let Some(outage) = outage {
+                    warn_outage!(outage, e, "key store");
+                }
+                return Err(AuthError::Unavailable(Unavailable::KeyStore(Arc::new(e))));
+            }
+        };
+        match record.status {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => return invalid(InvalidCredential::RevokedKey),
+            _ => return invalid(InvalidCredential::DisabledKey),
+        }
+        if record.expires_at.is_some_and(|at| at <= self.clock.now()) {
+            return invalid(InvalidCredential::ExpiredKey);
+        }
+        Ok(Principal::from_key_record(record))
+    }
+
+    /// Lets `req` through as `admission`: its `Principal` (and a token's claims) and this
+    /// layer's rendering go into the extensions.
+    pub(crate) fn admit<B>(&self, req: &mut Request<B>, admission: Admission) {
+        let extensions = req.extensions_mut();
+        extensions.insert(Passed {
+            rendering: self.rendering.clone(),
+        });
+        match admission {
+            Admission::Anonymous => {
+                tracing::debug!(target: "keygate", outcome = "anonymous");
+            }
+            Admission::Key(p) => {
+                tracing::debug!(target: "keygate", principal = p.id(), kind = "api_key", outcome = "authenticated");
+                extensions.insert(p);
+            }
+            #[cfg(feature = "jwt")]
+            Admission::Token(v) => {
+                tracing::debug!(target: "keygate", principal = v.principal.id(), kind = "jwt", outcome = "authenticated");
+                extensions.insert(v.principal.clone());
+                if let Some(claims) = &v.claims {
+                    claims.insert_into(extensions);
+                }
+            }
+        }
+    }
+
+    /// The response turning `req` away with `error`.
+    pub(crate) fn reject<B>(&self, error: &AuthError, req: &Request<B>) -> Response<Bytes> {
+        tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
+        self.rendering.render(error, req)
+    }
+
+    /// Lets `req` through or answers it, once its wait is over. (The response is moved straight
+    /// into the future that returns it, so its size costs nothing.)
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn conclude<B>(
+        &self,
+        req: &mut Request<B>,
+        result: Result<Admission, AuthError>,
+    ) -> Result<(), Response<Bytes>> {
+        match result {
+            Ok(admission) => {
+                self.admit(req, admission);
+                Ok(())
+            }
+            Err(error) => Err(self.reject(&error, req)),
+        }
+    }
+}

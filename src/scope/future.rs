@@ -1,0 +1,1 @@
+crate::future::define_response_future!("RequireScope", crate::future::NoWait);
