@@ -30,14 +30,14 @@ pin_project! {
 
 impl<B> ResponseBody<B> {
     /// Wraps the inner service's body.
-    pub fn new(body: B) -> Self {
+    pub(crate) fn new(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
         }
     }
 
     /// A complete body of these bytes.
-    pub fn full(data: Bytes) -> Self {
+    pub(crate) fn full(data: Bytes) -> Self {
         let data = if data.is_empty() { None } else { Some(data) };
         Self {
             kind: Kind::Full { data },

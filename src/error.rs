@@ -522,6 +522,75 @@ mod tests {
         assert!(res.body().is_empty());
     }
 
+    /// Every message from `error` down its chain of sources.
+    fn chain(error: &dyn std::error::Error) -> Vec<String> {
+        let mut out = vec![error.to_string()];
+        let mut next = error.source();
+        while let Some(e) = next {
+            out.push(e.to_string());
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn an_outage_keeps_its_cause() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let store = AuthError::Unavailable(Unavailable::KeyStore(Arc::new(
+            StoreError::unavailable(refused),
+        )));
+        assert_eq!(
+            chain(&store),
+            [
+                "authentication is unavailable",
+                "the key store could not answer",
+                "the key store is unavailable",
+                "refused"
+            ]
+        );
+        let limiter =
+            AuthError::Unavailable(Unavailable::RateLimiter(Arc::new(RateLimitError::Timeout)));
+        assert_eq!(
+            chain(&limiter),
+            [
+                "authentication is unavailable",
+                "the rate limiter could not decide",
+                "the rate limiter's backend did not answer in time"
+            ]
+        );
+        // The client is told none of it.
+        assert_eq!(
+            store.detail(),
+            "Authentication is unavailable; retry later."
+        );
+    }
+
+    #[test]
+    fn grpc_codes_are_the_specs() {
+        let cases = [
+            (AuthError::MissingCredential, 16, "UNAUTHENTICATED"),
+            (
+                AuthError::InsufficientScope("s".into()),
+                7,
+                "PERMISSION_DENIED",
+            ),
+            (
+                AuthError::Unavailable(Unavailable::JwtKeys),
+                14,
+                "UNAVAILABLE",
+            ),
+            (AuthError::MissingLayer, 13, "INTERNAL"),
+        ];
+        for (error, number, name) in cases {
+            assert_eq!(error.grpc_code().as_u8(), number);
+            assert_eq!(error.grpc_code().as_str(), name);
+            assert_eq!(
+                error.to_grpc_response().headers()["grpc-status"],
+                number.to_string()
+            );
+        }
+    }
+
     #[test]
     fn retry_after_rounds_up() {
         assert_eq!(retry_after_secs(Duration::ZERO), 1);

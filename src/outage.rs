@@ -119,24 +119,40 @@ impl OutageLog {
     }
 }
 
+/// An error and its sources, displayed as `error: cause: cause of the cause`, so that a log line
+/// says why a backend failed, not only that it did.
+pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(e) = next {
+            write!(f, ": {e}")?;
+            next = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Logs a failure of `what` through `log` at WARN: when it starts, then once per interval with
 /// the count of failures since.
 macro_rules! warn_outage {
     ($log:expr, $error:expr, $what:literal) => {
         match $log.failure() {
             Some($crate::outage::Report::Started) => {
-                tracing::warn!(target: "keygate", error = %$error, concat!($what, " unavailable"));
+                tracing::warn!(target: "keygate", error = %$crate::outage::Chain(&$error), concat!($what, " unavailable"));
             }
             Some($crate::outage::Report::Continuing { failures }) => {
                 tracing::warn!(
                     target: "keygate",
-                    error = %$error,
+                    error = %$crate::outage::Chain(&$error),
                     failures,
                     concat!($what, " still unavailable; failures since the last report")
                 );
             }
             None => {
-                tracing::debug!(target: "keygate", error = %$error, concat!($what, " unavailable"));
+                tracing::debug!(target: "keygate", error = %$crate::outage::Chain(&$error), concat!($what, " unavailable"));
             }
         }
     };
@@ -190,6 +206,16 @@ mod tests {
         assert_eq!(log.success(), None);
         // The next outage is a new one.
         assert_eq!(log.failure_at(90_000), Some(Report::Started));
+    }
+
+    #[test]
+    fn a_logged_error_says_its_causes() {
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = crate::store::StoreError::unavailable(refused);
+        assert_eq!(
+            Chain(&error).to_string(),
+            "the key store is unavailable: refused"
+        );
     }
 
     #[test]

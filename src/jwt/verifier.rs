@@ -621,6 +621,35 @@ mod tests {
     }
 
     #[test]
+    fn settings_keep_the_cache_and_rules_empty_it() {
+        let (_, issuer, verifier, _) = setup();
+        let token = issuer.issue("u1", ["a"]).unwrap().access_token;
+        assert!(verifier.verify(&token).is_ok());
+        assert_eq!(verifier.cached(), 1);
+        // Settings checked on every use keep the verdicts.
+        let verifier = verifier
+            .leeway(Duration::from_secs(5))
+            .max_token_len(4096)
+            .clock(ManualClock::new())
+            .cache(10);
+        assert_eq!(verifier.cached(), 1);
+        // A clone shares the cache; a rule changed on it gives it a cache of its own.
+        let strict = verifier.clone().audience(["other"]);
+        assert_eq!((verifier.cached(), strict.cached()), (1, 0));
+        assert_eq!(
+            strict.verify(&token).unwrap_err(),
+            VerifyError::WrongAudience
+        );
+        // A rule changed on the only handle empties its cache.
+        let renamed = verifier.subject_claim("uid");
+        assert_eq!(renamed.cached(), 0);
+        assert_eq!(
+            renamed.verify(&token).unwrap_err(),
+            VerifyError::MissingSubject
+        );
+    }
+
+    #[test]
     fn revocation_while_cached() {
         let (_, issuer, verifier, revocations) = setup();
         let token = issuer.issue("u2", ["a"]).unwrap().access_token;
