@@ -26,7 +26,7 @@
 //!   `DashMap<KeyDigest, Arc<KeyRecord>>` of 10 000 entries (std's default hasher), taking the
 //!   record out of the map (an `Arc` clone) as a store must.
 //!
-//! The goal (issue 2, item 9): `auth/valid_key − baseline/bare_router` ≤ 1.5 × the floor.
+//! The goal: `auth/valid_key − baseline/bare_router` ≤ 1.5 × the floor.
 //!
 //! Before measuring, every case is checked once to take the path it is named after (status, and
 //! whether the store was asked).

@@ -1,5 +1,5 @@
-//! A weather API behind keygate: the seed use case, `GET /v1/current.json?key=KEY&q=London`,
-//! with per-key rate limits and short-lived JWTs minted for API keys.
+//! A weather API behind keygate, `GET /v1/current.json?key=KEY&q=London`, with per-key rate
+//! limits and short-lived JWTs minted for API keys.
 //!
 //! ```sh
 //! cargo run --example weather                      # issues a demo key and prints curl commands
@@ -20,7 +20,7 @@
 //! | `REDIS_URL` | unset: limits in memory | a Redis shared by every instance, for one limit across them (needs `--features redis`) |
 //! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter uses |
 //! | `JWT_SECRET` | 32 random bytes | the HS256 secret tokens are signed and verified with |
-//! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (the seed's tokens use `userId`); minted tokens carry the id in `sub` and in this claim |
+//! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (tokens minted elsewhere often use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
 //! | `JWT_KID` | `weather-1` | the `kid` header of minted tokens; accepted tokens that name a key must name this one |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
@@ -87,7 +87,7 @@ pub const DEFAULT_RATE_LIMIT: &str = "10/s";
 pub const DEFAULT_REDIS_PREFIX: &str = "weather:rl:";
 /// The `kid` of minted tokens when `JWT_KID` is not set.
 pub const DEFAULT_JWT_KID: &str = "weather-1";
-/// How long a minted token lives: the seed's `expiresIn: "2h"`.
+/// How long a minted token lives: two hours, as existing clients expect (`expiresIn: "2h"`).
 pub const TOKEN_TTL: Duration = Duration::from_secs(2 * 3600);
 /// The prefix of the keys this service issues.
 pub const KEY_PREFIX: &str = "wk_live_";

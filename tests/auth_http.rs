@@ -820,13 +820,7 @@ async fn principal_in_optional_mode_without_credential_is_401() {
 async fn principal_without_an_auth_layer_is_500() {
     let reply = send(routes(), get_req("/me")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_problem(
-        &reply,
-        500,
-        None,
-        "The server's authentication is misconfigured: no Principal in the request; is \
-         keygate's AuthLayer applied to this route?",
-    );
+    assert_problem(&reply, 500, None, NO_PRINCIPAL);
     // A credential does not help: nothing checks it.
     let reply = send(routes(), with_key("kg_anything")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -837,12 +831,7 @@ async fn principal_without_an_auth_layer_is_500() {
 async fn optional_principal_without_an_auth_layer_is_500_too() {
     let reply = send(routes(), get_req("/maybe")).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        reply.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains("AuthLayer")
-    );
+    assert!(reply.detail().contains("AuthLayer"));
     assert_eq!(
         reply.header("content-type"),
         Some("application/problem+json")
@@ -880,10 +869,6 @@ async fn router_layer_covers_every_path() {
     let reply = send(app.clone(), with_key_at("/nope", key.expose_secret())).await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
     assert_key_1(&send(app, with_key(key.expose_secret())).await);
-}
-
-fn with_key_at(uri: &str, key: &str) -> Request<Body> {
-    get_with(uri, &[("x-api-key", key)])
 }
 
 #[tokio::test]
@@ -979,7 +964,8 @@ async fn a_pending_lookup_rejects_exactly_like_a_ready_one() {
 async fn many_pending_lookups_at_once() {
     let (store, key) = store_with_key();
     let hits = Hits::default();
-    let app = hits.router().layer(layer(SlowStore(store)));
+    let counting = CountingStore::new(SlowStore(store));
+    let app = hits.router().layer(layer(counting.clone()));
     let mut set = tokio::task::JoinSet::new();
     for i in 0..64 {
         let app = app.clone();
@@ -990,7 +976,6 @@ async fn many_pending_lookups_at_once() {
         };
         set.spawn(async move { (i, send(app, with_key(&key)).await) });
     }
-    let mut seen = 0;
     while let Some(done) = set.join_next().await {
         let (i, reply) = done.unwrap();
         if i % 2 == 0 {
@@ -998,9 +983,9 @@ async fn many_pending_lookups_at_once() {
         } else {
             assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
         }
-        seen += 1;
     }
-    assert_eq!(seen, 64);
+    // Every request waited for a lookup of its own: none was answered without asking the store.
+    assert_eq!(counting.calls(), 64);
     assert_eq!(hits.get(), 32);
 }
 
@@ -1009,21 +994,7 @@ async fn many_pending_lookups_at_once() {
 // ---------------------------------------------------------------------------------------------
 
 fn grpc(headers: &[(&str, &str)]) -> Request<Body> {
-    let mut req = Request::post("/write").header("content-type", "application/grpc");
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    req.body(Body::empty()).unwrap()
-}
-
-#[track_caller]
-fn assert_grpc(reply: &Reply, code: &str, message: &str) {
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header("content-type"), Some("application/grpc"));
-    assert_eq!(reply.header("grpc-status"), Some(code));
-    assert_eq!(reply.header("grpc-message"), Some(message));
-    assert!(reply.header("www-authenticate").is_none());
-    assert!(reply.body.is_empty(), "{:?}", reply.body);
+    grpc_at("/write", headers)
 }
 
 #[tokio::test]

@@ -18,14 +18,15 @@ mod jwt_support;
 use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
-use common::{INVALID_REQUEST, INVALID_TOKEN, NOT_VALID, REALM, assert_problem, send};
+use common::{
+    INVALID_REQUEST, INVALID_TOKEN, NOT_VALID, REALM, assert_problem, send, store_with, with_bearer,
+};
 use http::{Request, StatusCode};
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::Jwk;
 use jwt_support::*;
 use keygate::jwt::{JwtVerifier, VerifyError};
 use keygate::key::KeyRecord;
-use keygate::store::MemoryStore;
 use keygate::{Principal, auth::AuthLayer};
 use serde_json::{Value, json};
 
@@ -114,10 +115,7 @@ fn jws_shaped(token: &str) -> bool {
 
 /// API keys and tokens side by side (a store with one key), and tokens only with typed claims.
 fn apps() -> Vec<(Accepts, Router, JwtVerifier)> {
-    let store = MemoryStore::new();
-    store
-        .issue(KeyRecord::new("key_1", "acme"))
-        .expect("a fresh id");
+    let (store, _) = store_with([KeyRecord::new("key_1", "acme")]);
     let both = verifier();
     let only = verifier().claims::<Value>();
     vec![
@@ -135,10 +133,7 @@ fn apps() -> Vec<(Accepts, Router, JwtVerifier)> {
 }
 
 fn bearer(token: &str) -> Request<Body> {
-    Request::get("/who")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Body::empty())
-        .unwrap()
+    with_bearer("/who", token)
 }
 
 /// Claims the verifier accepts.

@@ -18,7 +18,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::routing::get;
 use axum::{Json, Router};
-use common::{INVALID_TOKEN, NOT_VALID, REALM, assert_problem, get_with, send, store_with_key};
+use common::{
+    INVALID_TOKEN, NOT_VALID, REALM, assert_problem, get_with, send, store_with_key, with_bearer,
+    with_key_at,
+};
 use http::{Request, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use jwt_support::*;
@@ -54,7 +57,7 @@ fn routes() -> Router {
 }
 
 fn bearer(token: &str) -> Request<Body> {
-    get_with("/who", &[("authorization", &format!("Bearer {token}"))])
+    with_bearer("/who", token)
 }
 
 fn hs_verifier(clock: &ManualClock) -> JwtVerifier {
@@ -124,11 +127,8 @@ async fn one_layer_takes_api_keys_and_tokens_side_by_side() {
         "id": "key_1", "kind": "api_key", "owner": "acme", "scopes": ["weather:read"], "tier": null,
     });
     for req in [
-        get_with("/who", &[("x-api-key", key.expose_secret())]),
-        get_with(
-            "/who",
-            &[("authorization", &format!("Bearer {}", key.expose_secret()))],
-        ),
+        with_key_at("/who", key.expose_secret()),
+        with_bearer("/who", key.expose_secret()),
         get_with(&format!("/who?key={}", key.expose_secret()), &[]),
     ] {
         let reply = send(app.clone(), req).await;
@@ -231,12 +231,7 @@ async fn a_tokens_scopes_meet_require_scope_layer() {
         .layer(AuthLayer::jwt_only(hs_verifier(&clock)).realm(REALM));
     let mut c = claims("u", 600);
     c["scope"] = json!("weather:read weather:write");
-    let req = |c: &Value| {
-        get_with(
-            "/write",
-            &[("authorization", &format!("Bearer {}", hs_token(c)))],
-        )
-    };
+    let req = |c: &Value| with_bearer("/write", &hs_token(c));
     assert_eq!(send(app.clone(), req(&c)).await.status, StatusCode::OK);
     c["scope"] = json!("weather:read");
     let reply = send(app.clone(), req(&c)).await;
@@ -250,7 +245,7 @@ async fn a_tokens_scopes_meet_require_scope_layer() {
 // ---------------------------------------------------------------------------------------------
 // Claims<T>
 
-/// The seed's claims: `{"userId": 12345}`.
+/// Claims as many existing services mint them: `{"userId": 12345}`, a number.
 #[derive(Debug, Clone, Deserialize)]
 struct SeedClaims {
     #[serde(rename = "userId")]
@@ -282,17 +277,13 @@ fn claims_app(store: MemoryStore, clock: &ManualClock) -> Router {
         .layer(AuthLayer::new(store).jwt(verifier).realm(REALM))
 }
 
-fn with_bearer(uri: &str, token: &str) -> Request<Body> {
-    get_with(uri, &[("authorization", &format!("Bearer {token}"))])
-}
-
 #[tokio::test]
-async fn claims_extractor_reads_the_seeds_user_id() {
+async fn claims_extractor_reads_a_numeric_user_id() {
     let (store, key) = store_with_key();
     let clock = clock();
     let app = claims_app(store, &clock);
 
-    // The seed's token: `{"userId": 12345}`, expiresIn "2h", made by jsonwebtoken.
+    // A token such a service mints: `{"userId": 12345}`, expiresIn "2h", made by jsonwebtoken.
     let token = jsonwebtoken::encode(
         &Header::default(),
         &json!({"userId": 12345, "name": "Ada", "iat": T0, "exp": T0 + 7200}),
@@ -307,7 +298,7 @@ async fn claims_extractor_reads_the_seeds_user_id() {
     let reply = send(app.clone(), with_bearer("/maybe", &token)).await;
     assert_eq!(reply.text(), "claims of 12345");
 
-    // The same through TokenIssuer (the seed's payload and `expiresIn: "2h"`).
+    // The same through TokenIssuer (that payload and `expiresIn: "2h"`).
     let issued = TokenIssuer::hmac(HMAC_SECRET)
         .kid(KID_HS)
         .ttl(Duration::from_secs(2 * 3600))
@@ -385,7 +376,7 @@ async fn claims_of_another_type_than_the_verifiers_say_so() {
     let token = hs_token(&json!({"userId": 7, "plan": "pro", "exp": T0 + 60}));
     let reply = send(app.clone(), with_bearer("/other", &token)).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    let detail = reply.json()["detail"].as_str().unwrap().to_owned();
+    let detail = reply.detail();
     assert!(
         detail.contains("claims of a type the JwtVerifier does not decode"),
         "{detail}"
@@ -405,12 +396,7 @@ async fn claims_of_another_type_than_the_verifiers_say_so() {
         .layer(AuthLayer::jwt_only(hs_verifier(&clock).subject_claim("userId")).realm(REALM));
     let reply = send(app, with_bearer("/other", &token)).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(
-        reply.json()["detail"]
-            .as_str()
-            .unwrap()
-            .contains(".claims::<T>()")
-    );
+    assert!(reply.detail().contains(".claims::<T>()"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -123,20 +123,28 @@ async fn concurrent_lookups() {
     let mut keys = Vec::new();
     for i in 0..20 {
         let id = unique(&format!("conc{i}"));
-        keys.push(store.issue(&KeyRecord::new(id, "c")).await.unwrap());
+        let key = store.issue(&KeyRecord::new(&id, "c")).await.unwrap();
+        keys.push((id, key));
     }
     let app = pg::app(store.clone());
     let mut tasks = Vec::new();
-    for round in 0..10 {
-        for key in &keys {
+    for _ in 0..10 {
+        for (id, key) in &keys {
             let app = app.clone();
-            let key = key.expose_secret().to_owned();
+            let (id, key) = (id.clone(), key.expose_secret().to_owned());
             tasks.push(tokio::spawn(async move {
                 let req = Request::get("/v1/me")
                     .header("authorization", format!("Bearer {key}"))
                     .body(Body::empty())
                     .unwrap();
-                (round, app.oneshot(req).await.unwrap().status())
+                let res = app.oneshot(req).await.unwrap();
+                let status = res.status();
+                let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+                    .await
+                    .unwrap();
+                let principal: serde_json::Value =
+                    serde_json::from_slice(&body).unwrap_or_default();
+                (id, status, principal["id"].as_str().map(str::to_owned))
             }));
         }
     }
@@ -149,8 +157,11 @@ async fn concurrent_lookups() {
     })
     .await
     .expect("200 concurrent lookups finish in time");
-    assert_eq!(results.len(), 200);
-    assert!(results.iter().all(|(_, s)| *s == StatusCode::OK));
+    assert!(results.iter().all(|(_, s, _)| *s == StatusCode::OK));
+    // Each lookup found its own key's record, not another one in flight at the same time.
+    for (id, _, principal) in &results {
+        assert_eq!(principal.as_deref(), Some(id.as_str()));
+    }
 }
 
 #[tokio::test]

@@ -8,10 +8,13 @@
 //! The tests take one lock so that the memory test measures its own allocations only; run
 //! `cargo test --test ratelimit_memory -- --nocapture` to see the figures.
 
+mod common;
+
 use std::fmt::Write as _;
 use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use common::limiter;
 use keygate::Quota;
 use keygate::clock::ManualClock;
 use keygate::ratelimit::{Decision, MemoryLimiter, RateLimiter};
@@ -21,11 +24,6 @@ fn serial() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn limiter() -> (MemoryLimiter, ManualClock) {
-    let clock = ManualClock::new();
-    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
 }
 
 fn decide(l: &MemoryLimiter, key: &str, q: &Quota, cost: u32) -> Decision {

@@ -3,7 +3,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::body::Body;
@@ -25,51 +24,34 @@ fn require(scope: &str) -> RequireScopeLayer {
 /// `GET /v1/current.json` needs `weather:read`, `POST /v1/alerts` needs `weather:write`; the
 /// handlers count their calls.
 fn weather(hits: &Hits) -> Router {
-    let (read, write) = (hits.clone(), hits.clone());
     Router::new()
-        .route(
-            "/v1/current.json",
-            get(move || async move {
-                read.0.fetch_add(1, Ordering::SeqCst);
-                "sunny"
-            }),
-        )
+        .route("/v1/current.json", get(hits.counted("sunny")))
         .route_layer(require("weather:read"))
         .merge(
             Router::new()
-                .route(
-                    "/v1/alerts",
-                    post(move || async move {
-                        write.0.fetch_add(1, Ordering::SeqCst);
-                        "saved"
-                    }),
-                )
+                .route("/v1/alerts", post(hits.counted("saved")))
                 .route_layer(require("weather:write")),
         )
 }
 
+/// A store with the keys of `reader` (`weather:read`), `writer` (`weather:read` and
+/// `weather:write`) and `nobody` (no scope), and those keys.
 fn store() -> (MemoryStore, String, String, String) {
-    let store = MemoryStore::new();
-    let reader = store
-        .issue(KeyRecord::new("reader", "acme").with_scopes(["weather:read"]))
-        .unwrap();
-    let writer = store
-        .issue(KeyRecord::new("writer", "acme").with_scopes(["weather:read", "weather:write"]))
-        .unwrap();
-    let nobody = store.issue(KeyRecord::new("nobody", "acme")).unwrap();
-    let s = |k: keygate::key::ApiKey| k.expose_secret().to_owned();
-    (store, s(reader), s(writer), s(nobody))
+    let (store, keys) = store_with([
+        KeyRecord::new("reader", "acme").with_scopes(["weather:read"]),
+        KeyRecord::new("writer", "acme").with_scopes(["weather:read", "weather:write"]),
+        KeyRecord::new("nobody", "acme"),
+    ]);
+    let s = |i: usize| keys[i].expose_secret().to_owned();
+    (store, s(0), s(1), s(2))
 }
 
 fn read(key: &str) -> Request<Body> {
-    get_with("/v1/current.json", &[("x-api-key", key)])
+    with_key_at("/v1/current.json", key)
 }
 
 fn write(key: &str) -> Request<Body> {
-    Request::post("/v1/alerts")
-        .header("x-api-key", key)
-        .body(Body::empty())
-        .unwrap()
+    post_with("/v1/alerts", &[("x-api-key", key)])
 }
 
 #[tokio::test]
@@ -166,13 +148,7 @@ async fn without_an_auth_layer_it_is_500() {
     for req in [get_req("/v1/current.json"), read(&reader)] {
         let reply = send(app.clone(), req).await;
         assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert_problem(
-            &reply,
-            500,
-            None,
-            "The server's authentication is misconfigured: no Principal in the request; is \
-             keygate's AuthLayer applied to this route?",
-        );
+        assert_problem(&reply, 500, None, NO_PRINCIPAL);
         reply.assert_no_leak(&reader);
     }
     assert_eq!(hits.get(), 0);
@@ -259,20 +235,13 @@ async fn grpc_missing_scope_is_permission_denied() {
         .route("/weather.Alerts/Save", post(|| async { "" }))
         .route_layer(require("weather:write"))
         .layer(AuthLayer::new(store).realm(REALM));
-    let req = Request::post("/weather.Alerts/Save")
-        .header("content-type", "application/grpc")
-        .header("x-api-key", &reader)
-        .body(Body::empty())
-        .unwrap();
+    let req = grpc_at("/weather.Alerts/Save", &[("x-api-key", &reader)]);
     let reply = send(app, req).await;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.header("content-type"), Some("application/grpc"));
-    assert_eq!(reply.header("grpc-status"), Some("7"));
-    assert_eq!(
-        reply.header("grpc-message"),
-        Some("The credential lacks the scope \"weather:write\".")
+    assert_grpc(
+        &reply,
+        "7",
+        "The credential lacks the scope \"weather:write\".",
     );
-    assert!(reply.body.is_empty());
 }
 
 #[test]

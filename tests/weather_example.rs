@@ -1128,7 +1128,7 @@ async fn jwt_subject_claim_user_id_works_end_to_end() {
         .await
         .assert_weather("Nairobi");
 
-    // The seed's tokens: `{"userId": 12345}`, a number; `sub` is not read.
+    // Tokens minted elsewhere: `{"userId": 12345}`, a number; `sub` is not read.
     let seed = TokenIssuer::hmac(SECRET.as_bytes())
         .issue_with(
             "not-the-caller",

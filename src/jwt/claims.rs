@@ -227,7 +227,7 @@ impl<'de> Deserialize<'de> for NumericDate {
     }
 }
 
-/// A subject: a string, or an integer (the seed's `{"userId": 12345}`), stringified.
+/// A subject: a string, or an integer (as in `{"userId": 12345}`, which many services mint), stringified.
 struct Subject(String);
 
 impl<'de> Deserialize<'de> for Subject {

@@ -71,7 +71,7 @@ const RESERVED: [&str; 10] = [
 ///
 /// let issuer = TokenIssuer::hmac(b"a secret of at least 32 bytes, please!")
 ///     .kid("2026-11")
-///     .ttl(Duration::from_secs(2 * 3600)); // the seed's `expiresIn: "2h"`
+///     .ttl(Duration::from_secs(2 * 3600)); // `expiresIn: "2h"` in Node's jsonwebtoken
 /// let token = issuer.issue("key_1", ["weather:read"]).unwrap();
 /// assert_eq!(token.token_type, "Bearer");
 /// assert_eq!(token.expires_in, 7200);

@@ -394,7 +394,9 @@ mod tests {
         for i in 0..1000 {
             assert!(allowed(&l, &format!("k{i}"), &q));
         }
-        assert!(l.len() <= 1000);
+        // None is idle yet, so none was dropped: each is still limited.
+        assert_eq!(l.len(), 1000);
+        assert!((0..1000).all(|i| !l.peek(&format!("k{i}"), &q, 1).allowed));
         clock.advance(Duration::from_millis(500));
         assert_eq!(l.sweep(), 0, "still inside their window");
         clock.advance(Duration::from_millis(501));

@@ -12,10 +12,12 @@ use axum::body::Body;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use keygate::Principal;
+use keygate::clock::ManualClock;
 use keygate::key::{ApiKey, KeyDigest, KeyRecord};
+use keygate::ratelimit::MemoryLimiter;
 use keygate::store::{KeyStore, Lookup, MemoryStore, StoreError};
 use tower::{Service, ServiceExt};
 
@@ -47,6 +49,15 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The `detail` of a problem+json body.
+    pub fn detail(&self) -> String {
+        let json = self.json();
+        json["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail in {json}"))
+            .to_owned()
     }
 
     /// A header as text, if present exactly once.
@@ -101,13 +112,30 @@ where
     }
 }
 
-/// `GET uri` with these headers.
-pub fn get_with(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
-    let mut req = Request::get(uri);
+/// `method uri` with these headers and an empty body.
+pub fn request_with(method: Method, uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(uri);
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
     req.body(Body::empty()).expect("a valid request")
+}
+
+/// `GET uri` with these headers.
+pub fn get_with(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    request_with(Method::GET, uri, headers)
+}
+
+/// `POST uri` with these headers.
+pub fn post_with(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    request_with(Method::POST, uri, headers)
+}
+
+/// A gRPC call: `POST uri` with `content-type: application/grpc`, then these headers.
+pub fn grpc_at(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut all = vec![("content-type", "application/grpc")];
+    all.extend_from_slice(headers);
+    post_with(uri, &all)
 }
 
 /// `GET uri`.
@@ -126,9 +154,19 @@ pub fn get_raw(uri: &str, name: &str, value: &[u8]) -> Request<Body> {
         .expect("a valid request")
 }
 
+/// `GET uri` with `x-api-key: key`.
+pub fn with_key_at(uri: &str, key: &str) -> Request<Body> {
+    get_with(uri, &[("x-api-key", key)])
+}
+
 /// `GET /me` with `x-api-key: key`.
 pub fn with_key(key: &str) -> Request<Body> {
-    get_with("/me", &[("x-api-key", key)])
+    with_key_at("/me", key)
+}
+
+/// `GET uri` with `authorization: Bearer token`.
+pub fn with_bearer(uri: &str, token: &str) -> Request<Body> {
+    get_with(uri, &[("authorization", &format!("Bearer {token}"))])
 }
 
 /// The caller, as the handler sees it.
@@ -159,18 +197,62 @@ pub fn routes() -> Router {
         .route("/write", post(|| async { "written" }))
 }
 
-/// A store with one active key (record `key_1`, owner `acme`, scope `weather:read`).
-pub fn store_with_key() -> (MemoryStore, ApiKey) {
+/// A store that has issued a key for each record, in order.
+pub fn store_with(records: impl IntoIterator<Item = KeyRecord>) -> (MemoryStore, Vec<ApiKey>) {
     let store = MemoryStore::new();
-    let key = store
-        .issue(KeyRecord::new("key_1", "acme").with_scopes(["weather:read"]))
-        .expect("a fresh id");
-    (store, key)
+    let keys = records
+        .into_iter()
+        .map(|r| store.issue(r).expect("a fresh id"))
+        .collect();
+    (store, keys)
 }
 
+/// A store with one active key (record `key_1`, owner `acme`, scope `weather:read`).
+pub fn store_with_key() -> (MemoryStore, ApiKey) {
+    let (store, mut keys) =
+        store_with([KeyRecord::new("key_1", "acme").with_scopes(["weather:read"])]);
+    (store, keys.remove(0))
+}
+
+/// A `MemoryLimiter` on a `ManualClock` that only the test moves.
+pub fn limiter() -> (MemoryLimiter, ManualClock) {
+    let clock = ManualClock::new();
+    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
+}
+
+/// The 500 detail of a route that needs a `Principal` but has no `AuthLayer` in front of it.
+pub const NO_PRINCIPAL: &str = "The server's authentication is misconfigured: no Principal in the \
+                                request; is keygate's AuthLayer applied to this route?";
+
 /// Checks an `application/problem+json` error response (RFC 9457) exactly: status, content type,
-/// `WWW-Authenticate` (or its absence), and the four members of the body.
+/// `WWW-Authenticate` (or its absence), and the four members of the body, with `type`
+/// `about:blank` and the status's reason phrase as `title`.
+#[track_caller]
 pub fn assert_problem(reply: &Reply, status: u16, www_authenticate: Option<&str>, detail: &str) {
+    let title = StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .expect("a standard status");
+    assert_typed_problem(
+        reply,
+        status,
+        www_authenticate,
+        "about:blank",
+        title,
+        detail,
+    );
+}
+
+/// [`assert_problem`] for a problem of its own `type` and `title`.
+#[track_caller]
+pub fn assert_typed_problem(
+    reply: &Reply,
+    status: u16,
+    www_authenticate: Option<&str>,
+    problem_type: &str,
+    title: &str,
+    detail: &str,
+) {
     assert_eq!(
         reply.status.as_u16(),
         status,
@@ -187,11 +269,10 @@ pub fn assert_problem(reply: &Reply, status: u16, www_authenticate: Option<&str>
         www_authenticate,
         "www-authenticate"
     );
-    let title = reply.status.canonical_reason().expect("a standard status");
     assert_eq!(
         reply.json(),
         serde_json::json!({
-            "type": "about:blank",
+            "type": problem_type,
             "title": title,
             "status": status,
             "detail": detail,
@@ -201,6 +282,22 @@ pub fn assert_problem(reply: &Reply, status: u16, www_authenticate: Option<&str>
 
 /// The body of every 401 for a key that is not accepted.
 pub const NOT_VALID: &str = "The credential is not valid.";
+
+/// Checks a trailers-only gRPC error: HTTP 200, `application/grpc`, this `grpc-status` and
+/// `grpc-message`, no HTTP challenge, an empty body.
+#[track_caller]
+pub fn assert_grpc(reply: &Reply, code: &str, message: &str) {
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "gRPC errors are trailers-only"
+    );
+    assert_eq!(reply.header("content-type"), Some("application/grpc"));
+    assert_eq!(reply.header("grpc-status"), Some(code));
+    assert_eq!(reply.header("grpc-message"), Some(message));
+    assert!(reply.header("www-authenticate").is_none());
+    assert!(reply.body.is_empty(), "{:?}", reply.body);
+}
 
 /// Wraps a store and counts how often it is asked.
 #[derive(Clone)]
@@ -276,6 +373,21 @@ pub struct Hits(pub Arc<AtomicUsize>);
 impl Hits {
     pub fn get(&self) -> usize {
         self.0.load(Ordering::SeqCst)
+    }
+
+    /// A handler without extractors that counts its calls and answers `answer`.
+    pub fn counted<T>(
+        &self,
+        answer: T,
+    ) -> impl Fn() -> std::future::Ready<T> + Clone + Send + Sync + use<T>
+    where
+        T: Clone + Send + Sync + 'static,
+    {
+        let hits = self.clone();
+        move || {
+            hits.0.fetch_add(1, Ordering::SeqCst);
+            std::future::ready(answer.clone())
+        }
     }
 
     /// A router whose `GET /me` counts its calls and answers with the caller's id.
