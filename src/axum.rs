@@ -32,8 +32,9 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
+use crate::caller::Caller;
 use crate::credential::RequestHead;
-use crate::error::{AuthError, Passed, Rendering};
+use crate::error::{AuthError, Rendering};
 use crate::principal::Principal;
 
 /// Why a [`Principal`] could not be extracted.
@@ -70,31 +71,36 @@ impl IntoResponse for PrincipalRejection {
     }
 }
 
-/// Whether an `AuthLayer` let the request through: without a `Principal`, it is anonymous.
-fn passed(parts: &Parts) -> bool {
-    parts.extensions.get::<Passed>().is_some()
+/// The caller, `None` for an anonymous one, or the rejection of a route no `AuthLayer` covers.
+/// (The rejection is what the extractor returns anyway: its size is axum's.)
+#[allow(clippy::result_large_err)]
+fn caller(parts: &Parts) -> Result<Option<Principal>, PrincipalRejection> {
+    match Caller::of(&parts.extensions) {
+        Caller::Known(p) => Ok(Some(p.clone())),
+        Caller::Anonymous => Ok(None),
+        Caller::Unchecked => {
+            crate::outage::error_misconfigured!(
+                path = parts.uri.path(),
+                "Principal extracted on a route without AuthLayer"
+            );
+            Err(PrincipalRejection::new(AuthError::MissingLayer, parts))
+        }
+    }
 }
 
+/// The rejection of a request that needs a caller and has none.
 fn missing(parts: &Parts) -> PrincipalRejection {
-    if passed(parts) {
-        return PrincipalRejection::new(AuthError::MissingCredential, parts);
+    match caller(parts) {
+        Err(rejection) => rejection,
+        Ok(_) => PrincipalRejection::new(AuthError::MissingCredential, parts),
     }
-    crate::outage::error_misconfigured!(
-        path = parts.uri.path(),
-        "Principal extracted on a route without AuthLayer"
-    );
-    PrincipalRejection::new(AuthError::MissingLayer, parts)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = PrincipalRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Principal>()
-            .cloned()
-            .ok_or_else(|| missing(parts))
+        caller(parts)?.ok_or_else(|| missing(parts))
     }
 }
 
@@ -105,13 +111,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Principal {
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        if let Some(p) = parts.extensions.get::<Principal>() {
-            return Ok(Some(p.clone()));
-        }
-        if passed(parts) {
-            return Ok(None);
-        }
-        Err(missing(parts))
+        caller(parts)
     }
 }
 
@@ -123,18 +123,18 @@ mod claims {
     use crate::principal::PrincipalKind;
 
     fn missing_claims<T>(parts: &Parts) -> PrincipalRejection {
-        match parts.extensions.get::<Principal>() {
+        match Caller::of(&parts.extensions) {
             // An API-key caller on a route that needs a token's claims.
-            Some(p) if p.kind() != PrincipalKind::Jwt => PrincipalRejection::new(
+            Caller::Known(p) if p.kind() != PrincipalKind::Jwt => PrincipalRejection::new(
                 AuthError::InvalidCredential(InvalidCredential::InvalidToken),
                 parts,
             ),
-            Some(_) => {
+            Caller::Known(_) => {
                 let error = AuthError::ClaimsType(std::any::type_name::<T>());
                 crate::outage::error_misconfigured!(path = parts.uri.path(), "{error}");
                 PrincipalRejection::new(error, parts)
             }
-            None => missing(parts),
+            Caller::Anonymous | Caller::Unchecked => missing(parts),
         }
     }
 
@@ -170,12 +170,10 @@ mod claims {
             if let Some(c) = parts.extensions.get::<Claims<T>>() {
                 return Ok(Some(c.clone()));
             }
-            match parts.extensions.get::<Principal>() {
+            match caller(parts)? {
                 // A token whose claims are not of type `T`: a misconfiguration, never "no claims".
                 Some(p) if p.kind() == PrincipalKind::Jwt => Err(missing_claims::<T>(parts)),
-                Some(_) => Ok(None),
-                None if passed(parts) => Ok(None),
-                None => Err(missing(parts)),
+                _ => Ok(None),
             }
         }
     }

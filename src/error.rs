@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
+use crate::caller::Passed;
 use crate::credential::{CredentialError, RequestHead};
 use crate::ratelimit::RateLimitError;
 use crate::store::StoreError;
@@ -361,7 +362,8 @@ fn grpc_percent_encode(s: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct ErrorContext<'a> {
-    /// The realm configured on the layer.
+    /// The realm in effect: the layer's own, else that of the `AuthLayer` the request passed,
+    /// else `"api"`.
     pub realm: &'a str,
     /// The request's head.
     pub head: RequestHead<'a>,
@@ -448,20 +450,12 @@ impl Rendering {
 
 impl fmt::Debug for Rendering {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `None`: the setting of the `AuthLayer` in front, or the default.
         f.debug_struct("Rendering")
-            .field("realm", &self.realm(None))
+            .field("realm", &self.realm)
             .field("responder", &self.responder.as_ref().map(|_| "custom"))
             .finish()
     }
-}
-
-/// Put into every request [`AuthLayer`](crate::auth::AuthLayer) lets through, with or without a
-/// [`Principal`](crate::Principal): it tells layers and extractors behind it that the layer ran
-/// (no `Principal` then means an anonymous caller, not a forgotten layer) and how it renders
-/// errors.
-#[derive(Clone, Debug)]
-pub(crate) struct Passed {
-    pub(crate) rendering: Rendering,
 }
 
 #[cfg(test)]

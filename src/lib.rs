@@ -62,6 +62,7 @@ macro_rules! define_rendering_setters {
 
 pub mod auth;
 mod body;
+mod caller;
 pub mod clock;
 pub mod credential;
 pub mod error;
@@ -88,6 +89,8 @@ pub mod axum;
 #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub mod tonic;
 
+// Plumbing: named in the layers' `Service` types and by implementers of stores, limiters and
+// key sources, rarely by a service's own code.
 pub use body::ResponseBody;
 pub use maybe::MaybeReady;
 pub use principal::{Principal, PrincipalKind};

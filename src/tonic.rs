@@ -4,7 +4,8 @@ use tonic::server::NamedService;
 use tonic::{Code, Status};
 
 use crate::auth::Auth;
-use crate::error::{AuthError, Passed};
+use crate::caller::Caller;
+use crate::error::AuthError;
 use crate::principal::Principal;
 use crate::ratelimit::RateLimit;
 use crate::scope::RequireScope;
@@ -43,14 +44,14 @@ pub trait RequestExt {
 
 impl<B> RequestExt for tonic::Request<B> {
     fn principal(&self) -> Result<&Principal, Status> {
-        let extensions = self.extensions();
-        extensions.get::<Principal>().ok_or_else(|| {
-            if extensions.get::<Passed>().is_some() {
-                status(&AuthError::MissingCredential)
-            } else {
-                status(&AuthError::MissingLayer)
+        match Caller::of(self.extensions()) {
+            Caller::Known(p) => Ok(p),
+            Caller::Anonymous => Err(status(&AuthError::MissingCredential)),
+            Caller::Unchecked => {
+                crate::outage::error_misconfigured!("Principal read in a method without AuthLayer");
+                Err(status(&AuthError::MissingLayer))
             }
-        })
+        }
     }
 
     #[cfg(feature = "jwt")]

@@ -52,7 +52,7 @@ const A3_SIGNATURE: &str = concat!(
 const A1_JWK: &str = r#"{"kty":"oct",
  "k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"
 }"#;
-/// RFC 7515 A.2.1: the RSA public key (n, e), with `alg` as the brief of this test asks.
+/// RFC 7515 A.2.1: the RSA public key (n, e), with `alg` set, as a JWKS usually has it.
 const A2_JWK: &str = concat!(
     r#"{"kty":"RSA","alg":"RS256","#,
     r#""n":"ofgWCuLjybRlzo0tZWJjNiuSfb4p4fAkd_wWJcyQoTbji9k0l8W26mPddx"#,

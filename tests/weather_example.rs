@@ -1129,14 +1129,14 @@ async fn jwt_subject_claim_user_id_works_end_to_end() {
         .assert_weather("Nairobi");
 
     // Tokens minted elsewhere: `{"userId": 12345}`, a number; `sub` is not read.
-    let seed = TokenIssuer::hmac(SECRET.as_bytes())
+    let foreign = TokenIssuer::hmac(SECRET.as_bytes())
         .issue_with(
             "not-the-caller",
             [weather::SCOPE],
             json!({ "userId": 12345 }),
         )
         .unwrap();
-    let me = server.get_bearer("/v1/me", &seed.access_token).await;
+    let me = server.get_bearer("/v1/me", &foreign.access_token).await;
     assert_eq!(me.status, StatusCode::OK, "{}", me.body);
     assert_eq!(me.json()["id"], "12345");
     // A token without the claim names nobody: 401.

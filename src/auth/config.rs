@@ -5,9 +5,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, Response};
 
+use crate::caller::Passed;
 use crate::clock::SharedClock;
 use crate::credential::{self, CredentialError, CredentialSource, RequestHead};
-use crate::error::{AuthError, InvalidCredential, Passed, Rendering, Unavailable};
+use crate::error::{AuthError, InvalidCredential, Rendering, Unavailable};
 use crate::key::{KeyDigest, KeyFormat, KeyStatus};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::principal::Principal;

@@ -93,8 +93,17 @@ impl<M> AuthLayer<M> {
 
     /// Replaces the credential sources. They are all looked at; exactly one may hold a
     /// credential.
+    ///
+    /// # Panics
+    ///
+    /// If `sources` is empty: such a layer would find no credential in any request.
     pub fn sources(mut self, sources: impl IntoIterator<Item = CredentialSource>) -> Self {
-        self.config().sources = sources.into_iter().collect();
+        let sources: Vec<_> = sources.into_iter().collect();
+        assert!(
+            !sources.is_empty(),
+            "AuthLayer::sources with no source: no request could carry a credential"
+        );
+        self.config().sources = sources;
         self
     }
 
@@ -191,5 +200,17 @@ impl<M> fmt::Debug for AuthLayer<M> {
             .field("optional", &self.config.optional)
             .field("rendering", &self.config.rendering)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    #[should_panic(expected = "no request could carry a credential")]
+    fn a_layer_without_sources_is_a_configuration_error() {
+        let _ = AuthLayer::new(MemoryStore::new()).sources([]);
     }
 }

@@ -26,8 +26,9 @@ const DEFAULT_CACHE_ENTRIES: usize = 50_000;
 
 /// Why a token was not accepted.
 ///
-/// The reasons are for logs and tests; an HTTP client is told only "invalid token" (or that it
-/// expired), whichever the reason, so that it learns nothing about the verifier's rules.
+/// The reasons are for logs and tests. The auth layer answers all of them alike but
+/// `TooLong`, `Expired` and `KeysUnavailable`, so that a client learns nothing about the
+/// verifier's rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum VerifyError {

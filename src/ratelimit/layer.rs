@@ -64,7 +64,17 @@ impl RateLimitLayer {
     }
 
     /// Callers whose principal names tier `name` (a JWT tier claim) get `quota`.
+    ///
+    /// # Panics
+    ///
+    /// With [`key_by`](Self::key_by): a layer that limits by another key than the principal
+    /// never looks at the principal's tier, so the tier would silently do nothing.
     pub fn tier(mut self, name: &str, quota: Quota) -> Self {
+        assert!(
+            self.config.key_by.is_none(),
+            "RateLimitLayer::tier with key_by: tiers are the principal's, and key_by limits by \
+             another key"
+        );
         let policy = Policy::new(name, quota);
         let config = self.config();
         config.tiers.retain(|p| p.name != policy.name);
@@ -80,11 +90,21 @@ impl RateLimitLayer {
 
     /// Limits by another key than the principal's id (a client IP, a tenant header). A
     /// request for which it returns `None` is not limited. With it, the layer needs no
-    /// `AuthLayer` in front.
+    /// `AuthLayer` in front, and every key gets the default quota: a principal's own quota
+    /// and tier are not looked at.
+    ///
+    /// # Panics
+    ///
+    /// With [`tier`](Self::tier), for the reason given there.
     pub fn key_by(
         mut self,
         key: impl Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
+        assert!(
+            self.config.tiers.is_empty(),
+            "RateLimitLayer::key_by with tiers: tiers are the principal's, and key_by limits by \
+             another key"
+        );
         self.config().key_by = Some(Arc::new(key));
         self
     }
@@ -126,5 +146,31 @@ impl<S> Layer<S> for RateLimitLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         RateLimit::new(inner, self.config.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::MemoryLimiter;
+
+    fn layer() -> RateLimitLayer {
+        RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(1))
+    }
+
+    #[test]
+    #[should_panic(expected = "tiers are the principal's")]
+    fn a_tier_on_a_layer_keyed_by_something_else_is_a_configuration_error() {
+        let _ = layer()
+            .key_by(|_| Some("ip".to_owned()))
+            .tier("gold", Quota::per_second(10));
+    }
+
+    #[test]
+    #[should_panic(expected = "tiers are the principal's")]
+    fn keying_a_layer_with_tiers_by_something_else_is_a_configuration_error() {
+        let _ = layer()
+            .tier("gold", Quota::per_second(10))
+            .key_by(|_| Some("ip".to_owned()));
     }
 }

@@ -8,11 +8,11 @@ use tower::Service;
 use super::ANONYMOUS_KEY;
 use super::config::{Config, Headers, Which};
 use super::future::{LimitWait, ResponseFuture};
+use crate::caller::Caller;
 use crate::credential::RequestHead;
-use crate::error::{AuthError, Passed};
+use crate::error::AuthError;
 use crate::future::Deferred;
 use crate::outage::error_misconfigured;
-use crate::principal::Principal;
 
 /// The service [`RateLimitLayer`](super::RateLimitLayer) builds.
 #[derive(Clone)]
@@ -57,14 +57,18 @@ where
                     return ResponseFuture::new(Deferred::called(future, Headers(None)));
                 }
             }
-        } else if let Some(p) = req.extensions().get::<Principal>() {
-            (p.id(), config.which(p))
-        } else if req.extensions().get::<Passed>().is_some() {
-            (ANONYMOUS_KEY, Which::Default)
         } else {
-            error_misconfigured!("RateLimitLayer without AuthLayer in front of it and no key_by");
-            let response = config.rendering.render(&AuthError::MissingLayer, &req);
-            return ResponseFuture::new(Deferred::answered(response));
+            match Caller::of(req.extensions()) {
+                Caller::Known(p) => (p.id(), config.which(p)),
+                Caller::Anonymous => (ANONYMOUS_KEY, Which::Default),
+                Caller::Unchecked => {
+                    error_misconfigured!(
+                        "RateLimitLayer without AuthLayer in front of it and no key_by"
+                    );
+                    let response = config.rendering.render(&AuthError::MissingLayer, &req);
+                    return ResponseFuture::new(Deferred::answered(response));
+                }
+            }
         };
         let cost = config.cost.as_ref().map_or(1, |f| f(&head));
         let mut check = config

@@ -6,9 +6,9 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::{RequireScopeLayer, ResponseFuture};
-use crate::error::{AuthError, Passed};
+use crate::caller::Caller;
+use crate::error::AuthError;
 use crate::future::Deferred;
-use crate::principal::Principal;
 
 /// The service [`RequireScopeLayer`] builds.
 #[derive(Clone)]
@@ -43,16 +43,16 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let scope = &self.layer.scope;
-        let error = match req.extensions().get::<Principal>() {
-            Some(p) if p.has_scope(scope) => {
+        let error = match Caller::of(req.extensions()) {
+            Caller::Known(p) if p.has_scope(scope) => {
                 return ResponseFuture::new(Deferred::called(self.inner.call(req), ()));
             }
-            Some(p) => {
+            Caller::Known(p) => {
                 tracing::debug!(target: "keygate", principal = p.id(), scope = &**scope, outcome = "insufficient_scope");
                 AuthError::InsufficientScope(Cow::Owned(scope.to_string()))
             }
-            None if req.extensions().get::<Passed>().is_some() => AuthError::MissingCredential,
-            None => {
+            Caller::Anonymous => AuthError::MissingCredential,
+            Caller::Unchecked => {
                 crate::outage::error_misconfigured!(
                     "RequireScopeLayer without AuthLayer in front of it"
                 );
