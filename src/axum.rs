@@ -78,29 +78,29 @@ fn caller(parts: &Parts) -> Result<Option<Principal>, PrincipalRejection> {
     match Caller::of(&parts.extensions) {
         Caller::Known(p) => Ok(Some(p.clone())),
         Caller::Anonymous => Ok(None),
-        Caller::Unchecked => {
-            crate::outage::error_misconfigured!(
-                path = parts.uri.path(),
-                "Principal extracted on a route without AuthLayer"
-            );
-            Err(PrincipalRejection::new(AuthError::MissingLayer, parts))
-        }
+        Caller::Unchecked => Err(unchecked(parts)),
     }
 }
 
-/// The rejection of a request that needs a caller and has none.
-fn missing(parts: &Parts) -> PrincipalRejection {
-    match caller(parts) {
-        Err(rejection) => rejection,
-        Ok(_) => PrincipalRejection::new(AuthError::MissingCredential, parts),
-    }
+/// The rejection of a route no `AuthLayer` covers: a server mistake, logged.
+fn unchecked(parts: &Parts) -> PrincipalRejection {
+    crate::outage::error_misconfigured!(
+        path = parts.uri.path(),
+        "Principal extracted on a route without AuthLayer"
+    );
+    PrincipalRejection::new(AuthError::MissingLayer, parts)
+}
+
+/// The rejection of an anonymous caller on a route that needs one.
+fn anonymous(parts: &Parts) -> PrincipalRejection {
+    PrincipalRejection::new(AuthError::MissingCredential, parts)
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = PrincipalRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        caller(parts)?.ok_or_else(|| missing(parts))
+        caller(parts)?.ok_or_else(|| anonymous(parts))
     }
 }
 
@@ -134,7 +134,8 @@ mod claims {
                 crate::outage::error_misconfigured!(path = parts.uri.path(), "{error}");
                 PrincipalRejection::new(error, parts)
             }
-            Caller::Anonymous | Caller::Unchecked => missing(parts),
+            Caller::Anonymous => anonymous(parts),
+            Caller::Unchecked => unchecked(parts),
         }
     }
 

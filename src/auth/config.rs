@@ -81,7 +81,7 @@ pub(crate) enum Decision {
 /// The answer to a token's rejection: the verifier says why, the client is told only what the
 /// error contract lets it know.
 #[cfg(feature = "jwt")]
-fn token_error(error: crate::jwt::VerifyError) -> AuthError {
+pub(crate) fn token_error(error: crate::jwt::VerifyError) -> AuthError {
     use crate::jwt::VerifyError;
     tracing::debug!(target: "keygate", reason = error.as_str(), "token refused");
     match error {

@@ -37,8 +37,9 @@ impl<B> crate::future::Wait<B> for AuthWait {
             #[cfg(feature = "jwt")]
             Pending::Token(refetch, token) => match ready!(Pin::new(refetch).poll(cx)) {
                 crate::jwt::Refetch::Fetched => config.recheck_token(token),
-                _ => Err(crate::error::AuthError::Unavailable(
-                    crate::error::Unavailable::JwtKeys,
+                // The fetch failed, or took longer than the request may wait.
+                _ => Err(super::config::token_error(
+                    crate::jwt::VerifyError::KeysUnavailable,
                 )),
             },
         };
