@@ -9,7 +9,7 @@
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example weather --features redis
 //! ```
 //!
-//! Configuration (all read by [`Config::from_vars`]; `RATE_LIMIT` and the JWT variables but
+//! Configuration (all read by [`Config::from_vars`]; `RATE_LIMIT` and the JWT variables except
 //! `JWT_KID` mean the same as for the gRPC example, `examples/grpc/main.rs`):
 //!
 //! | variable | default | meaning |
@@ -26,9 +26,10 @@
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
-//! `exp` that tokens use for something else, a key that could never be accepted) stops the service at start with `error: ...` and exit status 1. So does `REDIS_URL`
-//! in a build without the `redis` feature: an operator who asks for one limit shared by several
-//! instances must not silently get one limit per instance. With the feature, a Redis that does
+//! `exp` that tokens use for something else, a key that could never be accepted) stops the
+//! service at start with `error: ...` and exit status 1. So does `REDIS_URL` in a build without
+//! the `redis` feature: an operator who asks for one limit shared by several instances must not
+//! silently get one limit per instance. With the feature, a Redis that does
 //! not answer at start is an error too; once running, a Redis outage fails closed (503 after at
 //! most the limiter's 50 ms timeout, keygate's default `FailurePolicy::Closed`: an outage never
 //! lifts the limits), and the limiter recovers by itself when Redis is back.
@@ -41,8 +42,9 @@
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
 //!   subject (in the `JWT_SUBJECT_CLAIM` claim) is the key's record id and whose `scope` is the
-//!   key's scopes, with `kid` (`JWT_KID`) in its header. The token works on every route in place of the key. Only an API key can
-//!   ask: a JWT caller gets 403 (a token that mints tokens would never have to expire).
+//!   key's scopes, with `kid` (`JWT_KID`) in its header. The token works on every route in place
+//!   of the key. Only an API key can ask: a JWT caller gets 403 (a token that mints tokens would
+//!   never have to expire).
 //! - `GET /healthz`: 200, no credential, no rate limit.
 //!
 //! Every response of the routes behind the limiter carries `RateLimit-Policy` and `RateLimit`
