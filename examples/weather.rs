@@ -7,6 +7,9 @@
 //! WEATHER_API_KEYS=key-one,key-two cargo run --example weather  # your own keys instead
 //! RATE_LIMIT=100/min JWT_SECRET=... cargo run --example weather
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example weather --features redis
+//! # keys in PostgreSQL, shared by every instance, managed through /admin/keys
+//! KEY_STORE=postgres://postgres@127.0.0.1:5432/test ADMIN_API_KEY=... \
+//!   cargo run --example weather --features postgres,admin
 //! ```
 //!
 //! Configuration (all read by [`Config::from_vars`]; `RATE_LIMIT` and the JWT variables except
@@ -18,7 +21,12 @@
 //! | `WEATHER_API_KEYS` | unset: issue one demo key | comma-separated keys to accept, in any format |
 //! | `RATE_LIMIT` | `10/s` | each caller's quota, such as `5/s`, `100/min` or `100/min;burst=20` |
 //! | `REDIS_URL` | unset: limits in memory | a Redis shared by every instance, for one limit across them (needs `--features redis`) |
-//! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter uses |
+//! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter, the shared JWT revocations (`{REDIS_PREFIX}revoked:`) and the usage counts (`{REDIS_PREFIX}usage:`) use |
+//! | `KEY_STORE` | unset or `memory`: keys in this process | `postgres://...` (needs `--features postgres`) or `redis://.../N` (needs `--features redis`): keys shared by every instance using it |
+//! | `KEY_STORE_PREFIX` | `weather:keys:` | the prefix of the key store's Redis keys |
+//! | `KEY_CACHE_TTL` | `30` | seconds a key looked up in a persistent store is served from this process's cache |
+//! | `KEY_CACHE_STALE` | `300` | seconds past that a cached key keeps working while the store is down |
+//! | `ADMIN_API_KEY` | unset: no admin API | the key that may call `/admin/keys` (as Bearer or `x-api-key`; needs `--features admin`) |
 //! | `JWT_SECRET` | 32 random bytes | the HS256 secret tokens are signed and verified with |
 //! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (tokens minted elsewhere often use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
@@ -34,6 +42,18 @@
 //! most the limiter's 50 ms timeout, keygate's default `FailurePolicy::Closed`: an outage never
 //! lifts the limits), and the limiter recovers by itself when Redis is back.
 //!
+//! With `KEY_STORE` set, a store that cannot be reached at start is `error: ...` and exit 1;
+//! once running, a store outage serves the keys this instance has cached (for `KEY_CACHE_TTL` +
+//! `KEY_CACHE_STALE` seconds), answers 503 for others after at most the store's 1 s timeout,
+//! and recovers by itself when the store is back. Keys of `WEATHER_API_KEYS` are added to the
+//! store at start unless a record with their digest is there already (ids `key-1`, `key-2`, … by
+//! position); the demo key is issued only when `WEATHER_API_KEYS` is unset (then as `demo` in
+//! memory, or `demo-XXXXXXXX`, one per start, in a shared store). A change through `/admin` on
+//! one instance holds on every instance sharing the store within 2 s: each instance listens
+//! for the store's change notifications (PostgreSQL `LISTEN/NOTIFY`, Redis pub/sub) and drops
+//! what they name from its cache. With `REDIS_URL` set, a revoked or disabled key's minted tokens
+//! stop working on every instance too, and usage counts are summed over the instances.
+//!
 //! Routes, behind `AuthLayer` (API keys and JWTs) → `RateLimitLayer` (one limit per caller):
 //!
 //! - `GET /v1/current.json?q=CITY` (scope `weather:read`): deterministic fake weather for `CITY`;
@@ -46,6 +66,11 @@
 //!   of the key. Only an API key can ask: a JWT caller gets 403 (a token that mints tokens would
 //!   never have to expire).
 //! - `GET /healthz`: 200, no credential, no rate limit.
+//! - `/admin/keys…` (only with `ADMIN_API_KEY`): keygate's key-management API
+//!   ([`keygate::admin`]), accepting that key and no other credential, not rate limited:
+//!   `POST /admin/keys`, `GET /admin/keys?owner=S`, `GET /admin/keys/{id}`,
+//!   `POST /admin/keys/{id}/revoke`, `POST /admin/keys/{id}/rotate`, `PATCH /admin/keys/{id}`,
+//!   `DELETE /admin/keys/{id}`, `GET /admin/keys/{id}/usage`.
 //!
 //! Every response of the routes behind the limiter carries `RateLimit-Policy` and `RateLimit`
 //! (IETF draft 10); a caller over its quota gets 429 with `Retry-After` and a problem+json body
@@ -71,10 +96,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keygate::QuotaError;
-use keygate::jwt::{IssueError, IssuedToken, JwtKey, JwtVerifier, TokenIssuer};
+use keygate::jwt::{
+    IssueError, IssuedToken, JwtKey, JwtVerifier, MemoryRevocations, RevokeMintedTokens,
+    TokenIssuer,
+};
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
-use keygate::ratelimit::{MemoryLimiter, RateLimitLayer, RateLimiter};
-use keygate::store::{MemoryStore, MemoryStoreError};
+use keygate::ratelimit::{
+    MemoryLimiter, MemoryUsage, RateLimitLayer, RateLimiter, UsageStore, UsageTracker,
+};
+use keygate::store::{KeyManager, KeyStore, ManageError, MemoryStore};
 use keygate::{Principal, PrincipalKind, Quota, auth::AuthLayer, scope::RequireScopeLayer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -87,6 +117,18 @@ pub const DEFAULT_ADDR: SocketAddr =
 pub const DEFAULT_RATE_LIMIT: &str = "10/s";
 /// The Redis key prefix when `REDIS_PREFIX` is not set.
 pub const DEFAULT_REDIS_PREFIX: &str = "weather:rl:";
+/// The Redis key prefix of the key store when `KEY_STORE_PREFIX` is not set.
+pub const DEFAULT_KEY_STORE_PREFIX: &str = "weather:keys:";
+/// How long a key from a persistent store is served from the cache, when `KEY_CACHE_TTL` is not
+/// set.
+pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(30);
+/// How long past that a cached key keeps working while the store is down, when
+/// `KEY_CACHE_STALE` is not set.
+pub const DEFAULT_KEY_CACHE_STALE: Duration = Duration::from_secs(300);
+/// How often this instance adds its usage counts to the shared ones.
+pub const USAGE_FLUSH: Duration = Duration::from_secs(1);
+/// The shortest `ADMIN_API_KEY` accepted.
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
 /// The `kid` of minted tokens when `JWT_KID` is not set.
 pub const DEFAULT_JWT_KID: &str = "weather-1";
 /// How long a minted token lives: two hours, as existing clients expect (`expiresIn: "2h"`).
@@ -97,6 +139,8 @@ pub const KEY_PREFIX: &str = "wk_live_";
 pub const SCOPE: &str = "weather:read";
 /// The realm named in `WWW-Authenticate`.
 pub const REALM: &str = "weather";
+/// The realm of the admin API.
+pub const ADMIN_REALM: &str = "weather-admin";
 /// The longest key accepted.
 const MAX_KEY_LEN: usize = 512;
 /// The longest city name accepted in `q`.
@@ -116,6 +160,17 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// The prefix of the limiter's Redis keys (`REDIS_PREFIX`).
     pub redis_prefix: String,
+    /// Where the keys live (`KEY_STORE`).
+    pub key_store: KeyStoreConfig,
+    /// The prefix of the key store's Redis keys (`KEY_STORE_PREFIX`).
+    pub key_store_prefix: String,
+    /// How long a key from a persistent store is served from the cache (`KEY_CACHE_TTL`).
+    pub key_cache_ttl: Duration,
+    /// How long past that a cached key keeps working while the store is down
+    /// (`KEY_CACHE_STALE`).
+    pub key_cache_stale: Duration,
+    /// The key of the admin API (`ADMIN_API_KEY`); no admin API when `None`.
+    pub admin_api_key: Option<ApiKey>,
     /// The HS256 secret tokens are signed and verified with (`JWT_SECRET`); random when `None`.
     pub jwt_secret: Option<Vec<u8>>,
     /// The claim naming the caller (`JWT_SUBJECT_CLAIM`), when not `sub`.
@@ -139,6 +194,14 @@ impl std::fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
+            .field("key_store", &self.key_store)
+            .field("key_store_prefix", &self.key_store_prefix)
+            .field("key_cache_ttl", &self.key_cache_ttl)
+            .field("key_cache_stale", &self.key_cache_stale)
+            .field(
+                "admin_api_key",
+                &self.admin_api_key.as_ref().map(|_| "<set>"),
+            )
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<set>"))
             .field("jwt_subject_claim", &self.jwt_subject_claim)
             .field("jwt_issuer", &self.jwt_issuer)
@@ -146,6 +209,28 @@ impl std::fmt::Debug for Config {
             .field("jwt_kid", &self.jwt_kid)
             .field("log_filter", &self.log_filter)
             .finish()
+    }
+}
+
+/// Where the keys live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyStoreConfig {
+    /// In this process's memory (`KEY_STORE` unset or `memory`).
+    Memory,
+    /// In PostgreSQL, at this URL.
+    Postgres(String),
+    /// In Redis, at this URL.
+    Redis(String),
+}
+
+impl std::fmt::Debug for KeyStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.write_str(match self {
+            Self::Memory => "Memory",
+            Self::Postgres(_) => "Postgres(<url>)",
+            Self::Redis(_) => "Redis(<url>)",
+        })
     }
 }
 
@@ -172,6 +257,31 @@ pub enum ConfigError {
     /// `JWT_SUBJECT_CLAIM` names a claim the token issuer sets itself.
     #[error("JWT_SUBJECT_CLAIM={0:?} names a claim tokens use for something else")]
     SubjectClaim(String),
+    /// `KEY_STORE` is neither `memory` nor a PostgreSQL or Redis URL.
+    #[error("KEY_STORE is not `memory`, a postgres://... URL or a redis://... URL")]
+    KeyStore,
+    /// `KEY_STORE` names a store this build cannot talk to.
+    #[error(
+        "KEY_STORE names {0}, but this build has no {0} support: run with `--features {1}`, or \
+         unset KEY_STORE to keep the keys in this process's memory"
+    )]
+    KeyStoreFeature(&'static str, &'static str),
+    /// The store of `KEY_STORE` cannot be used (no answer at start, a failed migration).
+    #[error("KEY_STORE: cannot use this store: {0}")]
+    KeyStoreUnavailable(String),
+    /// `KEY_CACHE_TTL` or `KEY_CACHE_STALE` is not a number of seconds.
+    #[error("{0}={1:?} is not a number of seconds")]
+    Seconds(&'static str, String),
+    /// `ADMIN_API_KEY` is too short to be a secret.
+    #[error("ADMIN_API_KEY is shorter than {MIN_ADMIN_KEY_LEN} characters")]
+    AdminKey,
+    /// `ADMIN_API_KEY` is set, but this build has no admin API.
+    #[cfg(not(feature = "admin"))]
+    #[error(
+        "ADMIN_API_KEY is set, but this build has no admin API: run with `--features admin`, or \
+         unset ADMIN_API_KEY"
+    )]
+    AdminFeature,
     /// `REDIS_URL` is set, but this build cannot talk to Redis.
     #[cfg(not(feature = "redis"))]
     #[error(
@@ -217,6 +327,44 @@ impl Config {
         if redis_url.is_some() {
             return Err(ConfigError::RedisFeature);
         }
+        let key_store = match set("KEY_STORE").map(|s| s.trim().to_owned()) {
+            None => KeyStoreConfig::Memory,
+            Some(s) if s == "memory" => KeyStoreConfig::Memory,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                if cfg!(not(feature = "postgres")) {
+                    return Err(ConfigError::KeyStoreFeature("PostgreSQL", "postgres"));
+                }
+                KeyStoreConfig::Postgres(url)
+            }
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                if cfg!(not(feature = "redis")) {
+                    return Err(ConfigError::KeyStoreFeature("Redis", "redis"));
+                }
+                KeyStoreConfig::Redis(url)
+            }
+            Some(_) => return Err(ConfigError::KeyStore),
+        };
+        let seconds = |name: &'static str, default: Duration| match set(name) {
+            None => Ok(default),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(Duration::from_secs)
+                .map_err(|_| ConfigError::Seconds(name, v)),
+        };
+        let key_cache_ttl = seconds("KEY_CACHE_TTL", DEFAULT_KEY_CACHE_TTL)?;
+        let key_cache_stale = seconds("KEY_CACHE_STALE", DEFAULT_KEY_CACHE_STALE)?;
+        let admin_api_key = match set("ADMIN_API_KEY") {
+            None => None,
+            Some(key) if key.trim().len() < MIN_ADMIN_KEY_LEN => {
+                return Err(ConfigError::AdminKey);
+            }
+            Some(key) => Some(ApiKey::new(key.trim())),
+        };
+        #[cfg(not(feature = "admin"))]
+        if admin_api_key.is_some() {
+            return Err(ConfigError::AdminFeature);
+        }
         let jwt_secret = match var("JWT_SECRET") {
             Some(s) if s.is_empty() => return Err(ConfigError::EmptySecret),
             Some(s) => Some(s.into_bytes()),
@@ -236,6 +384,12 @@ impl Config {
             rate_limit,
             redis_url,
             redis_prefix: set("REDIS_PREFIX").unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
+            key_store,
+            key_store_prefix: set("KEY_STORE_PREFIX")
+                .unwrap_or_else(|| DEFAULT_KEY_STORE_PREFIX.to_owned()),
+            key_cache_ttl,
+            key_cache_stale,
+            admin_api_key,
             jwt_secret,
             jwt_subject_claim,
             jwt_issuer: set("JWT_ISSUER"),
@@ -248,13 +402,43 @@ impl Config {
     }
 }
 
+/// Where the keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// In this process's memory.
+    Memory,
+    /// In PostgreSQL, shared by every instance using it.
+    Postgres,
+    /// In Redis, shared by every instance using it.
+    Redis,
+}
+
 /// The service's keys.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Keys {
-    /// The store the layer looks keys up in. Clones share it: keys added to one are seen by all.
-    pub store: MemoryStore,
+    /// What the layer looks keys up in: the memory store, or the cache in front of a persistent
+    /// store.
+    pub store: Arc<dyn KeyStore>,
+    /// The management side of the same keys. With a persistent store it goes through the cache,
+    /// so that this instance sees its own changes at once (other instances hear of them through
+    /// the store's notifications).
+    pub manager: Arc<dyn KeyManager>,
+    /// Where the keys live.
+    pub backend: StoreBackend,
     /// The key issued because `WEATHER_API_KEYS` was not set.
     pub demo_key: Option<ApiKey>,
+    /// How many keys `WEATHER_API_KEYS` listed.
+    pub listed: usize,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("backend", &self.backend)
+            .field("demo_key", &self.demo_key)
+            .field("listed", &self.listed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The format of the keys this service issues: `wk_live_` + 32 base62 + 6 base62 of CRC32.
@@ -262,26 +446,17 @@ pub fn key_format() -> KeyFormat {
     KeyFormat::new(KEY_PREFIX).expect("a valid prefix")
 }
 
-/// Builds the key store: the keys of `config`, each with scope `weather:read`, or else one newly
-/// issued demo key.
-pub fn keys(config: &Config) -> Result<Keys, ConfigError> {
+/// Refuses keys of `WEATHER_API_KEYS` that the layer would always turn away, and keys listed
+/// twice, rather than serve with a dead key.
+pub fn check_keys(config: &Config) -> Result<(), ConfigError> {
     let format = key_format();
-    let store = MemoryStore::with_format(format.clone());
-    if config.api_keys.is_empty() {
-        let record = KeyRecord::new("demo", "demo").with_scopes([SCOPE]);
-        let key = store
-            .issue(record)
-            .expect("an empty store has no duplicate");
-        return Ok(Keys {
-            store,
-            demo_key: Some(key),
-        });
-    }
+    let mut seen = std::collections::HashSet::new();
     for (i, key) in config.api_keys.iter().enumerate() {
-        let position = i + 1;
-        let bad = |why| ConfigError::Key { position, why };
+        let bad = |why| ConfigError::Key {
+            position: i + 1,
+            why,
+        };
         let text = key.expose_secret();
-        // Refuse keys the layer would always turn away, rather than serve with a dead key.
         if text.len() > MAX_KEY_LEN {
             return Err(bad("is longer than 512 bytes"));
         }
@@ -291,16 +466,153 @@ pub fn keys(config: &Config) -> Result<Keys, ConfigError> {
         if format.has_prefix(text) && format.check(text).is_err() {
             return Err(bad("starts with wk_live_ but fails that format's checksum"));
         }
+        if !seen.insert(key.digest().to_hex()) {
+            return Err(bad("is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Opens the key store of `KEY_STORE` (in memory, or PostgreSQL or Redis behind a cache that
+/// listens for changes made by other instances), then adds the keys of `WEATHER_API_KEYS` that
+/// it does not hold yet, each with scope `weather:read` and the id `key-N` by position, or else
+/// issues one demo key.
+pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
+    check_keys(config)?;
+    let format = key_format();
+    let (store, manager, backend): (Arc<dyn KeyStore>, Arc<dyn KeyManager>, _) =
+        match &config.key_store {
+            KeyStoreConfig::Memory => {
+                let store = MemoryStore::with_format(format);
+                (
+                    Arc::new(store.clone()),
+                    Arc::new(store),
+                    StoreBackend::Memory,
+                )
+            }
+            #[cfg(feature = "postgres")]
+            KeyStoreConfig::Postgres(url) => {
+                let pool = sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(1))
+                    .connect(url)
+                    .await
+                    .map_err(unavailable)?;
+                let postgres = keygate::store::PostgresStore::new(pool).key_format(format);
+                postgres.migrate().await.map_err(unavailable)?;
+                let cached = cache(config, postgres.clone());
+                postgres
+                    .watch(cached.invalidator())
+                    .await
+                    .map_err(unavailable)?;
+                (
+                    Arc::new(cached.clone()),
+                    Arc::new(cached),
+                    StoreBackend::Postgres,
+                )
+            }
+            #[cfg(feature = "redis")]
+            KeyStoreConfig::Redis(url) => {
+                let redis = keygate::store::RedisStore::connect(url)
+                    .await
+                    .map_err(unavailable)?
+                    .prefix(config.key_store_prefix.clone())
+                    .key_format(format);
+                let cached = cache(config, redis.clone());
+                redis
+                    .watch(cached.invalidator())
+                    .await
+                    .map_err(unavailable)?;
+                (
+                    Arc::new(cached.clone()),
+                    Arc::new(cached),
+                    StoreBackend::Redis,
+                )
+            }
+            // `Config::from_vars` refuses a store this build cannot talk to.
+            #[cfg(not(feature = "postgres"))]
+            KeyStoreConfig::Postgres(_) => {
+                return Err(ConfigError::KeyStoreFeature("PostgreSQL", "postgres"));
+            }
+            #[cfg(not(feature = "redis"))]
+            KeyStoreConfig::Redis(_) => return Err(ConfigError::KeyStoreFeature("Redis", "redis")),
+        };
+
+    if config.api_keys.is_empty() {
+        let id = match backend {
+            StoreBackend::Memory => "demo".to_owned(),
+            // One demo key per start: instances sharing a store each print their own.
+            _ => format!("demo-{}", random_suffix()),
+        };
+        let issued = manager
+            .issue(KeyRecord::new(id, "demo").with_scopes([SCOPE]))
+            .await
+            .map_err(unavailable)?;
+        return Ok(Keys {
+            store,
+            manager,
+            backend,
+            demo_key: Some(issued.key),
+            listed: 0,
+        });
+    }
+    for (i, key) in config.api_keys.iter().enumerate() {
+        let position = i + 1;
+        let digest = key.digest();
+        // A record with this digest is kept as it is, whatever its status: a key revoked
+        // through the admin API stays revoked across restarts.
+        let known = |store: Arc<dyn KeyStore>| async move {
+            store
+                .lookup(&digest)
+                .await
+                .map(|found| found.is_some())
+                .map_err(unavailable)
+        };
+        if known(store.clone()).await? {
+            continue;
+        }
         let record = KeyRecord::new(format!("key-{position}"), "weather-user").with_scopes([SCOPE]);
-        store.insert(key, record).map_err(|e| match e {
-            MemoryStoreError::DuplicateKey => bad("is listed twice"),
-            _ => bad("could not be registered"),
-        })?;
+        match manager.insert(digest, record).await {
+            Ok(_) => {}
+            // Another instance starting at the same time added it first.
+            Err(ManageError::DuplicateId | ManageError::DuplicateKey)
+                if known(store.clone()).await? => {}
+            Err(ManageError::DuplicateId) => {
+                return Err(ConfigError::Key {
+                    position,
+                    why: "would get an id that another key in KEY_STORE has",
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
     }
     Ok(Keys {
         store,
+        manager,
+        backend,
         demo_key: None,
+        listed: config.api_keys.len(),
     })
+}
+
+/// The cache in front of a persistent store, as `KEY_CACHE_TTL` and `KEY_CACHE_STALE` say.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn cache<S: KeyStore>(config: &Config, store: S) -> keygate::store::CachedStore<S> {
+    keygate::store::CachedStore::builder(store)
+        .ttl(config.key_cache_ttl)
+        .stale(config.key_cache_stale)
+        .build()
+}
+
+/// A store error at start, as the operator sees it.
+fn unavailable(e: impl std::fmt::Display) -> ConfigError {
+    ConfigError::KeyStoreUnavailable(e.to_string())
+}
+
+/// Eight random base62 characters.
+fn random_suffix() -> String {
+    let key = key_format().generate();
+    key.expose_secret()[KEY_PREFIX.len()..KEY_PREFIX.len() + 8].to_owned()
 }
 
 /// Mints the tokens of `POST /v1/token`.
@@ -343,6 +655,16 @@ pub struct Services {
     pub backend: LimiterBackend,
     /// Each caller's quota.
     pub rate_limit: Quota,
+    /// The keys' management side, which also revokes the tokens minted for a key when the key
+    /// is revoked, disabled or deleted (on every instance with `REDIS_URL`).
+    pub manager: Arc<dyn KeyManager>,
+    /// This instance's usage counts, flushed every [`USAGE_FLUSH`] to
+    /// [`usage_store`](Self::usage_store).
+    pub usage: UsageTracker,
+    /// The usage counts of every instance: in Redis with `REDIS_URL`, else in memory.
+    pub usage_store: Arc<dyn UsageStore>,
+    /// The key of the admin API.
+    pub admin_key: Option<ApiKey>,
 }
 
 impl std::fmt::Debug for Services {
@@ -358,10 +680,10 @@ impl std::fmt::Debug for Services {
 }
 
 /// Builds the services of `config`: the key store ([`keys`]), the JWT verifier and issuer (with
-/// `JWT_SECRET`, or 32 random bytes), and the rate limiter (on Redis when `REDIS_URL` is set,
-/// connecting to it now, else in memory).
+/// `JWT_SECRET`, or 32 random bytes), the rate limiter, the token revocations and the usage
+/// counts (on Redis when `REDIS_URL` is set, connecting to it now, else in memory).
 pub async fn services(config: &Config) -> Result<Services, ConfigError> {
-    let keys = keys(config)?;
+    let keys = keys(config).await?;
 
     let secret = config.jwt_secret.clone().unwrap_or_else(|| {
         let mut secret = vec![0; 32];
@@ -400,6 +722,12 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         Some(_) => return Err(ConfigError::RedisFeature),
     };
 
+    let (verifier, manager, usage_store) = shared_state(config, &keys, verifier).await?;
+    let usage = UsageTracker::new(100_000);
+    // The loop flushes once more and ends after every handle of the tracker is gone.
+    let (_flush, flushing) = usage.flush_every(usage_store.clone(), USAGE_FLUSH);
+    tokio::spawn(flushing);
+
     Ok(Services {
         keys,
         verifier,
@@ -407,20 +735,64 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         limiter,
         backend,
         rate_limit: config.rate_limit,
+        manager,
+        usage,
+        usage_store,
+        admin_key: config.admin_api_key.clone(),
     })
 }
 
-/// The routes: the API behind keygate's authentication and rate limit, `/healthz` open.
+/// The JWT verifier checking revocations, the key manager that revokes a key's minted tokens
+/// with the key, and the usage counts: shared through Redis with `REDIS_URL`, else this
+/// process's.
+async fn shared_state(
+    config: &Config,
+    keys: &Keys,
+    verifier: JwtVerifier,
+) -> Result<(JwtVerifier, Arc<dyn KeyManager>, Arc<dyn UsageStore>), ConfigError> {
+    match &config.redis_url {
+        #[cfg(feature = "redis")]
+        Some(url) => {
+            let redis = |e: &dyn std::fmt::Display| ConfigError::Redis(e.to_string());
+            let revocations = keygate::jwt::RedisRevocations::builder(url.as_str())
+                .prefix(format!("{}revoked:", config.redis_prefix))
+                .connect()
+                .await
+                .map_err(|e| redis(&e))?;
+            let usage = keygate::ratelimit::RedisUsage::connect(url)
+                .await
+                .map_err(|e| redis(&e))?
+                .prefix(format!("{}usage:", config.redis_prefix));
+            Ok((
+                verifier.revocations(revocations.clone()),
+                Arc::new(RevokeMintedTokens::new(keys.manager.clone(), revocations)),
+                Arc::new(usage),
+            ))
+        }
+        #[cfg(not(feature = "redis"))]
+        Some(_) => Err(ConfigError::RedisFeature),
+        None => {
+            let revocations = MemoryRevocations::new();
+            Ok((
+                verifier.revocations(revocations.clone()),
+                Arc::new(RevokeMintedTokens::new(keys.manager.clone(), revocations)),
+                Arc::new(MemoryUsage::new()),
+            ))
+        }
+    }
+}
+
+/// The routes: the API behind keygate's authentication and rate limit, `/healthz` open, and
+/// with `ADMIN_API_KEY` the admin API behind that key alone.
 pub fn app(services: &Services) -> Router {
-    let store = services.keys.store.clone();
-    let format = store.format().clone();
-    let auth = AuthLayer::new(store)
-        .key_format(format)
+    let auth = AuthLayer::new(services.keys.store.clone())
+        .key_format(key_format())
         .max_key_len(MAX_KEY_LEN)
         .jwt(services.verifier.clone())
         .realm(REALM);
-    let limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit);
-    Router::new()
+    let limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit)
+        .track_usage(services.usage.clone());
+    let api = Router::new()
         .route(
             "/v1/current.json",
             get(current).route_layer(RequireScopeLayer::new(SCOPE)),
@@ -432,7 +804,33 @@ pub fn app(services: &Services) -> Router {
         // the principal's id).
         .route_layer(ServiceBuilder::new().layer(auth).layer(limit))
         .route("/healthz", get(healthz))
-        .with_state(services.tokens.clone())
+        .with_state(services.tokens.clone());
+    #[cfg(feature = "admin")]
+    if let Some(admin_key) = &services.admin_key {
+        return api.nest("/admin", admin(services, admin_key));
+    }
+    api
+}
+
+/// The admin API, behind an `AuthLayer` whose store holds the admin key and nothing else: a
+/// weather key or a token is unknown there (401). No rate limit, no JWT.
+#[cfg(feature = "admin")]
+fn admin(services: &Services, admin_key: &ApiKey) -> Router {
+    let admins = MemoryStore::new();
+    admins
+        .insert(admin_key, KeyRecord::new("admin", "admin"))
+        .expect("an empty store has no duplicate");
+    let auth = AuthLayer::new(admins)
+        .sources([
+            keygate::credential::CredentialSource::bearer(),
+            keygate::credential::CredentialSource::header("x-api-key"),
+        ])
+        .max_key_len(MAX_KEY_LEN)
+        .realm(ADMIN_REALM);
+    keygate::admin::Admin::new(services.manager.clone())
+        .usage(services.usage_store.clone())
+        .into_router()
+        .layer(auth)
 }
 
 /// Writes the start-up banner: first `listening on http://ADDR`, then how to call the API.
@@ -462,7 +860,7 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
             format!("'x-api-key: {key}'")
         }
         None => {
-            let n = keys.store.len();
+            let n = keys.listed;
             writeln!(out, "{n} key(s) from WEATHER_API_KEYS, scope {SCOPE}")?;
             "\"x-api-key: $YOUR_KEY\"".to_owned()
         }
@@ -476,6 +874,18 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
         "rate limit: {} per key, kept {backend}; tokens share their key's limit",
         services.rate_limit
     )?;
+    let store = match keys.backend {
+        StoreBackend::Memory => "in this process's memory",
+        StoreBackend::Postgres => "in PostgreSQL, shared by every instance using it",
+        StoreBackend::Redis => "in Redis, shared by every instance using it",
+    };
+    writeln!(out, "keys: {store}")?;
+    if services.admin_key.is_some() {
+        writeln!(
+            out,
+            "admin API: {base}/admin/keys (with ADMIN_API_KEY as Bearer or x-api-key)"
+        )?;
+    }
     writeln!(out)?;
     match &keys.demo_key {
         Some(key) => {
@@ -566,7 +976,7 @@ pub async fn shutdown_signal() {
 }
 
 #[tokio::main]
-async fn main() -> ExitCode {
+pub async fn main() -> ExitCode {
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

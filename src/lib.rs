@@ -60,6 +60,9 @@ macro_rules! define_rendering_setters {
     };
 }
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod auth;
 mod body;
 mod caller;

@@ -163,9 +163,18 @@ async fn revocation_stops_the_keys_of_a_rotation_too() {
     store.revoke("key_1").unwrap();
     fails(&app, &old).await;
     fails(&app, &new).await;
-    // Rotating a revoked record does not bring it back.
-    let newer = store.rotate("key_1", DAY).unwrap();
-    fails(&app, &newer).await;
+    // A revoked record cannot be rotated back to life, nor made active again.
+    assert!(matches!(
+        store.rotate("key_1", DAY),
+        Err(keygate::store::ManageError::Invalid(_))
+    ));
+    assert!(
+        store
+            .update("key_1", |r| r.status = KeyStatus::Active)
+            .is_err()
+    );
+    fails(&app, &old).await;
+    fails(&app, &new).await;
 }
 
 #[tokio::test]

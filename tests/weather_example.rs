@@ -109,6 +109,24 @@ impl Server {
         Reply::from(req.send().await.expect("the server answers")).await
     }
 
+    /// A request with a JSON body.
+    async fn send_json(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .request(method, self.url(path_and_query))
+            .json(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        Reply::from(req.send().await.expect("the server answers")).await
+    }
+
     async fn get(&self, path_and_query: &str, headers: &[(&str, &str)]) -> Reply {
         self.request(Method::GET, path_and_query, headers).await
     }
@@ -590,8 +608,9 @@ async fn current_weather_needs_the_scope_but_me_does_not() {
     let no_scope = ApiKey::new("a-key-without-weather-read");
     server
         .keys
-        .store
-        .insert(&no_scope, KeyRecord::new("no-scope", "test"))
+        .manager
+        .insert(no_scope.digest(), KeyRecord::new("no-scope", "test"))
+        .await
         .unwrap();
     let key = no_scope.expose_secret();
     let reply = server
@@ -626,7 +645,15 @@ async fn weather_api_keys_registers_legacy_keys_instead_of_a_demo_key() {
     )])
     .await;
     assert!(server.keys.demo_key.is_none());
-    assert_eq!(server.keys.store.len(), 3);
+    assert_eq!(server.keys.listed, 3);
+    let listed = server
+        .keys
+        .manager
+        .list("weather-user", keygate::store::Page::first(10))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed.records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["key-1", "key-2", "key-3"]);
     assert_eq!(
         server.banner.lines().next(),
         Some(format!("listening on http://{}", server.addr).as_str())
@@ -713,9 +740,10 @@ fn configuration() {
     // Keys the layer would always turn away are refused at start.
     let refused = |keys: &'static str| {
         let config = weather::Config::from_vars(vars("127.0.0.1:0", keys)).unwrap();
-        match weather::keys(&config) {
+        match weather::check_keys(&config) {
             Err(weather::ConfigError::Key { position, .. }) => position,
-            other => panic!("{keys:?} accepted: {other:?}"),
+            Err(other) => panic!("{keys:?}: {other:?}"),
+            Ok(()) => panic!("{keys:?} accepted"),
         }
     };
     assert_eq!(refused("ok-key,wk_live_not-a-real-key"), 2);
@@ -1260,4 +1288,309 @@ async fn a_redis_that_cannot_be_used_stops_the_start() {
             other => panic!("{url}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn key_store_and_admin_configuration() {
+    let none = weather::Config::from_vars(|_| None).unwrap();
+    assert_eq!(none.key_store, weather::KeyStoreConfig::Memory);
+    assert_eq!(none.key_store_prefix, "weather:keys:");
+    assert_eq!(none.key_cache_ttl, std::time::Duration::from_secs(30));
+    assert_eq!(none.key_cache_stale, std::time::Duration::from_secs(300));
+    assert!(none.admin_api_key.is_none());
+
+    let memory = config(&[("KEY_STORE", " memory ")]).unwrap();
+    assert_eq!(memory.key_store, weather::KeyStoreConfig::Memory);
+    let cache = config(&[
+        ("KEY_CACHE_TTL", "5"),
+        ("KEY_CACHE_STALE", "0"),
+        ("KEY_STORE_PREFIX", "w:"),
+    ])
+    .unwrap();
+    assert_eq!(cache.key_cache_ttl, std::time::Duration::from_secs(5));
+    assert_eq!(cache.key_cache_stale, std::time::Duration::ZERO);
+    assert_eq!(cache.key_store_prefix, "w:");
+
+    for bad in ["mysql://x", "file:keys.db", "postgres"] {
+        assert!(
+            matches!(
+                config(&[("KEY_STORE", bad)]),
+                Err(weather::ConfigError::KeyStore)
+            ),
+            "{bad}"
+        );
+    }
+    for (var, value) in [("KEY_CACHE_TTL", "30s"), ("KEY_CACHE_STALE", "-1")] {
+        match config(&[(var, value)]) {
+            Err(e @ weather::ConfigError::Seconds(..)) => {
+                assert!(e.to_string().starts_with(var), "{e}");
+            }
+            other => panic!("{var}={value}: {other:?}"),
+        }
+    }
+    // A store this build cannot reach is refused, never replaced by memory.
+    let postgres = config(&[("KEY_STORE", "postgres://u:hunter2@127.0.0.1:5432/db")]);
+    let redis = config(&[("KEY_STORE", "redis://:hunter2@127.0.0.1:6379/2")]);
+    if cfg!(feature = "postgres") {
+        let c = postgres.unwrap();
+        assert!(matches!(c.key_store, weather::KeyStoreConfig::Postgres(_)));
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+    } else {
+        let e = postgres.unwrap_err();
+        assert!(e.to_string().contains("--features postgres"), "{e}");
+    }
+    if cfg!(feature = "redis") {
+        let c = redis.unwrap();
+        assert!(matches!(c.key_store, weather::KeyStoreConfig::Redis(_)));
+        assert!(!format!("{c:?}").contains("hunter2"), "{c:?}");
+    } else {
+        let e = redis.unwrap_err();
+        assert!(e.to_string().contains("--features redis"), "{e}");
+    }
+
+    assert!(matches!(
+        config(&[("ADMIN_API_KEY", "short")]),
+        Err(weather::ConfigError::AdminKey)
+    ));
+    let admin = config(&[("ADMIN_API_KEY", "an-admin-key-of-some-length")]);
+    if cfg!(feature = "admin") {
+        let admin = admin.unwrap();
+        assert!(admin.admin_api_key.is_some());
+        assert!(!format!("{admin:?}").contains("an-admin-key"), "{admin:?}");
+    } else {
+        let e = admin.unwrap_err();
+        assert!(e.to_string().contains("--features admin"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn without_admin_api_key_there_is_no_admin_api() {
+    let server = Server::start(&[]).await;
+    let key = server.demo_key().to_owned();
+    for headers in [vec![], vec![("x-api-key", key.as_str())]] {
+        let reply = server.get("/admin/keys?owner=demo", &headers).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.body);
+    }
+    assert!(!server.banner.contains("/admin"), "{}", server.banner);
+    server.stop().await;
+}
+
+/// The admin key of the admin tests.
+#[cfg(feature = "admin")]
+const ADMIN_KEY: &str = "admin-key-for-the-tests-0001";
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_admin_api_manages_the_keys_the_api_accepts() {
+    let server = Server::start(&[
+        ("ADMIN_API_KEY", ADMIN_KEY),
+        ("JWT_SECRET", SECRET),
+        ("RATE_LIMIT", "2/min"),
+    ])
+    .await;
+    assert!(server.banner.contains("/admin/keys"), "{}", server.banner);
+    assert!(!server.banner.contains(ADMIN_KEY), "{}", server.banner);
+    let admin = [("x-api-key", ADMIN_KEY)];
+    let bearer = format!("Bearer {ADMIN_KEY}");
+
+    // Create: 201 with the plaintext once.
+    let created = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &admin,
+            &json!({"owner": "acme", "scopes": ["weather:read"], "id": "acme-1", "quota": "100/min"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(weather::KEY_PREFIX), "{key}");
+    let record = &created.json()["record"];
+    let mut fields: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "expires_at",
+            "id",
+            "metadata",
+            "owner",
+            "quota",
+            "scopes",
+            "status"
+        ]
+    );
+    assert_eq!(record["status"], "active");
+    assert_eq!(record["quota"], "100/min");
+    let duplicate = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &admin,
+            &json!({"owner": "acme", "scopes": [], "id": "acme-1"}),
+        )
+        .await;
+    duplicate.assert_problem(StatusCode::CONFLICT);
+
+    // The key works, with its own quota (not RATE_LIMIT's 2/min), and can mint a token.
+    let used = server
+        .get("/v1/current.json?q=Rome", &[("x-api-key", &key)])
+        .await;
+    used.assert_weather("Rome");
+    assert!(
+        used.header("ratelimit-policy")
+            .is_some_and(|p| p.contains("q=100")),
+        "{:?}",
+        used.headers
+    );
+    let token = server.token_for(&key).await;
+    server
+        .get_bearer("/v1/me", &token)
+        .await
+        .status
+        .is_success()
+        .then_some(())
+        .expect("the token works");
+
+    // Read and list, with either way of sending the admin key; never the plaintext.
+    let read = server
+        .get("/admin/keys/acme-1", &[("authorization", &bearer)])
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert!(!read.body.contains(&key), "{}", read.body);
+    let listed = server.get("/admin/keys?owner=acme", &admin).await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
+    assert_eq!(listed.json()["keys"][0]["id"], "acme-1");
+    server
+        .get("/admin/keys/nobody", &admin)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+
+    // Only the admin key opens the admin API: a weather key, its token, none, a wrong one.
+    let demo = server.demo_key().to_owned();
+    let token_bearer = format!("Bearer {token}");
+    for headers in [
+        vec![("x-api-key", demo.as_str())],
+        vec![("x-api-key", key.as_str())],
+        vec![("authorization", token_bearer.as_str())],
+        vec![],
+        vec![("x-api-key", "admin-key-for-the-tests-0002")],
+    ] {
+        let reply = server.get("/admin/keys?owner=acme", &headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert!(reply.header("ratelimit").is_none(), "{:?}", reply.headers);
+    }
+    // Not rate limited: RATE_LIMIT is 2/min.
+    for _ in 0..5 {
+        let reply = server.get("/admin/keys?owner=acme", &admin).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+
+    // Bad input is a 400 problem.
+    let bad = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &admin,
+            &json!({"owner": "acme", "scopes": [], "quota": "lots"}),
+        )
+        .await;
+    bad.assert_problem(StatusCode::BAD_REQUEST);
+
+    // Disable: the key and its token stop; enable: the key works again.
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            "/admin/keys/acme-1",
+            &admin,
+            &json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    server
+        .get("/v1/me", &[("x-api-key", &key)])
+        .await
+        .assert_invalid_token();
+    server
+        .get_bearer("/v1/me", &token)
+        .await
+        .assert_invalid_token();
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            "/admin/keys/acme-1",
+            &admin,
+            &json!({"status": "active"}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    server
+        .get("/v1/current.json?q=Rome", &[("x-api-key", &key)])
+        .await
+        .assert_weather("Rome");
+
+    // Rotate with no grace: the old key stops, the new one works.
+    let rotated = server
+        .send_json(
+            Method::POST,
+            "/admin/keys/acme-1/rotate",
+            &admin,
+            &json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.body);
+    let new_key = rotated.json()["key"].as_str().unwrap().to_owned();
+    server
+        .get("/v1/me", &[("x-api-key", &key)])
+        .await
+        .assert_invalid_token();
+    server
+        .get("/v1/current.json?q=Rome", &[("x-api-key", &new_key)])
+        .await
+        .assert_weather("Rome");
+
+    // Usage, flushed every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let usage = server.get("/admin/keys/acme-1/usage", &admin).await;
+        assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
+        let usage = usage.json();
+        if usage["allowed"].as_u64() >= Some(4) {
+            assert!(usage["last_used_at"].is_string(), "{usage}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{usage}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // Revoke: the key and every token minted for it stop.
+    let token = server.token_for(&new_key).await;
+    let revoked = server.post("/admin/keys/acme-1/revoke", &admin).await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.body);
+    assert_eq!(revoked.json()["status"], "revoked");
+    server
+        .get("/v1/me", &[("x-api-key", &new_key)])
+        .await
+        .assert_invalid_token();
+    server
+        .get_bearer("/v1/me", &token)
+        .await
+        .assert_invalid_token();
+
+    // Delete.
+    let deleted = server
+        .request(Method::DELETE, "/admin/keys/acme-1", &admin)
+        .await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT, "{}", deleted.body);
+    server
+        .get("/admin/keys/acme-1", &admin)
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    server.stop().await;
 }

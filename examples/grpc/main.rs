@@ -51,7 +51,7 @@ use keygate::QuotaError;
 use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
 use keygate::ratelimit::{MemoryLimiter, RateLimitLayer};
-use keygate::store::{MemoryStore, MemoryStoreError};
+use keygate::store::{ManageError, MemoryStore};
 use keygate::tonic::RequestExt;
 use keygate::{Principal, Quota, auth::AuthLayer, scope::RequireScopeLayer};
 use tokio::net::TcpListener;
@@ -260,7 +260,7 @@ impl App {
             let record =
                 KeyRecord::new(format!("key-{position}"), "weather-user").with_scopes([SCOPE]);
             store.insert(key, record).map_err(|e| match e {
-                MemoryStoreError::DuplicateKey => bad("is listed twice"),
+                ManageError::DuplicateKey => bad("is listed twice"),
                 _ => bad("could not be registered"),
             })?;
         }

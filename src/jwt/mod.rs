@@ -6,6 +6,8 @@ mod issuer;
 mod jwks;
 mod keys;
 mod revocation;
+#[cfg(feature = "redis")]
+mod shared;
 mod source;
 mod verifier;
 
@@ -15,7 +17,12 @@ pub use jsonwebtoken::Algorithm;
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
-pub use revocation::{MemoryRevocations, Revocations, TokenInfo};
+pub use revocation::{
+    MemoryRevocations, Revocations, RevokeFuture, RevokeMintedTokens, SubjectRevoker, TokenInfo,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use shared::{RedisRevocations, RedisRevocationsBuilder, RedisRevocationsError};
 pub use source::{KeySource, Refetch, StaticKeys};
 pub use verifier::{JwtVerifier, VerifyError};
 

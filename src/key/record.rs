@@ -120,6 +120,8 @@ pub struct KeyRecord {
     pub status: KeyStatus,
     /// Free-form data a service keeps with the key (plan, contact, labels).
     pub metadata: BTreeMap<String, String>,
+    /// When the record was created: set by the store that keeps it, when not given.
+    pub created_at: Option<SystemTime>,
 }
 
 impl KeyRecord {
@@ -133,6 +135,7 @@ impl KeyRecord {
             expires_at: None,
             status: KeyStatus::Active,
             metadata: BTreeMap::new(),
+            created_at: None,
         }
     }
 
@@ -161,6 +164,13 @@ impl KeyRecord {
     #[must_use]
     pub fn with_status(mut self, status: KeyStatus) -> Self {
         self.status = status;
+        self
+    }
+
+    /// Sets when the record was created (for records brought from another system).
+    #[must_use]
+    pub fn with_created_at(mut self, at: SystemTime) -> Self {
+        self.created_at = Some(at);
         self
     }
 

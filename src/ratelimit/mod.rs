@@ -10,6 +10,8 @@ mod memory;
 mod redis;
 mod service;
 mod usage;
+#[cfg(feature = "redis")]
+mod usage_redis;
 
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -20,7 +22,13 @@ pub use headers::HeaderStyle;
 pub use layer::{ANONYMOUS_KEY, RateLimitLayer};
 pub use memory::{MemoryLimiter, MemoryLimiterBuilder};
 pub use service::RateLimit;
-pub use usage::{Usage, UsageTracker};
+pub use usage::{
+    FlushLoop, FlushTask, MemoryUsage, PartialAdd, Usage, UsageEntry, UsageFuture, UsageStore,
+    UsageTotals, UsageTracker,
+};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use usage_redis::RedisUsage;
 
 use std::sync::Arc;
 

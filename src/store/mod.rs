@@ -1,8 +1,27 @@
 #![doc = include_str!("../../docs/keys-and-stores.md")]
 
+mod cached;
+mod invalidate;
+mod manager;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
-pub use memory::{MemoryStore, MemoryStoreError};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisStore;
+pub use cached::{CachedStore, CachedStoreBuilder, Invalidator};
+pub use invalidate::Invalidate;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::{POSTGRES_MIGRATION, PostgresStore};
+
+pub use manager::{
+    IssuedKey, KeyManager, KeyPage, KeyUpdate, ManageError, ManageFuture, Page, check_new_record,
+};
+pub use memory::MemoryStore;
 
 use std::sync::Arc;
 
@@ -20,7 +39,9 @@ pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// lookup needs (a pool handle, an `Arc`) into it, as a tower `Service` does.
 ///
 /// Return the record even when it is revoked, disabled or expired: keygate checks its status and
-/// expiry, and rejects it exactly like an unknown key.
+/// expiry, and rejects it exactly like an unknown key. For a key rotated out and still in its
+/// grace period, return the record with an `expires_at` no later than the end of the grace, so
+/// that a [`CachedStore`] in front stops serving the key on time; after the grace, `None`.
 pub trait KeyStore: Send + Sync + 'static {
     /// Looks up the record whose key has this digest.
     fn lookup(&self, digest: &KeyDigest) -> Lookup;

@@ -4,6 +4,9 @@
 // Each test crate uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod conformance;
+pub mod proxy;
+
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
