@@ -4,6 +4,7 @@
 //! ```text
 //! cargo bench -p keygate-benches --bench overhead
 //! cargo bench -p keygate-benches --bench ratelimit
+//! cargo bench -p keygate-benches --bench store
 //! ```
 //!
 //! Each bench's module docs say what its groups measure and against which baseline.

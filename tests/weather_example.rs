@@ -110,6 +110,7 @@ impl Server {
     }
 
     /// A request with a JSON body.
+    #[cfg(feature = "admin")]
     async fn send_json(
         &self,
         method: Method,

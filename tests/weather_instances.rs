@@ -1418,6 +1418,26 @@ async fn share_every_change(
             assert!(!log.contains(secret), "{what} in the log of {}", s.name);
         }
     }
+
+    // Last, so that everything above is checked whatever this says: a key's tokens share its
+    // limit and never raise its quota, so they are held to the key's own quota too. Once the
+    // bound has passed, the quota holds everywhere: of three token requests, the third is over.
+    let (capped, _) = a.create("capped", "acme").await;
+    let token = b.token_for(&capped).await;
+    let record = a.patch("capped", json!({"quota": "2/min"})).await;
+    let changed = Instant::now();
+    assert_eq!(record["quota"], "2/min", "{record}");
+    tokio::time::sleep_until((changed + PROPAGATION).into()).await;
+    let mut replies = Vec::new();
+    for s in [&b, &a, &b] {
+        let reply = s.weather_bearer(&token).await;
+        replies.push(format!("{}: {reply}", s.name));
+    }
+    let limited_at_2 = |line: &String| line.contains("q=2;w=60");
+    assert!(
+        replies.iter().all(limited_at_2) && replies[2].contains("429 Too Many Requests"),
+        "the token of a key with a quota of 2/min, three requests: {replies:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
