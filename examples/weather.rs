@@ -62,7 +62,9 @@
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
 //!   subject (in the `JWT_SUBJECT_CLAIM` claim) is the key's record id and whose `scope` is the
-//!   key's scopes, with `kid` (`JWT_KID`) in its header. The token works on every route in place
+//!   key's scopes, with `kid` (`JWT_KID`) in its header, and the key's own quota (set through
+//!   the admin API) in its `quota` claim. Revoking, disabling or deleting the key, or changing
+//!   its scopes or quota, revokes the tokens minted for it before (mint a new one). The token works on every route in place
 //!   of the key. Only an API key can ask: a JWT caller gets 403 (a token that mints tokens would
 //!   never have to expire).
 //! - `GET /healthz`: 200, no credential, no rate limit.
@@ -139,6 +141,8 @@ pub const KEY_PREFIX: &str = "wk_live_";
 pub const SCOPE: &str = "weather:read";
 /// The realm named in `WWW-Authenticate`.
 pub const REALM: &str = "weather";
+/// The claim of minted tokens that carries their key's own quota.
+pub const QUOTA_CLAIM: &str = "quota";
 /// The realm of the admin API.
 pub const ADMIN_REALM: &str = "weather-admin";
 /// The longest key accepted.
@@ -374,7 +378,7 @@ impl Config {
             .map(|c| c.trim().to_owned())
             .filter(|c| c != "sub");
         if let Some(claim) = &jwt_subject_claim
-            && TokenIssuer::is_reserved(claim)
+            && (TokenIssuer::is_reserved(claim) || claim == QUOTA_CLAIM)
         {
             return Err(ConfigError::SubjectClaim(claim.clone()));
         }
@@ -480,63 +484,67 @@ pub fn check_keys(config: &Config) -> Result<(), ConfigError> {
 pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
     check_keys(config)?;
     let format = key_format();
-    let (store, manager, backend): (Arc<dyn KeyStore>, Arc<dyn KeyManager>, _) =
-        match &config.key_store {
-            KeyStoreConfig::Memory => {
-                let store = MemoryStore::with_format(format);
-                (
-                    Arc::new(store.clone()),
-                    Arc::new(store),
-                    StoreBackend::Memory,
-                )
-            }
-            #[cfg(feature = "postgres")]
-            KeyStoreConfig::Postgres(url) => {
-                let pool = sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(1))
-                    .connect(url)
-                    .await
-                    .map_err(unavailable)?;
-                let postgres = keygate::store::PostgresStore::new(pool).key_format(format);
-                postgres.migrate().await.map_err(unavailable)?;
-                let cached = cache(config, postgres.clone());
-                postgres
-                    .watch(cached.invalidator())
-                    .await
-                    .map_err(unavailable)?;
-                (
-                    Arc::new(cached.clone()),
-                    Arc::new(cached),
-                    StoreBackend::Postgres,
-                )
-            }
-            #[cfg(feature = "redis")]
-            KeyStoreConfig::Redis(url) => {
-                let redis = keygate::store::RedisStore::connect(url)
-                    .await
-                    .map_err(unavailable)?
-                    .prefix(config.key_store_prefix.clone())
-                    .key_format(format);
-                let cached = cache(config, redis.clone());
-                redis
-                    .watch(cached.invalidator())
-                    .await
-                    .map_err(unavailable)?;
-                (
-                    Arc::new(cached.clone()),
-                    Arc::new(cached),
-                    StoreBackend::Redis,
-                )
-            }
-            // `Config::from_vars` refuses a store this build cannot talk to.
-            #[cfg(not(feature = "postgres"))]
-            KeyStoreConfig::Postgres(_) => {
-                return Err(ConfigError::KeyStoreFeature("PostgreSQL", "postgres"));
-            }
-            #[cfg(not(feature = "redis"))]
-            KeyStoreConfig::Redis(_) => return Err(ConfigError::KeyStoreFeature("Redis", "redis")),
-        };
+    // `direct` is the store without the cache, for the start-up checks below: the cache may
+    // remember a digest as unknown that another instance starting now has just added.
+    let (store, direct, manager, backend): OpenedStore = match &config.key_store {
+        KeyStoreConfig::Memory => {
+            let store = MemoryStore::with_format(format);
+            (
+                Arc::new(store.clone()),
+                Arc::new(store.clone()),
+                Arc::new(store),
+                StoreBackend::Memory,
+            )
+        }
+        #[cfg(feature = "postgres")]
+        KeyStoreConfig::Postgres(url) => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(1))
+                .connect(url)
+                .await
+                .map_err(unavailable)?;
+            let postgres = keygate::store::PostgresStore::new(pool).key_format(format);
+            postgres.migrate().await.map_err(unavailable)?;
+            let cached = cache(config, postgres.clone());
+            postgres
+                .watch(cached.invalidator())
+                .await
+                .map_err(unavailable)?;
+            (
+                Arc::new(cached.clone()),
+                Arc::new(postgres),
+                Arc::new(cached),
+                StoreBackend::Postgres,
+            )
+        }
+        #[cfg(feature = "redis")]
+        KeyStoreConfig::Redis(url) => {
+            let redis = keygate::store::RedisStore::connect(url)
+                .await
+                .map_err(unavailable)?
+                .prefix(config.key_store_prefix.clone())
+                .key_format(format);
+            let cached = cache(config, redis.clone());
+            redis
+                .watch(cached.invalidator())
+                .await
+                .map_err(unavailable)?;
+            (
+                Arc::new(cached.clone()),
+                Arc::new(redis),
+                Arc::new(cached),
+                StoreBackend::Redis,
+            )
+        }
+        // `Config::from_vars` refuses a store this build cannot talk to.
+        #[cfg(not(feature = "postgres"))]
+        KeyStoreConfig::Postgres(_) => {
+            return Err(ConfigError::KeyStoreFeature("PostgreSQL", "postgres"));
+        }
+        #[cfg(not(feature = "redis"))]
+        KeyStoreConfig::Redis(_) => return Err(ConfigError::KeyStoreFeature("Redis", "redis")),
+    };
 
     if config.api_keys.is_empty() {
         let id = match backend {
@@ -568,7 +576,7 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
                 .map(|found| found.is_some())
                 .map_err(unavailable)
         };
-        if known(store.clone()).await? {
+        if known(direct.clone()).await? {
             continue;
         }
         let record = KeyRecord::new(format!("key-{position}"), "weather-user").with_scopes([SCOPE]);
@@ -576,7 +584,7 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
             Ok(_) => {}
             // Another instance starting at the same time added it first.
             Err(ManageError::DuplicateId | ManageError::DuplicateKey)
-                if known(store.clone()).await? => {}
+                if known(direct.clone()).await? => {}
             Err(ManageError::DuplicateId) => {
                 return Err(ConfigError::Key {
                     position,
@@ -595,6 +603,15 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
     })
 }
 
+/// An opened store: what the layer asks (through the cache), the store itself, the management
+/// side (through the cache), and which store it is.
+type OpenedStore = (
+    Arc<dyn KeyStore>,
+    Arc<dyn KeyStore>,
+    Arc<dyn KeyManager>,
+    StoreBackend,
+);
+
 /// The cache in front of a persistent store, as `KEY_CACHE_TTL` and `KEY_CACHE_STALE` say.
 #[cfg(any(feature = "postgres", feature = "redis"))]
 fn cache<S: KeyStore>(config: &Config, store: S) -> keygate::store::CachedStore<S> {
@@ -604,9 +621,16 @@ fn cache<S: KeyStore>(config: &Config, store: S) -> keygate::store::CachedStore<
         .build()
 }
 
-/// A store error at start, as the operator sees it.
-fn unavailable(e: impl std::fmt::Display) -> ConfigError {
-    ConfigError::KeyStoreUnavailable(e.to_string())
+/// A store error at start, as the operator sees it: the error and its causes.
+fn unavailable(e: impl std::error::Error) -> ConfigError {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    ConfigError::KeyStoreUnavailable(message)
 }
 
 /// Eight random base62 characters.
@@ -690,10 +714,14 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         getrandom::fill(&mut secret).expect("the operating system's random generator");
         secret
     });
-    let mut verifier = JwtVerifier::with_keys([JwtKey::hmac(&secret).kid(config.jwt_kid.as_str())]);
+    // Minted tokens carry their key's own quota, so that a key and its tokens are limited
+    // alike; a change of a key's scopes or quota revokes its older tokens (see `shared_state`).
+    let mut verifier = JwtVerifier::with_keys([JwtKey::hmac(&secret).kid(config.jwt_kid.as_str())])
+        .quota_claim(QUOTA_CLAIM);
     let mut issuer = TokenIssuer::hmac(&secret)
         .kid(config.jwt_kid.clone())
-        .ttl(TOKEN_TTL);
+        .ttl(TOKEN_TTL)
+        .quota_claim(QUOTA_CLAIM);
     if let Some(claim) = &config.jwt_subject_claim {
         verifier = verifier.subject_claim(claim);
         issuer = issuer.subject_claim(claim);

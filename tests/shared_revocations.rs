@@ -146,12 +146,41 @@ async fn a_revoking_update_revokes_the_tokens_too() {
             status_with_token(&app, &token).await,
             StatusCode::UNAUTHORIZED
         );
-        // An update that changes something else revokes nothing.
+        // New scopes (or a new quota) revoke the tokens minted before, which carry the old
+        // ones; a token minted after the call returned works.
         let (_, token_2) = key_and_token(&*keys, "key_2").await;
-        keys.update("key_2", KeyUpdate::new().scopes(["weather:write"]))
+        keys.update("key_2", KeyUpdate::new().scopes(["weather:read", "x"]))
             .await
             .unwrap();
+        assert_eq!(
+            status_with_token(&app, &token_2).await,
+            StatusCode::UNAUTHORIZED
+        );
+        let token_2 = issuer()
+            .issue("key_2", ["weather:read"])
+            .unwrap()
+            .access_token;
         assert_eq!(status_with_token(&app, &token_2).await, StatusCode::OK);
+        let (_, token_3) = key_and_token(&*keys, "key_3").await;
+        keys.update(
+            "key_3",
+            KeyUpdate::new().quota(Some(keygate::Quota::per_minute(5))),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            status_with_token(&app, &token_3).await,
+            StatusCode::UNAUTHORIZED
+        );
+        // An update of something else revokes nothing.
+        let (_, token_4) = key_and_token(&*keys, "key_4").await;
+        let metadata = [("plan".to_owned(), "pro".to_owned())]
+            .into_iter()
+            .collect();
+        keys.update("key_4", KeyUpdate::new().metadata(metadata))
+            .await
+            .unwrap();
+        assert_eq!(status_with_token(&app, &token_4).await, StatusCode::OK);
     })
     .await;
 }

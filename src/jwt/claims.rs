@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub(crate) struct ClaimNames {
     pub(crate) subject: Box<str>,
     pub(crate) tier: Option<Box<str>>,
+    pub(crate) quota: Option<Box<str>>,
 }
 
 /// What keygate reads from a payload.
@@ -27,6 +28,7 @@ pub(crate) struct Registered {
     pub(crate) sub: Option<String>,
     pub(crate) scopes: Vec<String>,
     pub(crate) tier: Option<String>,
+    pub(crate) quota: Option<String>,
 }
 
 impl Registered {
@@ -83,6 +85,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 r.sub = Some(map.next_value::<Subject>()?.0);
             } else if self.0.tier.as_deref() == Some(k) {
                 r.tier = Some(map.next_value::<Subject>()?.0);
+            } else if self.0.quota.as_deref() == Some(k) {
+                r.quota = Some(map.next_value()?);
             } else {
                 match k {
                     "exp" => r.exp = Some(map.next_value::<NumericDate>()?.0),
@@ -125,6 +129,8 @@ impl<'de> Seen<'de> {
             Some(0)
         } else if names.tier.as_deref() == Some(&**key) {
             Some(1)
+        } else if names.quota.as_deref() == Some(&**key) {
+            Some(KNOWN.len() + 2)
         } else {
             KNOWN.iter().position(|k| *k == &**key).map(|i| i + 2)
         };
@@ -292,6 +298,7 @@ mod tests {
         ClaimNames {
             subject: "sub".into(),
             tier: Some("tier".into()),
+            quota: None,
         }
     }
 
@@ -316,6 +323,7 @@ mod tests {
         let n = ClaimNames {
             subject: "userId".into(),
             tier: None,
+            quota: None,
         };
         let r = Registered::parse(br#"{"userId":12345}"#, &n).unwrap();
         assert_eq!(r.sub.as_deref(), Some("12345"));

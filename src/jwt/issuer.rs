@@ -86,6 +86,7 @@ pub struct TokenIssuer {
     aud: Option<String>,
     subject_claim: Option<String>,
     tier_claim: Option<String>,
+    quota_claim: Option<String>,
     ttl: Duration,
     clock: SharedClock,
 }
@@ -124,6 +125,7 @@ impl TokenIssuer {
             aud: None,
             subject_claim: None,
             tier_claim: None,
+            quota_claim: None,
             ttl: Duration::from_secs(3600),
             clock: clock::system(),
         }
@@ -178,6 +180,29 @@ impl TokenIssuer {
         self
     }
 
+    /// The claim that carries the caller's own quota, as text such as `100/min`
+    /// ([`JwtVerifier::quota_claim`](super::JwtVerifier::quota_claim)), written by
+    /// [`issue_for`](Self::issue_for) from the principal's quota (a key's own quota): a token
+    /// minted for a key is then limited as the key is. Extra claims may not name it.
+    ///
+    /// ```
+    /// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+    /// use keygate::{Principal, PrincipalKind, Quota};
+    ///
+    /// let secret = b"a secret of at least 32 bytes, please!";
+    /// let issuer = TokenIssuer::hmac(secret).quota_claim("quota");
+    /// let key = Principal::new("key_1", PrincipalKind::ApiKey).with_quota(Quota::per_minute(2));
+    /// let token = issuer.issue_for(&key)?;
+    /// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)]).quota_claim("quota");
+    /// let p = verifier.verify(&token.access_token)?;
+    /// assert_eq!(p.quota(), Some(Quota::per_minute(2)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn quota_claim(mut self, claim: impl Into<String>) -> Self {
+        self.quota_claim = Some(claim.into());
+        self
+    }
+
     /// How long tokens live (default one hour; whole seconds). A `exp` that would pass the
     /// largest time a token can state is capped there, never wrapped.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -223,6 +248,9 @@ impl TokenIssuer {
         if let (Some(claim), Some(tier)) = (&self.tier_claim, principal.tier()) {
             claims.insert(claim.clone(), tier.into());
         }
+        if let (Some(claim), Some(quota)) = (&self.quota_claim, principal.quota()) {
+            claims.insert(claim.clone(), quota.to_string().into());
+        }
         self.sign(principal.id(), principal.scopes().iter(), claims)
     }
 
@@ -254,7 +282,8 @@ impl TokenIssuer {
             .iter()
             .copied()
             .chain(self.subject_claim.as_deref())
-            .chain(self.tier_claim.as_deref());
+            .chain(self.tier_claim.as_deref())
+            .chain(self.quota_claim.as_deref());
         for claim in reserved {
             if extra.contains_key(claim) {
                 return Err(IssueError::ReservedClaim(claim.to_owned()));
@@ -269,12 +298,18 @@ impl TokenIssuer {
         scopes: impl IntoIterator<Item = S>,
         mut claims: serde_json::Map<String, serde_json::Value>,
     ) -> Result<IssuedToken, IssueError> {
-        // The subject and tier claims are the issuer's own: neither may be a registered claim,
-        // nor the two the same one (the token would name a member twice, and be refused).
-        let own = [self.subject_claim.as_deref(), self.tier_claim.as_deref()];
-        for claim in own.into_iter().flatten() {
-            if Self::is_reserved(claim) || own[0] == own[1] {
-                return Err(IssueError::ReservedClaim(claim.to_owned()));
+        // The subject, tier and quota claims are the issuer's own: none may be a registered
+        // claim, nor two of them the same one (the token would name a member twice, and be
+        // refused).
+        let own = [
+            self.subject_claim.as_deref(),
+            self.tier_claim.as_deref(),
+            self.quota_claim.as_deref(),
+        ];
+        for (i, claim) in own.iter().enumerate() {
+            let Some(claim) = claim else { continue };
+            if Self::is_reserved(claim) || own[i + 1..].contains(&Some(claim)) {
+                return Err(IssueError::ReservedClaim((*claim).to_owned()));
             }
         }
         if let Some(claim) = &self.subject_claim {

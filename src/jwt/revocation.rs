@@ -212,7 +212,11 @@ impl SubjectRevoker for MemoryRevocations {
 ///
 /// **What revokes the tokens**:
 /// [`revoke`](KeyManager::revoke), an [`update`](KeyManager::update) whose status is
-/// [`Revoked`](KeyStatus::Revoked) or [`Disabled`](KeyStatus::Disabled), and
+/// [`Revoked`](KeyStatus::Revoked) or [`Disabled`](KeyStatus::Disabled), an update of the
+/// scopes or the quota (a token carries its key's scopes, and with
+/// [`TokenIssuer::quota_claim`](super::TokenIssuer::quota_claim) its quota, as they were when it
+/// was minted: narrowed scopes and a lower quota must hold for the key's tokens too, so the old
+/// ones are revoked and clients mint new ones, which carry the new scopes and quota), and
 /// [`delete`](KeyManager::delete). **What does not**: [`rotate`](KeyManager::rotate) (the record
 /// and its id stay, and so do the tokens minted for it, as its old key does during the grace),
 /// a new expiry (tokens end at their own `exp`: keep them short-lived), and
@@ -223,7 +227,7 @@ impl SubjectRevoker for MemoryRevocations {
 /// issued before `now + 1`, `now` being the wall clock in whole seconds: since `iat` counts whole
 /// seconds, a token minted in the very second of the revocation (just before it) is refused too.
 /// An update that makes a disabled record active again first waits for the wall clock's next
-/// whole second (at most one second; it needs a Tokio runtime with its timer), so every token
+/// whole second (and an update of scopes or quota waits for it after revoking) (at most one second; it needs a Tokio runtime with its timer), so every token
 /// minted once the key works again has an `iat` at or past the cut-off and is accepted, while
 /// those minted before the key was disabled stay refused: clients mint new ones. The cut-off is
 /// read from this process's clock and `iat` from the minting process's, so keep the clocks of a
@@ -351,28 +355,31 @@ impl<M: KeyManager, R: SubjectRevoker> KeyManager for RevokeMintedTokens<M, R> {
     /// The store's update; one that revokes or disables the record then revokes its tokens, and
     /// one that makes a disabled record active first waits for the next whole second.
     fn update(&self, id: &str, update: KeyUpdate) -> ManageFuture<'_, KeyRecord> {
-        match update.status {
-            Some(KeyStatus::Revoked | KeyStatus::Disabled) => {
-                let changed = self.keys.update(id, update);
-                let id = id.to_owned();
-                Box::pin(async move {
-                    let record = changed.await?;
-                    self.revoke_tokens(&id).await?;
-                    Ok(record)
-                })
+        let id = id.to_owned();
+        Box::pin(async move {
+            let stops = matches!(
+                update.status,
+                Some(KeyStatus::Revoked | KeyStatus::Disabled)
+            );
+            // A token carries its key's scopes and quota as they were when it was minted: new
+            // ones apply to tokens minted from now on, and the older tokens are revoked.
+            let reshapes = update.scopes.is_some() || update.quota.is_some();
+            if update.status == Some(KeyStatus::Active) {
+                let current = self.keys.get(&id).await?;
+                if current.is_some_and(|r| r.status == KeyStatus::Disabled) {
+                    next_second().await;
+                }
             }
-            Some(KeyStatus::Active) => {
-                let id = id.to_owned();
-                Box::pin(async move {
-                    let current = self.keys.get(&id).await?;
-                    if current.is_some_and(|r| r.status == KeyStatus::Disabled) {
-                        next_second().await;
-                    }
-                    self.keys.update(&id, update).await
-                })
+            let record = self.keys.update(&id, update).await?;
+            if stops || reshapes {
+                self.revoke_tokens(&id).await?;
+                if !stops {
+                    // Tokens minted after this call returns are issued after the cut-off.
+                    next_second().await;
+                }
             }
-            _ => self.keys.update(id, update),
-        }
+            Ok(record)
+        })
     }
 
     /// The store's revocation, then the revocation of the record's tokens.

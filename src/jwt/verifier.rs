@@ -254,6 +254,7 @@ impl JwtVerifier {
                 names: ClaimNames {
                     subject: "sub".into(),
                     tier: None,
+                    quota: None,
                 },
                 claims: None,
                 revocations: None,
@@ -329,6 +330,16 @@ impl JwtVerifier {
     /// The claim naming the caller's rate-limit tier.
     pub fn tier_claim(mut self, claim: &str) -> Self {
         self.rules().names.tier = Some(claim.into());
+        self
+    }
+
+    /// The claim carrying the caller's own quota as text, such as `100/min` (what
+    /// [`TokenIssuer::quota_claim`](super::TokenIssuer::quota_claim) writes): the rate-limit
+    /// layer limits the caller by it, as it limits a key by the key's own quota. Set it only for
+    /// tokens of issuers you trust with quotas (your own): a token whose claim is not a quota is
+    /// rejected.
+    pub fn quota_claim(mut self, claim: &str) -> Self {
+        self.rules().names.quota = Some(claim.into());
         self
     }
 
@@ -529,6 +540,10 @@ impl JwtVerifier {
         }
         if let Some(tier) = r.tier {
             principal = principal.with_tier(tier);
+        }
+        if let Some(quota) = r.quota {
+            let quota = quota.parse().map_err(|_| refuse(VerifyError::ClaimsType))?;
+            principal = principal.with_quota(quota);
         }
         Ok(Verified {
             principal,
