@@ -21,7 +21,7 @@
 //! | `WEATHER_API_KEYS` | unset: issue one demo key | comma-separated keys to accept, in any format |
 //! | `RATE_LIMIT` | `10/s` | each caller's quota, such as `5/s`, `100/min` or `100/min;burst=20` |
 //! | `REDIS_URL` | unset: limits in memory | a Redis shared by every instance, for one limit across them (needs `--features redis`) |
-//! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter, the shared JWT revocations (`{REDIS_PREFIX}revoked:`) and the usage counts (`{REDIS_PREFIX}usage:`) use |
+//! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter, and, next to it, the shared JWT revocations (`weather:rl-revoked:`) and the usage counts (`weather:rl-usage:`) use |
 //! | `KEY_STORE` | unset or `memory`: keys in this process | `postgres://...` (needs `--features postgres`) or `redis://.../N` (needs `--features redis`): keys shared by every instance using it |
 //! | `KEY_STORE_PREFIX` | `weather:keys:` | the prefix of the key store's Redis keys |
 //! | `KEY_CACHE_TTL` | `30` | seconds a key looked up in a persistent store is served from this process's cache |
@@ -47,8 +47,10 @@
 //! `KEY_CACHE_STALE` seconds), answers 503 for others after at most the store's 1 s timeout,
 //! and recovers by itself when the store is back. Keys of `WEATHER_API_KEYS` are added to the
 //! store at start unless a record with their digest is there already (ids `key-1`, `key-2`, … by
-//! position); the demo key is issued only when `WEATHER_API_KEYS` is unset (then as `demo` in
-//! memory, or `demo-XXXXXXXX`, one per start, in a shared store). A change through `/admin` on
+//! position); a listed key revoked or rotated out through the admin API stays so across
+//! restarts, while a deleted one is added again (revoke listed keys rather than delete them).
+//! The demo key is issued only when `WEATHER_API_KEYS` is unset: as `demo` in memory, or in a
+//! shared store as `demo-XXXXXXXX`, one per start, expiring after a day. A change through `/admin` on
 //! one instance holds on every instance sharing the store within 2 s: each instance listens
 //! for the store's change notifications (PostgreSQL `LISTEN/NOTIFY`, Redis pub/sub) and drops
 //! what they name from its cache. With `REDIS_URL` set, a revoked or disabled key's minted tokens
@@ -129,6 +131,8 @@ pub const DEFAULT_KEY_CACHE_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEY_CACHE_STALE: Duration = Duration::from_secs(300);
 /// How often this instance adds its usage counts to the shared ones.
 pub const USAGE_FLUSH: Duration = Duration::from_secs(1);
+/// How long a demo key issued in a shared store works.
+pub const DEMO_KEY_TTL: Duration = Duration::from_secs(86_400);
 /// The shortest `ADMIN_API_KEY` accepted.
 pub const MIN_ADMIN_KEY_LEN: usize = 16;
 /// The `kid` of minted tokens when `JWT_KID` is not set.
@@ -276,8 +280,11 @@ pub enum ConfigError {
     /// `KEY_CACHE_TTL` or `KEY_CACHE_STALE` is not a number of seconds.
     #[error("{0}={1:?} is not a number of seconds")]
     Seconds(&'static str, String),
-    /// `ADMIN_API_KEY` is too short to be a secret.
-    #[error("ADMIN_API_KEY is shorter than {MIN_ADMIN_KEY_LEN} characters")]
+    /// `ADMIN_API_KEY` is too short to be a secret, too long to be sent, or not text.
+    #[error(
+        "ADMIN_API_KEY must be {MIN_ADMIN_KEY_LEN} to {MAX_KEY_LEN} bytes without control \
+         characters"
+    )]
     AdminKey,
     /// `ADMIN_API_KEY` is set, but this build has no admin API.
     #[cfg(not(feature = "admin"))]
@@ -360,7 +367,11 @@ impl Config {
         let key_cache_stale = seconds("KEY_CACHE_STALE", DEFAULT_KEY_CACHE_STALE)?;
         let admin_api_key = match set("ADMIN_API_KEY") {
             None => None,
-            Some(key) if key.trim().len() < MIN_ADMIN_KEY_LEN => {
+            Some(key)
+                if key.trim().len() < MIN_ADMIN_KEY_LEN
+                    || key.trim().len() > MAX_KEY_LEN
+                    || key.trim().chars().any(char::is_control) =>
+            {
                 return Err(ConfigError::AdminKey);
             }
             Some(key) => Some(ApiKey::new(key.trim())),
@@ -547,13 +558,15 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
     };
 
     if config.api_keys.is_empty() {
-        let id = match backend {
-            StoreBackend::Memory => "demo".to_owned(),
-            // One demo key per start: instances sharing a store each print their own.
-            _ => format!("demo-{}", random_suffix()),
+        let record = match backend {
+            StoreBackend::Memory => KeyRecord::new("demo", "demo"),
+            // One demo key per start: instances sharing a store each print their own, and the
+            // store does not collect them for ever.
+            _ => KeyRecord::new(format!("demo-{}", random_suffix()), "demo")
+                .with_expiry(std::time::SystemTime::now() + DEMO_KEY_TTL),
         };
         let issued = manager
-            .issue(KeyRecord::new(id, "demo").with_scopes([SCOPE]))
+            .issue(record.with_scopes([SCOPE]))
             .await
             .map_err(unavailable)?;
         return Ok(Keys {
@@ -582,14 +595,19 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
         let record = KeyRecord::new(format!("key-{position}"), "weather-user").with_scopes([SCOPE]);
         match manager.insert(digest, record).await {
             Ok(_) => {}
-            // Another instance starting at the same time added it first.
-            Err(ManageError::DuplicateId | ManageError::DuplicateKey)
-                if known(direct.clone()).await? => {}
+            // The digest is registered: added by another instance starting at the same time,
+            // or a key rotated out (its grace over), which must stay out.
+            Err(ManageError::DuplicateKey) => {}
+            // Another instance added it first, or `key-N` has another key now (the listed key
+            // was rotated, and its old digest purged since): the record in the store wins.
             Err(ManageError::DuplicateId) => {
-                return Err(ConfigError::Key {
-                    position,
-                    why: "would get an id that another key in KEY_STORE has",
-                });
+                if !known(direct.clone()).await? {
+                    tracing::warn!(
+                        position,
+                        "WEATHER_API_KEYS: key #{position} is not added: the store's record \
+                         key-{position} has another key (rotated through the admin API?)"
+                    );
+                }
             }
             Err(e) => return Err(unavailable(e)),
         }
@@ -783,14 +801,14 @@ async fn shared_state(
         Some(url) => {
             let redis = |e: &dyn std::fmt::Display| ConfigError::Redis(e.to_string());
             let revocations = keygate::jwt::RedisRevocations::builder(url.as_str())
-                .prefix(format!("{}revoked:", config.redis_prefix))
+                .prefix(beside(&config.redis_prefix, "revoked"))
                 .connect()
                 .await
                 .map_err(|e| redis(&e))?;
             let usage = keygate::ratelimit::RedisUsage::connect(url)
                 .await
                 .map_err(|e| redis(&e))?
-                .prefix(format!("{}usage:", config.redis_prefix));
+                .prefix(beside(&config.redis_prefix, "usage"));
             Ok((
                 verifier.revocations(revocations.clone()),
                 Arc::new(RevokeMintedTokens::new(keys.manager.clone(), revocations)),
@@ -808,6 +826,14 @@ async fn shared_state(
             ))
         }
     }
+}
+
+/// A Redis namespace next to the limiter's, never inside it: the limiter's keys are its prefix
+/// and a caller id (any text), so `weather:rl:` + `revoked:…` could be a caller's key, and
+/// `weather:rl-revoked:…` cannot.
+#[cfg(feature = "redis")]
+fn beside(prefix: &str, name: &str) -> String {
+    format!("{}-{name}:", prefix.trim_end_matches(':'))
 }
 
 /// The routes: the API behind keygate's authentication and rate limit, `/healthz` open, and

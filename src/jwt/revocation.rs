@@ -217,8 +217,10 @@ impl SubjectRevoker for MemoryRevocations {
 /// [`TokenIssuer::quota_claim`](super::TokenIssuer::quota_claim) its quota, as they were when it
 /// was minted: narrowed scopes and a lower quota must hold for the key's tokens too, so the old
 /// ones are revoked and clients mint new ones, which carry the new scopes and quota), and
-/// [`delete`](KeyManager::delete). **What does not**: [`rotate`](KeyManager::rotate) (the record
-/// and its id stay, and so do the tokens minted for it, as its old key does during the grace),
+/// [`delete`](KeyManager::delete), and a [`rotate`](KeyManager::rotate) with no grace (the
+/// emergency rotation of a key that leaked: its tokens may have been minted by whoever has it).
+/// **What does not**: a rotation with a grace (the record and its id stay, and so do the
+/// tokens minted for it, as its old key does during the grace),
 /// a new expiry (tokens end at their own `exp`: keep them short-lived), and
 /// [`purge`](KeyManager::purge) (it removes records that no longer work, whose tokens were cut
 /// off when they stopped).
@@ -393,8 +395,21 @@ impl<M: KeyManager, R: SubjectRevoker> KeyManager for RevokeMintedTokens<M, R> {
         })
     }
 
+    /// The store's rotation; with no grace (a key that leaked), the record's tokens are revoked
+    /// too, since they may have been minted with the leaked key.
     fn rotate(&self, id: &str, grace: Duration) -> ManageFuture<'_, IssuedKey> {
-        self.keys.rotate(id, grace)
+        if !grace.is_zero() {
+            return self.keys.rotate(id, grace);
+        }
+        let rotated = self.keys.rotate(id, grace);
+        let id = id.to_owned();
+        Box::pin(async move {
+            let issued = rotated.await?;
+            self.revoke_tokens(&id).await?;
+            // Tokens minted with the new key from now on are issued after the cut-off.
+            next_second().await;
+            Ok(issued)
+        })
     }
 
     /// The store's delete, then the revocation of the record's tokens, also when the record was

@@ -846,7 +846,8 @@ impl<S: KeyStore + KeyManager> KeyManager for CachedStore<S> {
         let call = self.inner.store.insert(digest, record);
         Box::pin(async move {
             let result = call.await;
-            if may_have_changed(&result) {
+            // A duplicate key proves the digest is registered: a cached "unknown" is wrong too.
+            if may_have_changed(&result) || matches!(result, Err(ManageError::DuplicateKey)) {
                 self.invalidate_digest(&digest);
             }
             result
