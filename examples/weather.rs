@@ -707,6 +707,8 @@ pub struct Services {
     pub usage_store: Arc<dyn UsageStore>,
     /// The key of the admin API.
     pub admin_key: Option<ApiKey>,
+    /// Stops the usage flush and flushes one last time, on shutdown.
+    pub usage_flush: Arc<std::sync::Mutex<Option<keygate::ratelimit::FlushTask>>>,
 }
 
 impl std::fmt::Debug for Services {
@@ -770,8 +772,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
 
     let (verifier, manager, usage_store) = shared_state(config, &keys, verifier).await?;
     let usage = UsageTracker::new(100_000);
-    // The loop flushes once more and ends after every handle of the tracker is gone.
-    let (_flush, flushing) = usage.flush_every(usage_store.clone(), USAGE_FLUSH);
+    let (flush, flushing) = usage.flush_every(usage_store.clone(), USAGE_FLUSH);
     tokio::spawn(flushing);
 
     Ok(Services {
@@ -785,6 +786,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         usage,
         usage_store,
         admin_key: config.admin_api_key.clone(),
+        usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
 }
 
@@ -1055,6 +1057,13 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     banner(&mut io::stdout().lock(), listener.local_addr()?, &services)?;
     serve(listener, app(&services), shutdown_signal()).await?;
+    // The counts of the last second go to the usage store too.
+    let flush = services.usage_flush.lock().ok().and_then(|mut f| f.take());
+    if let Some(flush) = flush
+        && let Err(e) = flush.shutdown().await
+    {
+        tracing::warn!(error = %e, "the last usage counts were not flushed");
+    }
     eprintln!("shut down");
     Ok(())
 }
