@@ -34,7 +34,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 
 /// No test runs longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(20);
+const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// How long a notification may take from one instance to another.
 const DELIVERY: Duration = Duration::from_secs(2);
 /// What a loaded 2-core machine may add to a timed answer.
@@ -152,7 +152,8 @@ impl Drop for Schema {
 async fn pool(options: PgConnectOptions) -> PgPool {
     PgPoolOptions::new()
         .max_connections(10)
-        .acquire_timeout(Duration::from_secs(5))
+        // Generous: on a loaded machine, a new connection can take seconds.
+        .acquire_timeout(Duration::from_secs(30))
         .connect_with(options)
         .await
         .expect("connect to KEYGATE_TEST_DATABASE_URL")
@@ -249,7 +250,7 @@ impl Recorder {
 async fn conformance_suite() {
     let schema = Schema::new("conformance");
     let store = schema.store().await;
-    tokio::time::timeout(Duration::from_secs(60), async {
+    tokio::time::timeout(Duration::from_secs(120), async {
         conformance::run(&store).await;
     })
     .await
@@ -630,7 +631,8 @@ async fn lookups_fail_during_an_outage_and_recover_on_the_same_pool() {
         );
 
         proxy.restore();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Reconnecting means new connections, which a loaded machine can take seconds to make.
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match store.lookup(&key.digest()).await {
                 Ok(Some(record)) => {
@@ -715,7 +717,7 @@ async fn the_watcher_reconnects_and_then_invalidates_everything() {
         proxy.restore();
         sink.wait(
             "invalidate_all after reconnecting",
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             |h| h == [Heard::All],
         )
         .await;

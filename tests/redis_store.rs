@@ -32,7 +32,7 @@ use services::redis_url;
 use tokio::sync::mpsc;
 
 /// No test runs longer than this.
-const TEST_LIMIT: Duration = Duration::from_secs(20);
+const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// How long a notification may take from one instance to another.
 const NOTICE: Duration = Duration::from_secs(2);
 /// The lookup timeout of the stores whose failures are timed.

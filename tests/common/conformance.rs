@@ -37,10 +37,10 @@ use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 use keygate::store::{IssuedKey, KeyManager, KeyStore, KeyUpdate, ManageError, Page};
 
 /// The grace of the rotations whose end the suite waits for.
-pub const GRACE: Duration = Duration::from_secs(1);
+pub const GRACE: Duration = Duration::from_secs(3);
 /// How long the suite waits for a [`GRACE`] to run out: long enough for a server's clock
 /// resolution and a round trip, short enough to keep the suite quick.
-pub const AFTER_GRACE: Duration = Duration::from_millis(1300);
+pub const AFTER_GRACE: Duration = Duration::from_millis(3500);
 /// A grace that does not run out while the suite runs.
 const LONG_GRACE: Duration = Duration::from_secs(3600);
 /// How far a store's clock (a database's, a Redis server's) may be from this process's when it
