@@ -79,6 +79,8 @@ mod outage;
 mod principal;
 mod quota;
 pub mod ratelimit;
+#[cfg(feature = "redis")]
+mod redis_conn;
 pub mod scope;
 pub mod store;
 

@@ -34,8 +34,8 @@ const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the background task waits for a new subscription connection.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long [`RedisRevocationsBuilder::connect`] waits for Redis before the first read.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
+// How long `RedisRevocationsBuilder::connect` waits for Redis before the first read.
+use crate::redis_conn::CONNECT_WAIT;
 /// The first pause after a failed attempt to reach Redis; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(50);
 /// The longest pause between two attempts to reach Redis.
@@ -554,8 +554,7 @@ impl RedisRevocationsBuilder {
     /// Outside a Tokio runtime.
     pub async fn connect(self) -> Result<RedisRevocations, RedisRevocationsError> {
         let client = self.client?;
-        let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db()).into_boxed_str();
+        let addr = crate::redis_conn::addr(&client);
         let keys = Keys::new(&self.prefix);
         let (conn, pubsub) = within(CONNECT_WAIT, async {
             let conn =
@@ -605,10 +604,7 @@ impl RedisRevocationsBuilder {
 
 impl fmt::Debug for RedisRevocationsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let addr = self.client.as_ref().ok().map(|c| {
-            let info = c.get_connection_info();
-            format!("{}/{}", info.addr(), info.redis_settings().db())
-        });
+        let addr = self.client.as_ref().ok().map(crate::redis_conn::addr);
         f.debug_struct("RedisRevocationsBuilder")
             .field("addr", &addr)
             .field("prefix", &self.prefix)

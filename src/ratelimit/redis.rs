@@ -211,12 +211,8 @@ impl RedisLimiter {
     /// ```
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         let limiter = Self::connect_lazy(url)?;
-        let mut conn = limiter.inner.conn.clone();
-        let load = SCRIPT.load_async(&mut conn);
-        match tokio::time::timeout(CONNECT_WAIT, load).await {
-            Ok(loaded) => loaded.map(|_| limiter),
-            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-        }
+        crate::redis_conn::load_scripts(&limiter.inner.conn, &[&SCRIPT]).await?;
+        Ok(limiter)
     }
 
     /// A limiter for the Redis at `url` that connects on first use, so it can be built while
@@ -239,10 +235,9 @@ impl RedisLimiter {
     /// ```
     pub fn connect_lazy(url: &str) -> Result<Self, RedisError> {
         let client = Client::open(url)?;
-        let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let addr = crate::redis_conn::addr(&client);
         let manager = ConnectionManager::new_lazy_with_config(client, Self::manager_config())?;
-        Ok(Self::build(manager, Some(addr.into())))
+        Ok(Self::build(manager, Some(addr)))
     }
 
     /// The connection-manager settings [`connect`](Self::connect) uses: each connection attempt
@@ -391,9 +386,6 @@ where
         self.inner.healthy.load(Ordering::Relaxed)
     }
 }
-
-/// How long [`RedisLimiter::connect`] waits for Redis.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
 
 /// The script's arguments for one quota and cost.
 #[derive(Clone, Copy)]

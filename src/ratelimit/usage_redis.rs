@@ -18,9 +18,6 @@ const DEFAULT_PREFIX: &str = "keygate:usage:";
 /// How long one [`RedisUsage`] call may take unless told otherwise ([`RedisUsage::timeout`]).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long [`RedisUsage::connect`] waits for Redis.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
-
 /// Callers per script call. A batch is one round trip however large (its script calls are
 /// pipelined), but each call holds Redis for its own duration only: a large flush never stalls
 /// the rate limiter's decisions on the same Redis for more than a fraction of a millisecond.
@@ -170,12 +167,8 @@ impl RedisUsage {
     /// ```
     pub async fn connect(url: &str) -> Result<Self, RedisError> {
         let usage = Self::connect_lazy(url)?;
-        let mut conn = usage.inner.conn.clone();
-        let load = SCRIPT.load_async(&mut conn);
-        match tokio::time::timeout(CONNECT_WAIT, load).await {
-            Ok(loaded) => loaded.map(|_| usage),
-            Err(_) => Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()),
-        }
+        crate::redis_conn::load_scripts(&usage.inner.conn, &[&SCRIPT]).await?;
+        Ok(usage)
     }
 
     /// A store for the Redis at `url` that connects on first use, so it can be built while
@@ -197,10 +190,9 @@ impl RedisUsage {
     /// ```
     pub fn connect_lazy(url: &str) -> Result<Self, RedisError> {
         let client = Client::open(url)?;
-        let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let addr = crate::redis_conn::addr(&client);
         let manager = ConnectionManager::new_lazy_with_config(client, Self::manager_config())?;
-        Ok(Self::build(manager, Some(addr.into())))
+        Ok(Self::build(manager, Some(addr)))
     }
 
     /// The connection-manager settings [`connect`](Self::connect) uses: those of

@@ -28,8 +28,8 @@ const DEFAULT_PREFIX: &str = "keygate:keys:";
 /// How long a lookup waits unless told otherwise ([`RedisStore::timeout`]).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long [`RedisStore::connect`] and each (re)subscription of a watcher wait for Redis.
-const CONNECT_WAIT: Duration = Duration::from_secs(5);
+// How long `RedisStore::connect` and each (re)subscription of a watcher wait for Redis.
+use crate::redis_conn::CONNECT_WAIT;
 
 /// How long one round trip of a management call may take.
 const MANAGE_WAIT: Duration = Duration::from_secs(5);
@@ -341,17 +341,16 @@ impl RedisStore {
             Err(_) => return Err(StoreError::Timeout),
         };
         let store = Self::new(client, conn);
-        let mut conn = store.inner.conn.clone();
-        let load = async {
-            for script in [&LOOKUP, &INSERT, &UPDATE, &ROTATE, &DELETE, &PURGE] {
-                script.load_async(&mut conn).await?;
-            }
-            Ok::<_, RedisError>(())
-        };
-        match tokio::time::timeout(CONNECT_WAIT, load).await {
-            Ok(loaded) => loaded.map_err(StoreError::unavailable)?,
-            Err(_) => return Err(StoreError::Timeout),
-        }
+        let scripts: [&Script; 6] = [&LOOKUP, &INSERT, &UPDATE, &ROTATE, &DELETE, &PURGE];
+        crate::redis_conn::load_scripts(&store.inner.conn, &scripts)
+            .await
+            .map_err(|e| {
+                if e.is_timeout() {
+                    StoreError::Timeout
+                } else {
+                    StoreError::unavailable(e)
+                }
+            })?;
         Ok(store)
     }
 
@@ -373,8 +372,7 @@ impl RedisStore {
     /// # }
     /// ```
     pub fn new(client: Client, conn: ConnectionManager) -> Self {
-        let info = client.get_connection_info();
-        let addr = format!("{}/{}", info.addr(), info.redis_settings().db());
+        let addr = crate::redis_conn::addr(&client);
         Self {
             inner: Arc::new(Inner {
                 client,
@@ -382,7 +380,7 @@ impl RedisStore {
                 prefix: DEFAULT_PREFIX.into(),
                 format: KeyFormat::new("kg_").expect("a valid constant prefix"),
                 timeout: DEFAULT_TIMEOUT,
-                addr: addr.into(),
+                addr,
             }),
         }
     }
@@ -399,12 +397,7 @@ impl RedisStore {
     /// # let _ = config;
     /// ```
     pub fn manager_config() -> ConnectionManagerConfig {
-        ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
+        crate::ratelimit::RedisLimiter::manager_config()
     }
 
     fn inner(&mut self) -> &mut Inner {
