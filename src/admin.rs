@@ -159,8 +159,8 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::clock::{self, Clock, SharedClock};
 use crate::key::{KeyRecord, KeyStatus, Scopes};
+use crate::limits::Limits;
 use crate::outage::{OutageLog, info_recovered, warn_outage};
-use crate::quota::Quota;
 use crate::ratelimit::{UsageStore, UsageTotals};
 use crate::store::{IssuedKey, KeyManager, KeyPage, KeyUpdate, ManageError, Page};
 
@@ -457,7 +457,7 @@ impl<'a> RecordView<'a> {
             owner: &record.owner,
             scopes: &record.scopes,
             status: status_name(record.status),
-            quota: record.quota.map(|q| q.to_string()),
+            quota: record.quota.as_ref().map(ToString::to_string),
             expires_at: record.expires_at.map(rfc3339),
             created_at: record.created_at.map(rfc3339),
             metadata: &record.metadata,
@@ -618,7 +618,7 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), Problem> {
     Ok(())
 }
 
-fn parse_quota(text: &str) -> Result<Quota, Problem> {
+fn parse_quota(text: &str) -> Result<Limits, Problem> {
     text.parse()
         .map_err(|e: crate::QuotaError| Problem::bad_request(format!("The quota is invalid: {e}.")))
 }
@@ -707,7 +707,7 @@ async fn create(
         };
         let mut record = KeyRecord::new(id, body.owner.clone());
         record.scopes = scopes.clone();
-        record.quota = quota;
+        record.quota.clone_from(&quota);
         record.expires_at = expires_at;
         record.metadata = metadata.clone();
         crate::store::check_new_record(&record)

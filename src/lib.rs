@@ -74,6 +74,7 @@ mod future;
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub mod jwt;
 pub mod key;
+mod limits;
 mod maybe;
 mod outage;
 mod principal;
@@ -97,6 +98,7 @@ pub mod tonic;
 // Plumbing: named in the layers' `Service` types and by implementers of stores, limiters and
 // key sources, rarely by a service's own code.
 pub use body::ResponseBody;
+pub use limits::{Limit, LimitBy, Limits, MAX_LIMITS};
 pub use maybe::MaybeReady;
 pub use principal::{Principal, PrincipalKind};
 pub use quota::{Quota, QuotaError};
@@ -127,7 +129,7 @@ pub mod prelude {
     pub use crate::store::{KeyStore, MemoryStore};
     #[cfg(feature = "tonic")]
     pub use crate::tonic::RequestExt;
-    pub use crate::{Principal, PrincipalKind, Quota};
+    pub use crate::{Limits, Principal, PrincipalKind, Quota};
 }
 
 #[cfg(doctest)]

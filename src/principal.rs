@@ -7,7 +7,7 @@ use serde::ser::SerializeStruct;
 use serde::{Serialize, Serializer};
 
 use crate::key::{KeyRecord, Scopes};
-use crate::quota::Quota;
+use crate::limits::Limits;
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -55,7 +55,7 @@ struct Identity {
     kind: PrincipalKind,
     owner: Option<String>,
     scopes: Scopes,
-    quota: Option<Quota>,
+    quota: Option<Limits>,
     tier: Option<String>,
 }
 
@@ -84,8 +84,8 @@ impl Principal {
                 kind: PrincipalKind::ApiKey,
                 owner: Some(record.owner.clone()),
                 scopes: record.scopes.clone(),
-                quota: record.quota,
-                tier: None,
+                quota: record.quota.clone(),
+                tier: record.tier.clone(),
             }));
         }
         match &mut self.0 {
@@ -110,8 +110,8 @@ impl Principal {
 
     /// Sets the caller's own quota.
     #[must_use]
-    pub fn with_quota(mut self, quota: Quota) -> Self {
-        self.identity_mut().quota = Some(quota);
+    pub fn with_quota(mut self, quota: impl Into<Limits>) -> Self {
+        self.identity_mut().quota = Some(quota.into());
         self
     }
 
@@ -159,18 +159,18 @@ impl Principal {
         self.scopes().contains(scope)
     }
 
-    /// The caller's own quota, when its key or token sets one.
-    pub fn quota(&self) -> Option<Quota> {
+    /// The caller's own limits, when its key or token sets them.
+    pub fn quota(&self) -> Option<&Limits> {
         match &self.0 {
-            Repr::Key(r) => r.quota,
-            Repr::Identity(i) => i.quota,
+            Repr::Key(r) => r.quota.as_ref(),
+            Repr::Identity(i) => i.quota.as_ref(),
         }
     }
 
-    /// The caller's rate-limit tier, when its token names one.
+    /// The caller's rate-limit tier, when its key record or token names one.
     pub fn tier(&self) -> Option<&str> {
         match &self.0 {
-            Repr::Key(_) => None,
+            Repr::Key(r) => r.tier.as_deref(),
             Repr::Identity(i) => i.tier.as_deref(),
         }
     }

@@ -6,10 +6,20 @@ use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// How many requests a caller may make: `limit` per `window`, with bursts of up to `burst`.
+/// How many requests a caller may make: `limit` per `window`, with bursts of up to `burst`; or,
+/// as a *fixed-window cap* (`;fixed`), at most `limit` in each UTC-aligned window.
 ///
-/// The limiter spreads the limit evenly over the window (one request every `window / limit`)
-/// and lets a caller who has been quiet save up to `burst` requests.
+/// A rate (the default) is decided by the generic cell rate algorithm: the limiter spreads the
+/// limit evenly over the window (one request every `window / limit`) and lets a caller who has
+/// been quiet save up to `burst` requests. So `3/d` admits 3 at once and then one more every 8
+/// hours: up to 5 within the first calendar day, if the first 3 come at its start. That is a
+/// rate, not a cap.
+///
+/// A fixed-window cap admits at most `limit` in each window, counted from the window's start
+/// (windows are aligned to UTC: a `10000/d;fixed` window runs from midnight to midnight UTC,
+/// an `h` window from the full hour) and resets at its end. Its window is a whole number of
+/// seconds, and it has no burst. Use it for "10,000 a day" as a bill states it; a list of both
+/// ([`Limits`](crate::Limits)) keeps a cap from being spent in one second.
 ///
 /// ```
 /// use std::time::Duration;
@@ -24,6 +34,11 @@ use std::time::Duration;
 /// assert_eq!(q.to_string(), "100/min;burst=20");
 ///
 /// assert!("ten/s".parse::<Quota>().is_err());
+///
+/// let cap: Quota = "10000/d;fixed".parse()?;
+/// assert!(cap.is_fixed());
+/// assert_eq!(cap, Quota::per_day(10_000).fixed());
+/// assert_eq!(cap.to_string(), "10000/d;fixed");
 /// # Ok::<(), keygate::QuotaError>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +46,7 @@ pub struct Quota {
     limit: NonZeroU32,
     window: Duration,
     burst: NonZeroU32,
+    fixed: bool,
 }
 
 /// Why a quota could not be built or parsed.
@@ -53,6 +69,26 @@ pub enum QuotaError {
     /// The burst holds more than 2^62 ns (about 146 years) of requests.
     #[error("a quota's burst holds at most 146 years of requests (burst × window / limit)")]
     Burst,
+    /// A fixed window that is not a whole number of seconds, or a fixed window with a burst.
+    #[error("a fixed window (;fixed) is a whole number of seconds and has no burst")]
+    Fixed,
+    /// A limit's name is empty, too long, or has other characters than letters, digits, `-`,
+    /// `_` and `.`.
+    #[error("a limit's name is 1 to 32 letters, digits, '-', '_' or '.'")]
+    Name,
+    /// A quota lists no limit, or more than [`MAX_LIMITS`](crate::MAX_LIMITS).
+    #[error("a quota lists 1 to 8 limits, separated by commas")]
+    ListLength,
+    /// One item of a list of limits is malformed: which one, and why.
+    #[error("limit {} ({:?}): {reason}", .index + 1, .item)]
+    Item {
+        /// The item's place in the list, from 0.
+        index: usize,
+        /// The item's text (its first 40 characters).
+        item: String,
+        /// What is wrong with it.
+        reason: Box<QuotaError>,
+    },
 }
 
 const MAX_WINDOW: Duration = Duration::from_secs(365 * 86_400);
@@ -73,36 +109,63 @@ impl Quota {
             limit,
             window,
             burst: limit,
+            fixed: false,
         })
     }
 
     /// `n` requests per second. A zero `n` is taken as 1.
     pub fn per_second(n: u32) -> Self {
-        Self::fixed(n, 1)
+        Self::every(n, 1)
     }
 
     /// `n` requests per minute. A zero `n` is taken as 1.
     pub fn per_minute(n: u32) -> Self {
-        Self::fixed(n, 60)
+        Self::every(n, 60)
     }
 
     /// `n` requests per hour. A zero `n` is taken as 1.
     pub fn per_hour(n: u32) -> Self {
-        Self::fixed(n, 3600)
+        Self::every(n, 3600)
     }
 
     /// `n` requests per day. A zero `n` is taken as 1.
     pub fn per_day(n: u32) -> Self {
-        Self::fixed(n, 86_400)
+        Self::every(n, 86_400)
     }
 
-    fn fixed(n: u32, secs: u64) -> Self {
+    fn every(n: u32, secs: u64) -> Self {
         let limit = NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN);
         Self {
             limit,
             window: Duration::from_secs(secs),
             burst: limit,
+            fixed: false,
         }
+    }
+
+    /// The same limit as a fixed-window cap: at most `limit` in each UTC-aligned window,
+    /// reset at its end (see [`Quota`]). A window that is not a whole number of seconds is
+    /// rounded up to one; the burst becomes the limit.
+    ///
+    /// ```
+    /// use keygate::Quota;
+    ///
+    /// let cap = Quota::per_hour(500).fixed();
+    /// assert!(cap.is_fixed());
+    /// assert_eq!(cap.to_string(), "500/h;fixed");
+    /// ```
+    #[must_use]
+    pub fn fixed(mut self) -> Self {
+        let secs = self.window.as_secs() + u64::from(self.window.subsec_nanos() > 0);
+        self.window = Duration::from_secs(secs.max(1));
+        self.burst = self.limit;
+        self.fixed = true;
+        self
+    }
+
+    /// Whether this is a fixed-window cap rather than a rate.
+    pub fn is_fixed(&self) -> bool {
+        self.fixed
     }
 
     /// The same rate with a burst of `burst` requests. A zero `burst` is taken as 1, and a
@@ -117,6 +180,9 @@ impl Quota {
     /// ```
     #[must_use]
     pub fn with_burst(mut self, burst: u32) -> Self {
+        if self.fixed {
+            return self;
+        }
         let most = MAX_TOLERANCE_NANOS / self.emission_interval_nanos();
         let burst = burst.max(1).min(u32::try_from(most).unwrap_or(u32::MAX));
         self.burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
@@ -133,7 +199,7 @@ impl Quota {
         self.window
     }
 
-    /// Requests a quiet caller may make at once.
+    /// Requests a quiet caller may make at once (a fixed-window cap: its limit).
     pub fn burst(&self) -> u32 {
         self.burst.get()
     }
@@ -171,7 +237,9 @@ impl fmt::Display for Quota {
             n if n % NANOS_PER_US == 0 => write!(f, "{}us", n / NANOS_PER_US)?,
             n => write!(f, "{n}ns")?,
         }
-        if self.burst != self.limit {
+        if self.fixed {
+            f.write_str(";fixed")?;
+        } else if self.burst != self.limit {
             write!(f, ";burst={}", self.burst)?;
         }
         Ok(())
@@ -195,17 +263,30 @@ impl FromStr for Quota {
         let limit = parse_count(count)?;
         let window = parse_window(unit.trim())?;
         let mut quota = Quota::new(limit, window)?;
+        let mut burst = None;
+        let mut fixed = false;
         for param in parts {
+            let param = param.trim();
+            if param == "fixed" && !fixed {
+                fixed = true;
+                continue;
+            }
             let (name, value) = param.split_once('=').ok_or(QuotaError::Syntax)?;
             match name.trim() {
-                "burst" => {
-                    let burst = parse_count(value)?;
-                    quota = quota.with_burst(burst);
-                    if quota.burst() != burst {
-                        return Err(QuotaError::Burst);
-                    }
-                }
+                "burst" if burst.is_none() => burst = Some(parse_count(value)?),
                 _ => return Err(QuotaError::Syntax),
+            }
+        }
+        if fixed {
+            if burst.is_some() || window.subsec_nanos() != 0 {
+                return Err(QuotaError::Fixed);
+            }
+            return Ok(quota.fixed());
+        }
+        if let Some(burst) = burst {
+            quota = quota.with_burst(burst);
+            if quota.burst() != burst {
+                return Err(QuotaError::Burst);
             }
         }
         Ok(quota)
@@ -299,6 +380,10 @@ mod tests {
             "10/400d",
             "1/d;burst=60000",
             "+5/s",
+            "10/s;burst=2;burst=3",
+            "10/250ms;fixed",
+            "10/s;fixed;burst=5",
+            "10/s;fixed;fixed",
         ] {
             assert!(bad.parse::<Quota>().is_err(), "{bad:?} parsed");
         }
@@ -316,6 +401,9 @@ mod tests {
             "3/500us",
             "7/1500ns",
             "2/90000ms",
+            "10000/d;fixed",
+            "3/5ms",
+            "7/90000ms;fixed",
         ] {
             let parsed: Quota = q.parse().unwrap();
             assert_eq!(parsed.to_string(), q);

@@ -542,7 +542,9 @@ impl JwtVerifier {
             principal = principal.with_tier(tier);
         }
         if let Some(quota) = r.quota {
-            let quota = quota.parse().map_err(|_| refuse(VerifyError::ClaimsType))?;
+            let quota = quota
+                .parse::<crate::Limits>()
+                .map_err(|_| refuse(VerifyError::ClaimsType))?;
             principal = principal.with_quota(quota);
         }
         Ok(Verified {

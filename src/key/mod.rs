@@ -18,7 +18,7 @@ mod format;
 mod record;
 
 pub use format::{FormatError, KeyFormat};
-pub use record::{KeyRecord, KeyStatus, Scopes};
+pub use record::{Credits, KeyRecord, KeyStatus, Refill, Scopes};
 
 use std::fmt;
 

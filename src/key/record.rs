@@ -1,10 +1,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
-use crate::quota::Quota;
+use crate::limits::Limits;
 
 /// A set of scopes (permissions) such as `weather:read`.
 ///
@@ -89,6 +89,66 @@ pub enum KeyStatus {
     Disabled,
 }
 
+/// A key's budget of uses: `remaining`, less each admitted request's cost, never below zero;
+/// optionally set back to a refill amount on a schedule.
+///
+/// A store that keeps credits decrements them atomically, so every instance of a service
+/// shares one count ([`CreditStore`](crate::store::CreditStore)).
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate::key::{Credits, Refill};
+///
+/// let monthly = Credits::new(1000).with_refill(Refill::new(1000, Duration::from_secs(30 * 86_400)));
+/// assert_eq!(monthly.remaining, 1000);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Credits {
+    /// Uses left.
+    pub remaining: u64,
+    /// How the count is refilled, if it is.
+    pub refill: Option<Refill>,
+}
+
+impl Credits {
+    /// `remaining` uses, never refilled.
+    pub fn new(remaining: u64) -> Self {
+        Self {
+            remaining,
+            refill: None,
+        }
+    }
+
+    /// Refilled by `refill`.
+    #[must_use]
+    pub fn with_refill(mut self, refill: Refill) -> Self {
+        self.refill = Some(refill);
+        self
+    }
+}
+
+/// A credit refill: every `every` (counted from when the credits were set or last refilled),
+/// the remaining count is set back to `amount` (not added to: unused credits do not pile up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Refill {
+    /// The count after a refill.
+    pub amount: u64,
+    /// The time between refills (at least one second).
+    pub every: Duration,
+}
+
+impl Refill {
+    /// Back to `amount` every `every` (at least one second).
+    pub fn new(amount: u64, every: Duration) -> Self {
+        Self {
+            amount,
+            every: every.max(Duration::from_secs(1)),
+        }
+    }
+}
+
 /// What a store knows about a key: everything but the key itself.
 ///
 /// ```
@@ -112,8 +172,15 @@ pub struct KeyRecord {
     pub owner: String,
     /// What the key may do.
     pub scopes: Scopes,
-    /// The key's own rate limit, overriding the rate-limit layer's default.
-    pub quota: Option<Quota>,
+    /// The key's own limits, overriding the rate-limit layer's default and tiers.
+    pub quota: Option<Limits>,
+    /// The key's rate-limit tier, mapped to limits by the rate-limit layer
+    /// ([`RateLimitLayer::tier`](crate::ratelimit::RateLimitLayer::tier)); the key's own
+    /// `quota` wins over it.
+    pub tier: Option<String>,
+    /// The key's remaining uses, if it has a budget of them (see [`Credits`]). In a record a
+    /// store returns, the count as of the read; the count itself lives in the store.
+    pub credits: Option<Credits>,
     /// When the key stops working.
     pub expires_at: Option<SystemTime>,
     /// Whether the key may be used at all.
@@ -132,6 +199,8 @@ impl KeyRecord {
             owner: owner.into(),
             scopes: Scopes::new(),
             quota: None,
+            tier: None,
+            credits: None,
             expires_at: None,
             status: KeyStatus::Active,
             metadata: BTreeMap::new(),
@@ -146,10 +215,24 @@ impl KeyRecord {
         self
     }
 
-    /// Sets the key's own quota.
+    /// Sets the key's own limits: one [`Quota`](crate::Quota), or a list of [`Limits`].
     #[must_use]
-    pub fn with_quota(mut self, quota: Quota) -> Self {
-        self.quota = Some(quota);
+    pub fn with_quota(mut self, quota: impl Into<Limits>) -> Self {
+        self.quota = Some(quota.into());
+        self
+    }
+
+    /// Sets the key's rate-limit tier.
+    #[must_use]
+    pub fn with_tier(mut self, tier: impl Into<String>) -> Self {
+        self.tier = Some(tier.into());
+        self
+    }
+
+    /// Gives the key a budget of uses.
+    #[must_use]
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 

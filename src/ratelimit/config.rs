@@ -46,7 +46,7 @@ impl Config {
 
     pub(crate) fn which(&self, principal: &Principal) -> Which {
         if let Some(quota) = principal.quota() {
-            return Which::Own(Box::new(Policy::new("key", quota)));
+            return Which::Own(Box::new(Policy::new("key", *quota[0].quota())));
         }
         if let Some(tier) = principal.tier()
             && let Some(i) = self.tiers.iter().position(|p| &*p.name == tier)

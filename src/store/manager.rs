@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::BoxError;
+use crate::key::Credits;
 use crate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
-use crate::quota::Quota;
+use crate::limits::Limits;
 
 /// The future of a [`KeyManager`] call. Management is not on the request path, so one boxed
 /// future per call is its whole cost.
@@ -239,8 +240,13 @@ impl KeyPage {
 pub struct KeyUpdate {
     /// New scopes.
     pub scopes: Option<Scopes>,
-    /// A new quota; `Some(None)` removes the key's own quota.
-    pub quota: Option<Option<Quota>>,
+    /// New limits; `Some(None)` removes the key's own limits.
+    pub quota: Option<Option<Limits>>,
+    /// A new tier; `Some(None)` removes it.
+    pub tier: Option<Option<String>>,
+    /// New credits (the remaining count and refill schedule, set as given); `Some(None)`
+    /// removes the key's budget.
+    pub credits: Option<Option<Credits>>,
     /// A new status.
     pub status: Option<KeyStatus>,
     /// A new expiry; `Some(None)` makes the key never expire.
@@ -262,10 +268,24 @@ impl KeyUpdate {
         self
     }
 
-    /// Replaces the key's own quota (`None`: the layer's default applies).
+    /// Replaces the key's own limits (`None`: the layer's default or the key's tier applies).
     #[must_use]
-    pub fn quota(mut self, quota: Option<Quota>) -> Self {
-        self.quota = Some(quota);
+    pub fn quota<L: Into<Limits>>(mut self, quota: Option<L>) -> Self {
+        self.quota = Some(quota.map(Into::into));
+        self
+    }
+
+    /// Replaces the key's tier.
+    #[must_use]
+    pub fn tier(mut self, tier: Option<impl Into<String>>) -> Self {
+        self.tier = Some(tier.map(Into::into));
+        self
+    }
+
+    /// Replaces the key's credits (`None`: no budget).
+    #[must_use]
+    pub fn credits(mut self, credits: Option<Credits>) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -308,8 +328,14 @@ impl KeyUpdate {
         if let Some(scopes) = &self.scopes {
             record.scopes = scopes.clone();
         }
-        if let Some(quota) = self.quota {
-            record.quota = quota;
+        if let Some(quota) = &self.quota {
+            record.quota.clone_from(quota);
+        }
+        if let Some(tier) = &self.tier {
+            record.tier.clone_from(tier);
+        }
+        if let Some(credits) = self.credits {
+            record.credits = credits;
         }
         if let Some(status) = self.status {
             record.status = status;

@@ -17,8 +17,8 @@ use super::{
 };
 use crate::BoxError;
 use crate::key::{KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
+use crate::limits::Limits;
 use crate::outage::Chain;
-use crate::quota::Quota;
 
 /// The tables of a [`PostgresStore`], as SQL, with `{schema}` standing for the schema's name.
 ///
@@ -394,7 +394,7 @@ impl PostgresStore {
             .bind(&record.id)
             .bind(&record.owner)
             .bind(scopes_vec(&record.scopes))
-            .bind(record.quota.map(|q| q.to_string()))
+            .bind(record.quota.as_ref().map(ToString::to_string))
             .bind(status_text(record.status))
             .bind(record.expires_at.map(to_micros))
             .bind(record.created_at.map(to_micros))
@@ -510,7 +510,7 @@ impl PostgresStore {
         let row = sqlx::query(&self.sql().update)
             .bind(id)
             .bind(scopes_vec(&record.scopes))
-            .bind(record.quota.map(|q| q.to_string()))
+            .bind(record.quota.as_ref().map(ToString::to_string))
             .bind(status_text(record.status))
             .bind(record.expires_at.map(to_micros))
             .bind(metadata_json(&record.metadata)?)
@@ -1033,7 +1033,7 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, BoxError> {
     let metadata: String = row.try_get(7)?;
     let quota = match quota {
         Some(text) => Some(
-            text.parse::<Quota>()
+            text.parse::<Limits>()
                 .map_err(|e| format!("record {id:?}: the quota column is not a quota: {e}"))?,
         ),
         None => None,

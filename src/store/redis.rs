@@ -19,7 +19,7 @@ use super::{
     Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, LookupResult,
     ManageError, ManageFuture, Page, StoreError,
 };
-use crate::Quota;
+use crate::Limits;
 use crate::key::{KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
 
 /// The key prefix a [`RedisStore`] uses unless told otherwise ([`RedisStore::prefix`]).
@@ -1144,7 +1144,7 @@ fn encode(record: &KeyRecord) -> Result<String, serde_json::Error> {
         id: record.id.clone(),
         owner: record.owner.clone(),
         scopes: record.scopes.iter().map(str::to_owned).collect(),
-        quota: record.quota.map(|q| q.to_string()),
+        quota: record.quota.as_ref().map(ToString::to_string),
         expires_at: record.expires_at.map(|at| to_nanos(at).to_string()),
         status: match record.status {
             KeyStatus::Active => Status::Active,
@@ -1165,7 +1165,7 @@ fn decode(json: &str, created: Option<&str>) -> Result<KeyRecord, Malformed> {
             .ok_or(Malformed)
     };
     let quota = match stored.quota {
-        Some(quota) => Some(quota.parse::<Quota>().map_err(|_| Malformed)?),
+        Some(quota) => Some(quota.parse::<Limits>().map_err(|_| Malformed)?),
         None => None,
     };
     let mut record = KeyRecord::new(stored.id, stored.owner);
@@ -1241,7 +1241,7 @@ mod tests {
         let at = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         let mut record = KeyRecord::new("id:1", "owner {x}")
             .with_scopes(["b", "a"])
-            .with_quota(Quota::per_minute(100).with_burst(7))
+            .with_quota(crate::Quota::per_minute(100).with_burst(7))
             .with_expiry(at)
             .with_status(KeyStatus::Disabled)
             .with_metadata("plan", "pro");

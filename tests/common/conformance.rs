@@ -987,7 +987,7 @@ pub async fn update_changes_every_key_of_a_record<S: KeyManager + KeyStore>(stor
             .update(
                 &id,
                 KeyUpdate::new()
-                    .quota(None)
+                    .quota(None::<keygate::Limits>)
                     .expires_at(None)
                     .status(KeyStatus::Active),
             )
