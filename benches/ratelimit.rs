@@ -23,6 +23,14 @@
 //!   the 99.9th percentile of large samples. The known key's worst is the noise floor of one
 //!   timed call on the machine.
 //!
+//! - `list/1_key` and `list/100k_keys`: what a list of limits costs against a single limit, in
+//!   the same run, on the system clock, every decision admitted: `single_rate` is a list of one
+//!   rate (the single-rate path, the cost of `check`), `two_rates` a list of two rates,
+//!   `rate_and_cap` a rate and a fixed-window daily cap (which also reads the wall clock), and
+//!   `rate_and_owner_cap` a rate per caller and a daily cap per owner (two entries, locked
+//!   together). Each key is inserted before measuring. The goal: a list of two at most 1.5× a
+//!   single limit.
+//!
 //! Diagnostics:
 //! - `keygate_manual_clock`: keygate on a `ManualClock` (one atomic load) instead of the system
 //!   clock, to show what the clock read costs;
@@ -43,9 +51,9 @@ use governor::clock::FakeRelativeClock;
 use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{DefaultKeyedRateLimiter, Quota as GQuota, RateLimiter as GRateLimiter};
-use keygate::Quota;
 use keygate::clock::ManualClock;
-use keygate::ratelimit::{MemoryLimiter, RateLimiter};
+use keygate::ratelimit::{MemoryLimiter, RateLimiter, Subject};
+use keygate::{Limit, Limits, Quota};
 
 const MANY: usize = 100_000;
 const HUGE: u32 = 1_000_000_000;
@@ -350,5 +358,80 @@ fn at_capacity(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench, parts, at_capacity);
+static PROBE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn lists(c: &mut Criterion) {
+    let all_keys = keys(MANY);
+    let rate = Limit::new(Quota::per_hour(HUGE));
+    let cases: [(&str, Limits, bool); 4] = [
+        ("single_rate", rate.clone().into(), false),
+        (
+            "two_rates",
+            Limits::new([rate.clone(), Limit::new(Quota::per_day(HUGE))]).unwrap(),
+            false,
+        ),
+        (
+            "rate_and_cap",
+            Limits::new([rate.clone(), Limit::new(Quota::per_day(HUGE).fixed())]).unwrap(),
+            false,
+        ),
+        (
+            "rate_and_owner_cap",
+            Limits::new([rate, Limit::new(Quota::per_day(HUGE).fixed()).by_owner()]).unwrap(),
+            true,
+        ),
+    ];
+    // An owner per 10 keys, shaped like an account id.
+    let owners: Vec<String> = (0..MANY / 10).map(|i| format!("acct_{i:08x}")).collect();
+    for n in [1, MANY] {
+        let keys = &all_keys[..n];
+        let label = if n == 1 { "1_key" } else { "100k_keys" };
+        let mut group = c.benchmark_group(format!("list/{label}"));
+        group.throughput(Throughput::Elements(1));
+        group.warm_up_time(Duration::from_secs(1));
+        group.measurement_time(Duration::from_secs(3));
+        for (name, limits, owned) in &cases {
+            let limiter = MemoryLimiter::new();
+            let admitted = |i: usize| {
+                let mut verdict = limiter.check_all(subject(i, keys, &owners, *owned), limits, 1);
+                verdict
+                    .take_ready()
+                    .expect("ready")
+                    .expect("no error")
+                    .allowed()
+            };
+            for i in 0..n {
+                assert!(admitted(i));
+            }
+            let mut i = 0;
+            group.bench_function(*name, |b| {
+                b.iter(|| {
+                    PROBE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let subject = subject(i, keys, &owners, *owned);
+                    i += 1;
+                    if i == n {
+                        i = 0;
+                    }
+                    black_box(
+                        limiter
+                            .check_all(black_box(subject), limits, 1)
+                            .take_ready(),
+                    )
+                })
+            });
+            // The decisions measured were admitted ones.
+            assert!(admitted(i));
+            eprintln!("PROBE {name} {}", PROBE.load(std::sync::atomic::Ordering::Relaxed));
+        }
+        group.finish();
+    }
+}
+
+/// The `i`-th caller, with its owner (one per 10 callers) when `owned`.
+fn subject<'a>(i: usize, keys: &'a [String], owners: &'a [String], owned: bool) -> Subject<'a> {
+    let owner = owned.then(|| owners[i / 10].as_str());
+    Subject::with_owner(&keys[i], owner)
+}
+
+criterion_group!(benches, lists);
 criterion_main!(benches);

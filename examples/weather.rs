@@ -6,20 +6,24 @@
 //! KEYGATE_ADDR=127.0.0.1:0 cargo run --example weather          # any free port
 //! WEATHER_API_KEYS=key-one,key-two cargo run --example weather  # your own keys instead
 //! RATE_LIMIT=100/min JWT_SECRET=... cargo run --example weather
+//! RATE_LIMIT='2/s;burst=2, 5/h;fixed' CONCURRENCY_LIMIT=2 cargo run --example weather
 //! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example weather --features redis
 //! # keys in PostgreSQL, shared by every instance, managed through /admin/keys
 //! KEY_STORE=postgres://postgres@127.0.0.1:5432/test ADMIN_API_KEY=... \
 //!   cargo run --example weather --features postgres,admin
 //! ```
 //!
-//! Configuration (all read by [`Config::from_vars`]; `RATE_LIMIT` and the JWT variables except
-//! `JWT_KID` mean the same as for the gRPC example, `examples/grpc/main.rs`):
+//! Configuration (all read by [`Config::from_vars`]; the JWT variables except `JWT_KID` mean
+//! the same as for the gRPC example, `examples/grpc/main.rs`):
 //!
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `KEYGATE_ADDR` | `127.0.0.1:3000` | where to listen (`127.0.0.1:0` picks a free port) |
 //! | `WEATHER_API_KEYS` | unset: issue one demo key | comma-separated keys to accept, in any format |
-//! | `RATE_LIMIT` | `10/s` | each caller's quota, such as `5/s`, `100/min` or `100/min;burst=20` |
+//! | `RATE_LIMIT` | `10/s` | each caller's quota, such as `5/s`, `100/min` or `100/min;burst=20`, or a list of them that must all admit a request, such as `2/s;burst=2, 5/h;fixed` (`;fixed`: at most N per UTC-aligned window, reset at its boundary); see [`Limits`] |
+//! | `RATE_LIMIT_SHADOW` | `0` | `1`: shadow mode, the limits (and credits and `CONCURRENCY_LIMIT`) are decided and reported in the headers as usual but never deny a request; a denial let through is logged at `INFO` |
+//! | `CONCURRENCY_LIMIT` | unset: no limit | at most this many requests of one caller in flight at once (counted per process); one more is 429 |
+//! | `LIMIT_BY` | unset: each caller | `owner`: the limits (and `CONCURRENCY_LIMIT`) count all the keys of one owner together, and the tokens minted for them (which carry their key's owner) |
 //! | `REDIS_URL` | unset: limits in memory | a Redis shared by every instance, for one limit across them (needs `--features redis`) |
 //! | `REDIS_PREFIX` | `weather:rl:` | the prefix of the Redis keys the limiter, and, next to it, the shared JWT revocations (`weather:rl-revoked:`) and the usage counts (`weather:rl-usage:`) use |
 //! | `KEY_STORE` | unset or `memory`: keys in this process | `postgres://...` (needs `--features postgres`) or `redis://.../N` (needs `--features redis`): keys shared by every instance using it |
@@ -33,7 +37,9 @@
 //! | `JWT_KID` | `weather-1` | the `kid` header of minted tokens; accepted tokens that name a key must name this one |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
-//! A malformed value (an address, a quota, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
+//! A malformed value (an address, a quota or an item of a list of them, which the error names,
+//! a `RATE_LIMIT_SHADOW` other than `0` or `1`, a `CONCURRENCY_LIMIT` that is not a positive
+//! number, a `LIMIT_BY` other than `owner`, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
 //! `exp` that tokens use for something else, a key that could never be accepted) stops the
 //! service at start with `error: ...` and exit status 1. So does `REDIS_URL` in a build without
 //! the `redis` feature: an operator who asks for one limit shared by several instances must not
@@ -56,10 +62,15 @@
 //! what they name from its cache. With `REDIS_URL` set, a revoked or disabled key's minted tokens
 //! stop working on every instance too, and usage counts are summed over the instances.
 //!
-//! Routes, behind `AuthLayer` (API keys and JWTs) → `RateLimitLayer` (one limit per caller):
+//! Routes, behind `AuthLayer` (API keys and JWTs) → `RateLimitLayer` (`RATE_LIMIT` per caller,
+//! or per owner with `LIMIT_BY=owner`, unless the key has a quota of its own; the key's
+//! credits; `CONCURRENCY_LIMIT`):
 //!
 //! - `GET /v1/current.json?q=CITY` (scope `weather:read`): deterministic fake weather for `CITY`;
 //!   a missing or empty `q` is 400 with an `application/problem+json` body.
+//! - `GET /v1/slow?ms=M` (scope `weather:read`): answers `{"slept_ms": M}` after `M`
+//!   milliseconds, `M` from 0 to 5000 (else 400 problem): a request that stays in flight, for
+//!   trying `CONCURRENCY_LIMIT`.
 //! - `GET /v1/me`: the caller's [`Principal`] as JSON (id, kind, owner, scopes; never the key).
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
@@ -69,22 +80,42 @@
 //!   its scopes or quota, revokes the tokens minted for it before (mint a new one). The token works on every route in place
 //!   of the key. Only an API key can ask: a JWT caller gets 403 (a token that mints tokens would
 //!   never have to expire).
+//! - `GET /v1/quota`, behind `AuthLayer` alone (reading it costs nothing and is never limited):
+//!   what the caller has left, read with [`RateLimitLayer::peek`] and the key store's live count
+//!   of credits, `{"policies": [{"name": "default", "limit": 10, "window": 1, "remaining": 10,
+//!   "reset": 0}], "credits": 500}`. One entry per limit that applies to the caller, in order,
+//!   named as in the `RateLimit` headers; `limit` is the requests admitted at once (`q` in the
+//!   headers: a rate's burst, a fixed cap's limit), `remaining` the requests it admits now
+//!   (`limit` for a limit not used yet); `window` (the limit's window) and `reset` (the time until the limit is full again,
+//!   for a fixed cap until its window ends) are whole seconds, rounded up. `credits` is the
+//!   key's remaining credits, or `null` when it has no budget of them.
 //! - `GET /healthz`: 200, no credential, no rate limit.
 //! - `/admin/keys…` (only with `ADMIN_API_KEY`): keygate's key-management API
 //!   ([`keygate::admin`]), accepting that key and no other credential, not rate limited:
 //!   `POST /admin/keys`, `GET /admin/keys?owner=S`, `GET /admin/keys/{id}`,
 //!   `POST /admin/keys/{id}/revoke`, `POST /admin/keys/{id}/rotate`, `PATCH /admin/keys/{id}`,
-//!   `DELETE /admin/keys/{id}`, `GET /admin/keys/{id}/usage`.
+//!   `DELETE /admin/keys/{id}`, `GET /admin/keys/{id}/usage`. A key's `quota` there takes the
+//!   list form of `RATE_LIMIT` and replaces `RATE_LIMIT` for that key; its `credits`
+//!   (`{"remaining": N, "refill": {"amount": N, "every": "1d"}}`) are spent one per request
+//!   the limits admit for the key or for a token minted for it, from one count on every
+//!   instance sharing the store, and a key whose credits are used up
+//!   gets 429 (with `Retry-After` only when a refill is scheduled); its `tier` is shown and
+//!   kept, and since this example maps no tier to limits, `RATE_LIMIT` applies to it.
 //!
 //! Every response of the routes behind the limiter carries `RateLimit-Policy` and `RateLimit`
 //! (IETF draft 10); a caller over its quota gets 429 with `Retry-After` and a problem+json body
-//! of type `https://iana.org/assignments/http-problem-types#quota-exceeded`. The limiter counts
-//! by the principal's id, and a minted token's subject is its key's id: a key and the tokens
-//! minted for it share one limit, so exchanging a key for tokens never raises its quota.
+//! of type `https://iana.org/assignments/http-problem-types#quota-exceeded` whose `detail` names
+//! the limit that denied (or says that the credits are used up, or that too many requests are
+//! in flight). A list of limits is decided at once: a request one limit denies spends nothing of
+//! the others. With a list, each limit's policy name is derived from its window (`"second"`,
+//! `"hour"`, ...) unless it has one (`;name=burst`). The limiter counts by the principal's id,
+//! and a minted token's subject is its key's id: a key and the tokens minted for it share one
+//! limit, so exchanging a key for tokens never raises its quota (with `LIMIT_BY=owner`, see
+//! above, they do not).
 //!
 //! The first line on stdout is `listening on http://ADDR`, so scripts and tests can find the port.
-//! The pieces (`Config`, `keys`, `services`, `app`, `banner`, `serve`) are public so that
-//! `tests/weather_example.rs` drives this very file over TCP.
+//! The pieces (`Config`, `keys`, `services`, `rate_limit_layer`, `app`, `banner`, `serve`) are
+//! public so that `tests/weather_example.rs` drives this very file over TCP.
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -106,10 +137,12 @@ use keygate::jwt::{
 };
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
 use keygate::ratelimit::{
-    MemoryLimiter, MemoryUsage, RateLimitLayer, RateLimiter, UsageStore, UsageTracker,
+    MemoryLimiter, MemoryUsage, PolicyStatus, RateLimitLayer, RateLimiter, UsageStore, UsageTracker,
 };
-use keygate::store::{KeyManager, KeyStore, ManageError, MemoryStore};
-use keygate::{Principal, PrincipalKind, Quota, auth::AuthLayer, scope::RequireScopeLayer};
+use keygate::store::{CreditStore, KeyManager, KeyStore, ManageError, MemoryStore};
+use keygate::{
+    LimitBy, Limits, Principal, PrincipalKind, auth::AuthLayer, scope::RequireScopeLayer,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
@@ -147,6 +180,14 @@ pub const SCOPE: &str = "weather:read";
 pub const REALM: &str = "weather";
 /// The claim of minted tokens that carries their key's own quota.
 pub const QUOTA_CLAIM: &str = "quota";
+/// The claim of minted tokens that names their key's tier.
+pub const TIER_CLAIM: &str = "tier";
+/// The claim of minted tokens that names their key's owner (for `LIMIT_BY=owner`).
+pub const OWNER_CLAIM: &str = "owner";
+/// The claim of minted tokens that says they spend their key's credits.
+pub const CREDITS_CLAIM: &str = "credits";
+/// The claims minted tokens carry for the rate limits.
+const LIMIT_CLAIMS: [&str; 4] = [QUOTA_CLAIM, TIER_CLAIM, OWNER_CLAIM, CREDITS_CLAIM];
 /// The realm of the admin API.
 pub const ADMIN_REALM: &str = "weather-admin";
 /// The longest key accepted.
@@ -162,8 +203,16 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Keys to accept (`WEATHER_API_KEYS`); when empty, one demo key is issued instead.
     pub api_keys: Vec<ApiKey>,
-    /// Each caller's quota (`RATE_LIMIT`).
-    pub rate_limit: Quota,
+    /// Each caller's limits (`RATE_LIMIT`): one quota or a list of them, all of which must
+    /// admit a request.
+    pub rate_limit: Limits,
+    /// Whether the limits run in shadow (`RATE_LIMIT_SHADOW`): decided and reported in the
+    /// headers, never enforced.
+    pub rate_limit_shadow: bool,
+    /// At most this many requests of one caller in flight (`CONCURRENCY_LIMIT`).
+    pub concurrency_limit: Option<u32>,
+    /// Whom the limits count (`LIMIT_BY`): each caller, or each owner across its keys.
+    pub limit_by: LimitBy,
     /// The Redis shared by all instances (`REDIS_URL`); limits are kept in memory when `None`.
     pub redis_url: Option<String>,
     /// The prefix of the limiter's Redis keys (`REDIS_PREFIX`).
@@ -200,6 +249,9 @@ impl std::fmt::Debug for Config {
             .field("addr", &self.addr)
             .field("api_keys", &self.api_keys)
             .field("rate_limit", &self.rate_limit)
+            .field("rate_limit_shadow", &self.rate_limit_shadow)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("limit_by", &self.limit_by)
             .field("redis_url", &self.redis_url.as_ref().map(|_| "<set>"))
             .field("redis_prefix", &self.redis_prefix)
             .field("key_store", &self.key_store)
@@ -256,9 +308,20 @@ pub enum ConfigError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// `RATE_LIMIT` is not a quota.
-    #[error("RATE_LIMIT={0:?} is not a quota such as 10/s or 100/min: {1}")]
+    /// `RATE_LIMIT` is not a quota or a list of them; the error names the malformed item.
+    #[error(
+        "RATE_LIMIT={0:?} is not a quota such as 10/s, 100/min or \"2/s;burst=2, 5/h;fixed\": {1}"
+    )]
     RateLimit(String, #[source] QuotaError),
+    /// `RATE_LIMIT_SHADOW` is neither on nor off.
+    #[error("RATE_LIMIT_SHADOW={0:?} is not 1 (shadow mode) or 0")]
+    Shadow(String),
+    /// `CONCURRENCY_LIMIT` is not a positive number of requests.
+    #[error("CONCURRENCY_LIMIT={0:?} is not a number of requests from 1 to 4294967295")]
+    Concurrency(String),
+    /// `LIMIT_BY` names something the limits cannot be counted by.
+    #[error("LIMIT_BY={0:?} is not owner; unset it to limit each caller on its own")]
+    LimitBy(String),
     /// `JWT_SECRET` is set but empty.
     #[error("JWT_SECRET is empty; unset it for a random secret")]
     EmptySecret,
@@ -333,6 +396,23 @@ impl Config {
             .trim()
             .parse()
             .map_err(|e| ConfigError::RateLimit(rate_limit.clone(), e))?;
+        let rate_limit_shadow = match set("RATE_LIMIT_SHADOW").as_deref().map(str::trim) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(ConfigError::Shadow(other.to_owned())),
+        };
+        let concurrency_limit = match set("CONCURRENCY_LIMIT") {
+            None => None,
+            Some(n) => match n.trim().parse::<u32>() {
+                Ok(n @ 1..) => Some(n),
+                _ => return Err(ConfigError::Concurrency(n)),
+            },
+        };
+        let limit_by = match set("LIMIT_BY") {
+            None => LimitBy::Caller,
+            Some(by) if by.trim() == "owner" => LimitBy::Owner,
+            Some(by) => return Err(ConfigError::LimitBy(by)),
+        };
         let redis_url = set("REDIS_URL").map(|u| u.trim().to_owned());
         #[cfg(not(feature = "redis"))]
         if redis_url.is_some() {
@@ -389,7 +469,7 @@ impl Config {
             .map(|c| c.trim().to_owned())
             .filter(|c| c != "sub");
         if let Some(claim) = &jwt_subject_claim
-            && (TokenIssuer::is_reserved(claim) || claim == QUOTA_CLAIM)
+            && (TokenIssuer::is_reserved(claim) || LIMIT_CLAIMS.contains(&claim.as_str()))
         {
             return Err(ConfigError::SubjectClaim(claim.clone()));
         }
@@ -397,6 +477,9 @@ impl Config {
             addr,
             api_keys,
             rate_limit,
+            rate_limit_shadow,
+            concurrency_limit,
+            limit_by,
             redis_url,
             redis_prefix: set("REDIS_PREFIX").unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_owned()),
             key_store,
@@ -438,6 +521,9 @@ pub struct Keys {
     /// so that this instance sees its own changes at once (other instances hear of them through
     /// the store's notifications).
     pub manager: Arc<dyn KeyManager>,
+    /// Where the keys' credits are counted and spent: the store itself, never a cache, so that
+    /// every instance sharing it spends from one count.
+    pub credits: Arc<dyn CreditStore>,
     /// Where the keys live.
     pub backend: StoreBackend,
     /// The key issued because `WEATHER_API_KEYS` was not set.
@@ -497,10 +583,11 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
     let format = key_format();
     // `direct` is the store without the cache, for the start-up checks below: the cache may
     // remember a digest as unknown that another instance starting now has just added.
-    let (store, direct, manager, backend): OpenedStore = match &config.key_store {
+    let (store, direct, manager, credits, backend): OpenedStore = match &config.key_store {
         KeyStoreConfig::Memory => {
             let store = MemoryStore::with_format(format);
             (
+                Arc::new(store.clone()),
                 Arc::new(store.clone()),
                 Arc::new(store.clone()),
                 Arc::new(store),
@@ -524,8 +611,9 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
                 .map_err(unavailable)?;
             (
                 Arc::new(cached.clone()),
-                Arc::new(postgres),
+                Arc::new(postgres.clone()),
                 Arc::new(cached),
+                Arc::new(postgres),
                 StoreBackend::Postgres,
             )
         }
@@ -543,8 +631,9 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
                 .map_err(unavailable)?;
             (
                 Arc::new(cached.clone()),
-                Arc::new(redis),
+                Arc::new(redis.clone()),
                 Arc::new(cached),
+                Arc::new(redis),
                 StoreBackend::Redis,
             )
         }
@@ -572,6 +661,7 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
         return Ok(Keys {
             store,
             manager,
+            credits,
             backend,
             demo_key: Some(issued.key),
             listed: 0,
@@ -615,6 +705,7 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
     Ok(Keys {
         store,
         manager,
+        credits,
         backend,
         demo_key: None,
         listed: config.api_keys.len(),
@@ -622,11 +713,12 @@ pub async fn keys(config: &Config) -> Result<Keys, ConfigError> {
 }
 
 /// An opened store: what the layer asks (through the cache), the store itself, the management
-/// side (through the cache), and which store it is.
+/// side (through the cache), the credits (in the store itself), and which store it is.
 type OpenedStore = (
     Arc<dyn KeyStore>,
     Arc<dyn KeyStore>,
     Arc<dyn KeyManager>,
+    Arc<dyn CreditStore>,
     StoreBackend,
 );
 
@@ -672,6 +764,15 @@ impl Tokens {
     }
 }
 
+/// What the API's handlers share: the token minter, the rate-limit layer (for `/v1/quota`'s
+/// peek) and the keys' credits.
+#[derive(Clone)]
+struct Api {
+    tokens: Tokens,
+    limit: RateLimitLayer,
+    credits: Arc<dyn CreditStore>,
+}
+
 /// Where the rate limiter keeps its state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimiterBackend {
@@ -695,8 +796,14 @@ pub struct Services {
     pub limiter: Arc<dyn RateLimiter>,
     /// Which limiter [`limiter`](Self::limiter) is.
     pub backend: LimiterBackend,
-    /// Each caller's quota.
-    pub rate_limit: Quota,
+    /// Each caller's limits, unless its key has limits of its own.
+    pub rate_limit: Limits,
+    /// Whether the limits run in shadow: reported, never enforced.
+    pub rate_limit_shadow: bool,
+    /// At most this many requests of one caller in flight.
+    pub concurrency_limit: Option<u32>,
+    /// Whom the limits count: each caller, or each owner across its keys.
+    pub limit_by: LimitBy,
     /// The keys' management side, which also revokes the tokens minted for a key when the key
     /// is revoked, disabled or deleted (on every instance with `REDIS_URL`).
     pub manager: Arc<dyn KeyManager>,
@@ -719,6 +826,9 @@ impl std::fmt::Debug for Services {
             .field("tokens", &self.tokens)
             .field("backend", &self.backend)
             .field("rate_limit", &self.rate_limit)
+            .field("rate_limit_shadow", &self.rate_limit_shadow)
+            .field("concurrency_limit", &self.concurrency_limit)
+            .field("limit_by", &self.limit_by)
             .finish_non_exhaustive()
     }
 }
@@ -734,14 +844,21 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         getrandom::fill(&mut secret).expect("the operating system's random generator");
         secret
     });
-    // Minted tokens carry their key's own quota, so that a key and its tokens are limited
-    // alike; a change of a key's scopes or quota revokes its older tokens (see `shared_state`).
+    // Minted tokens carry their key's own quota, tier, owner and whether it has credits, so
+    // that a key and its tokens are limited alike and spend one budget; a change of a key's
+    // scopes or quota revokes its older tokens (see `shared_state`).
     let mut verifier = JwtVerifier::with_keys([JwtKey::hmac(&secret).kid(config.jwt_kid.as_str())])
-        .quota_claim(QUOTA_CLAIM);
+        .quota_claim(QUOTA_CLAIM)
+        .tier_claim(TIER_CLAIM)
+        .owner_claim(OWNER_CLAIM)
+        .credits_claim(CREDITS_CLAIM);
     let mut issuer = TokenIssuer::hmac(&secret)
         .kid(config.jwt_kid.clone())
         .ttl(TOKEN_TTL)
-        .quota_claim(QUOTA_CLAIM);
+        .quota_claim(QUOTA_CLAIM)
+        .tier_claim(TIER_CLAIM)
+        .owner_claim(OWNER_CLAIM)
+        .credits_claim(CREDITS_CLAIM);
     if let Some(claim) = &config.jwt_subject_claim {
         verifier = verifier.subject_claim(claim);
         issuer = issuer.subject_claim(claim);
@@ -781,7 +898,10 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         tokens: Tokens { issuer },
         limiter,
         backend,
-        rate_limit: config.rate_limit,
+        rate_limit: config.rate_limit.clone(),
+        rate_limit_shadow: config.rate_limit_shadow,
+        concurrency_limit: config.concurrency_limit,
+        limit_by: config.limit_by,
         manager,
         usage,
         usage_store,
@@ -838,29 +958,59 @@ fn beside(prefix: &str, name: &str) -> String {
     format!("{}-{name}:", prefix.trim_end_matches(':'))
 }
 
-/// The routes: the API behind keygate's authentication and rate limit, `/healthz` open, and
-/// with `ADMIN_API_KEY` the admin API behind that key alone.
+/// The rate-limit layer of `services`: the default limits (a key's own quota wins), counted
+/// per caller or per owner, in shadow or enforced, with the keys' credits and, when set, a
+/// limit on requests in flight.
+pub fn rate_limit_layer(services: &Services) -> RateLimitLayer {
+    let mut limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit.clone())
+        .limit_by(services.limit_by)
+        .shadow(services.rate_limit_shadow)
+        .credits(services.keys.credits.clone())
+        .track_usage(services.usage.clone());
+    if let Some(max) = services.concurrency_limit {
+        limit = limit.concurrency(max);
+    }
+    limit
+}
+
+/// The routes: the API behind keygate's authentication and rate limit, `/v1/quota` behind
+/// authentication alone, `/healthz` open, and with `ADMIN_API_KEY` the admin API behind that
+/// key alone.
 pub fn app(services: &Services) -> Router {
     let auth = AuthLayer::new(services.keys.store.clone())
         .key_format(key_format())
         .max_key_len(MAX_KEY_LEN)
         .jwt(services.verifier.clone())
         .realm(REALM);
-    let limit = RateLimitLayer::new(services.limiter.clone(), services.rate_limit)
-        .track_usage(services.usage.clone());
-    let api = Router::new()
+    let limit = rate_limit_layer(services);
+    let state = Api {
+        tokens: services.tokens.clone(),
+        limit: limit.clone(),
+        credits: services.keys.credits.clone(),
+    };
+    let limited = Router::new()
         .route(
             "/v1/current.json",
             get(current).route_layer(RequireScopeLayer::new(SCOPE)),
+        )
+        .route(
+            "/v1/slow",
+            get(slow).route_layer(RequireScopeLayer::new(SCOPE)),
         )
         .route("/v1/me", get(me))
         .route("/v1/token", post(token))
         // `route_layer`: only the routes above need a credential, and unknown paths stay 404.
         // Outermost first: who is calling (a `Principal`), then may they call now (limited by
         // the principal's id).
-        .route_layer(ServiceBuilder::new().layer(auth).layer(limit))
+        .route_layer(ServiceBuilder::new().layer(auth.clone()).layer(limit));
+    // Reading what is left costs nothing: authenticated, but not behind the limiter.
+    let unlimited = Router::new()
+        .route("/v1/quota", get(quota))
+        .route_layer(auth);
+    let api = limited
+        .merge(unlimited)
         .route("/healthz", get(healthz))
-        .with_state(services.tokens.clone());
+        .with_state(state);
     #[cfg(feature = "admin")]
     if let Some(admin_key) = &services.admin_key {
         return api.nest("/admin", admin(services, admin_key));
@@ -925,11 +1075,26 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
         LimiterBackend::Memory => "in this process's memory",
         LimiterBackend::Redis => "in Redis, shared by every instance using it",
     };
+    let (per, share) = match services.limit_by {
+        LimitBy::Owner => ("owner, across the owner's keys", "their key's owner's"),
+        _ => ("key", "their key's"),
+    };
+    let shadow = if services.rate_limit_shadow {
+        " (shadow: reported, never enforced)"
+    } else {
+        ""
+    };
     writeln!(
         out,
-        "rate limit: {} per key, kept {backend}; tokens share their key's limit",
+        "rate limit: {} per {per}{shadow}, kept {backend}; tokens share {share} limit",
         services.rate_limit
     )?;
+    if let Some(max) = services.concurrency_limit {
+        writeln!(
+            out,
+            "concurrency limit: at most {max} request(s) in flight per {per}{shadow}"
+        )?;
+    }
     let store = match keys.backend {
         StoreBackend::Memory => "in this process's memory",
         StoreBackend::Postgres => "in PostgreSQL, shared by every instance using it",
@@ -986,6 +1151,11 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
         out,
         "  {curl} -H \"Authorization: Bearer $TOKEN\" '{base}/v1/current.json?q=Tokyo'"
     )?;
+    writeln!(
+        out,
+        "  # what the key has left of its limits (not counted against them)"
+    )?;
+    writeln!(out, "  {curl} -H {key_header} '{base}/v1/quota'")?;
     writeln!(out)?;
     writeln!(out, "  # no key needed, no rate limit")?;
     writeln!(out, "  {curl} '{base}/healthz'")?;
@@ -1099,7 +1269,8 @@ async fn me(principal: Principal) -> Json<Principal> {
 }
 
 /// `POST /v1/token`: a JWT for the calling API key.
-async fn token(State(tokens): State<Tokens>, principal: Principal) -> Response {
+async fn token(State(api): State<Api>, principal: Principal) -> Response {
+    let tokens = api.tokens;
     if principal.kind() != PrincipalKind::ApiKey {
         // The caller is known, but its credential may not do this: 403, not 401.
         return problem(
@@ -1123,6 +1294,103 @@ async fn token(State(tokens): State<Tokens>, principal: Principal) -> Response {
             )
         }
     }
+}
+
+/// The longest wait `GET /v1/slow` accepts, in milliseconds.
+pub const MAX_SLOW_MS: u64 = 5000;
+
+/// `GET /v1/slow` parameters.
+#[derive(Debug, Deserialize)]
+struct SlowParams {
+    ms: Option<String>,
+}
+
+/// `GET /v1/slow?ms=M`: answers after `M` ms, so that a caller can have requests in flight.
+async fn slow(params: Result<Query<SlowParams>, QueryRejection>) -> Response {
+    let ms = match params {
+        Ok(Query(p)) => p.ms.unwrap_or_default(),
+        Err(_) => return problem(StatusCode::BAD_REQUEST, "The query string is malformed."),
+    };
+    let ms = match ms.trim().parse::<u64>() {
+        Ok(ms) if ms <= MAX_SLOW_MS => ms,
+        _ => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Parameter ms must be a whole number of milliseconds from 0 to 5000.",
+            );
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Json(serde_json::json!({ "slept_ms": ms })).into_response()
+}
+
+/// What `GET /v1/quota` answers: each limit that applies to the caller, and its key's
+/// credits.
+#[derive(Debug, Serialize)]
+struct QuotaStatus {
+    policies: Vec<PolicyJson>,
+    /// The credits the caller's key has left; `None` when it has no budget of them.
+    credits: Option<u64>,
+}
+
+/// One limit, with its times in whole seconds (rounded up, as in the `RateLimit` headers).
+#[derive(Debug, Serialize)]
+struct PolicyJson {
+    name: String,
+    limit: u32,
+    window: u64,
+    remaining: u32,
+    reset: u64,
+}
+
+impl From<PolicyStatus> for PolicyJson {
+    fn from(p: PolicyStatus) -> Self {
+        Self {
+            window: whole_seconds(p.window).max(1),
+            reset: whole_seconds(p.reset),
+            name: p.name,
+            limit: p.limit,
+            remaining: p.remaining,
+        }
+    }
+}
+
+/// Seconds, rounded up: a limit that resets in 0.2 s resets within 1 s.
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// `GET /v1/quota`: what the caller has left, read without spending any of it.
+async fn quota(State(api): State<Api>, principal: Principal) -> Response {
+    let policies = match api.limit.peek(&principal).await {
+        Ok(policies) => policies,
+        Err(e) => {
+            tracing::warn!(caller = principal.id(), error = %e, "quota not read");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The rate limits cannot be read now; retry later.",
+            );
+        }
+    };
+    let credits = match api.credits.credits(principal.id()).await {
+        Ok(credits) => credits.map(|c| c.remaining),
+        Err(e) => {
+            tracing::warn!(caller = principal.id(), error = %e, "credits not read");
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The credits cannot be read now; retry later.",
+            );
+        }
+    };
+    let mut res = Json(QuotaStatus {
+        policies: policies.into_iter().map(PolicyJson::from).collect(),
+        credits,
+    })
+    .into_response();
+    // The counts change with every request.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 async fn healthz() -> &'static str {

@@ -59,10 +59,10 @@
 //!
 //! | Route | Body | Answer |
 //! |---|---|---|
-//! | `POST /keys` | `{"owner", "scopes", "id"?, "quota"?, "expires_in"?, "metadata"?}` | 201 `{"key", "record"}` |
+//! | `POST /keys` | `{"owner", "scopes", "id"?, "quota"?, "tier"?, "credits"?, "expires_in"?, "metadata"?}` | 201 `{"key", "record"}` |
 //! | `GET /keys?owner=O&limit=N&after=ID` | | 200 `{"keys": [RECORD], "next"?}` |
 //! | `GET /keys/{id}` | | 200 RECORD |
-//! | `PATCH /keys/{id}` | `{"scopes"?, "quota"?, "status"?, "metadata"?}` | 200 RECORD |
+//! | `PATCH /keys/{id}` | `{"scopes"?, "quota"?, "tier"?, "credits"?, "status"?, "metadata"?}` | 200 RECORD |
 //! | `POST /keys/{id}/revoke` | | 200 RECORD |
 //! | `POST /keys/{id}/rotate` | `{"grace_seconds"}` | 200 `{"key", "record"}` |
 //! | `DELETE /keys/{id}` | | 204 |
@@ -73,14 +73,21 @@
 //! ```json
 //! {
 //!   "id": "key_1", "owner": "acme", "scopes": ["weather:read"], "status": "active",
-//!   "quota": "100/min;burst=20", "expires_at": "2026-12-02T05:59:00Z",
-//!   "created_at": "2025-06-01T12:00:00Z", "metadata": {"plan": "pro"}
+//!   "quota": "10/s;burst=20, 10000/d;fixed", "tier": "pro",
+//!   "credits": {"remaining": 950, "refill": {"amount": 1000, "every": "1d"}},
+//!   "expires_at": "2026-12-02T05:59:00Z", "created_at": "2025-06-01T12:00:00Z",
+//!   "metadata": {"plan": "pro"}
 //! }
 //! ```
 //!
 //! - `status` is `active`, `disabled` or `revoked`;
-//! - `quota` is the key's own [`Quota`] in its text form (which parses back to the same quota), or
-//!   `null` when the rate-limit layer's default applies;
+//! - `quota` is the key's own [`Limits`] in their text form (which parses back to the same
+//!   limits), or `null` when the rate-limit layer's tier or default applies;
+//! - `tier` is the key's rate-limit tier, or `null`;
+//! - `credits` is the key's budget of uses, or `null` when it has none: `remaining` is the live
+//!   count (a refill that came due applied), `refill` the schedule (`null`: never refilled),
+//!   which sets the count back to `amount` every `every` (see
+//!   [`CreditStore`](crate::store::CreditStore));
 //! - `expires_at` (`null`: never) and `created_at` are RFC 3339 times in UTC, to the second
 //!   (times past the year 9999 are written as `9999-12-31T23:59:59Z`);
 //! - it never holds a key, nor a key's digest. A plaintext key is in the answers of `POST /keys`
@@ -90,9 +97,16 @@
 //! ## Issuing: `POST /keys`
 //!
 //! `owner` and `scopes` are required. Without an `id`, one is generated (`key_` and 24 random
-//! base62 characters; ids are not secret). `quota` is a [`Quota`] in its text form, such as
-//! `"100/min;burst=20"`. `expires_in` is a number of seconds (1 to 100 years) from now.
-//! `metadata` is an object of strings.
+//! base62 characters; ids are not secret). `quota` is a list of limits in the text form of
+//! [`Limits`], such as `"100/min;burst=20"` or `"10/s;burst=20, 10000/d;fixed"`; a malformed
+//! item is named in the 400's detail (`limit 2 ("10000/x"): …`). `tier` is a rate-limit tier's
+//! name (1 to 64 bytes, without control characters). `credits` gives the key a budget of uses:
+//! `{"remaining": N, "refill": {"amount": N, "every": "1d"}}`, where `refill` may be left out
+//! (or `null`) for a budget that is never refilled; counts are whole numbers up to
+//! 2<sup>53</sup> − 1, and `every` is a whole number of `s`, `min`, `h` or `d` (`"30s"`,
+//! `"15min"`, `"12h"`, `"1d"`), from 1 second to 100 years. (A refill interval set otherwise,
+//! not in whole seconds, is shown in `ms` or `us`.) `expires_in` is a number of seconds (1 to
+//! 100 years) from now. `metadata` is an object of strings.
 //!
 //! ## Listing: `GET /keys`
 //!
@@ -103,8 +117,10 @@
 //! ## Changing: `PATCH /keys/{id}`
 //!
 //! Each field given replaces the record's; the others are kept. `"quota": null` removes the
-//! key's own quota. `status` is `active` or `disabled`: revoking has its own route, and
-//! `"revoked"` is refused with 400.
+//! key's own quota, `"tier": null` its tier, `"credits": null` its budget. `credits` sets the
+//! count and the refill schedule as given, and the schedule starts anew then; a change that
+//! leaves `credits` out leaves the live count alone. `status` is `active` or `disabled`:
+//! revoking has its own route, and `"revoked"` is refused with 400.
 //!
 //! ## Rotating: `POST /keys/{id}/rotate`
 //!
@@ -122,7 +138,8 @@
 //! authentication errors, `{"type": "about:blank", "title", "status", "detail"}`:
 //!
 //! - **400**: a body that is not JSON, not sent as `application/json`, with an unknown or
-//!   missing field or a value of the wrong type; a malformed quota; an id or owner that is
+//!   missing field or a value of the wrong type; a malformed quota, tier or credits; an id or
+//!   owner that is
 //!   blank, longer than 256 bytes or has control characters; more than 100 scopes, or a scope
 //!   that is not 1 to 256 printable ASCII characters without space, `"` or `\`; metadata of
 //!   more than 100 entries or 16 KiB; a bad `limit`; `"status": "revoked"` in a `PATCH`;
@@ -158,7 +175,7 @@ use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::clock::{self, Clock, SharedClock};
-use crate::key::{KeyRecord, KeyStatus, Scopes};
+use crate::key::{Credits, KeyRecord, KeyStatus, Refill, Scopes};
 use crate::limits::Limits;
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::ratelimit::{UsageStore, UsageTotals};
@@ -185,6 +202,8 @@ const GENERATED_ID_LEN: usize = 24;
 const GENERATED_ID_TRIES: usize = 3;
 /// The longest `detail` taken from a parser's message, in bytes.
 const MAX_DETAIL_LEN: usize = 512;
+/// The longest tier name, in bytes.
+const MAX_TIER_LEN: usize = 64;
 
 /// The admin router with its defaults: no usage store (the usage route answers 404). The same
 /// as `Admin::new(manager).into_router()`.
@@ -445,9 +464,35 @@ struct RecordView<'a> {
     scopes: &'a Scopes,
     status: &'static str,
     quota: Option<String>,
+    tier: Option<&'a str>,
+    credits: Option<CreditsView>,
     expires_at: Option<String>,
     created_at: Option<String>,
     metadata: &'a BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct CreditsView {
+    remaining: u64,
+    refill: Option<RefillView>,
+}
+
+#[derive(Serialize)]
+struct RefillView {
+    amount: u64,
+    every: String,
+}
+
+impl CreditsView {
+    fn of(credits: &Credits) -> Self {
+        Self {
+            remaining: credits.remaining,
+            refill: credits.refill.map(|refill| RefillView {
+                amount: refill.amount,
+                every: duration_text(refill.every),
+            }),
+        }
+    }
 }
 
 impl<'a> RecordView<'a> {
@@ -458,6 +503,8 @@ impl<'a> RecordView<'a> {
             scopes: &record.scopes,
             status: status_name(record.status),
             quota: record.quota.as_ref().map(ToString::to_string),
+            tier: record.tier.as_deref(),
+            credits: record.credits.as_ref().map(CreditsView::of),
             expires_at: record.expires_at.map(rfc3339),
             created_at: record.created_at.map(rfc3339),
             metadata: &record.metadata,
@@ -508,6 +555,10 @@ struct CreateBody {
     #[serde(default)]
     quota: Option<String>,
     #[serde(default)]
+    tier: Option<String>,
+    #[serde(default)]
+    credits: Option<Object<CreditsBody>>,
+    #[serde(default)]
     expires_in: Option<u64>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
@@ -521,10 +572,31 @@ struct PatchBody {
     /// `Some(None)`: `"quota": null`, remove the key's own quota.
     #[serde(default, deserialize_with = "present")]
     quota: Option<Option<String>>,
+    /// `Some(None)`: `"tier": null`, remove the key's tier.
+    #[serde(default, deserialize_with = "present")]
+    tier: Option<Option<String>>,
+    /// `Some(None)`: `"credits": null`, remove the key's budget.
+    #[serde(default, deserialize_with = "present")]
+    credits: Option<Option<Object<CreditsBody>>>,
     #[serde(default, deserialize_with = "present")]
     status: Option<StatusField>,
     #[serde(default, deserialize_with = "present")]
     metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditsBody {
+    remaining: u64,
+    #[serde(default)]
+    refill: Option<Object<RefillBody>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefillBody {
+    amount: u64,
+    every: String,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -618,9 +690,80 @@ fn check_metadata(metadata: &BTreeMap<String, String>) -> Result<(), Problem> {
     Ok(())
 }
 
+/// A list of limits. What is wrong with a malformed item is told with the item's place and
+/// text (`limit 2 ("10/x"): …`), unless the list has one item only.
 fn parse_quota(text: &str) -> Result<Limits, Problem> {
-    text.parse()
-        .map_err(|e: crate::QuotaError| Problem::bad_request(format!("The quota is invalid: {e}.")))
+    text.parse().map_err(|e: crate::QuotaError| {
+        let e = match e {
+            crate::QuotaError::Item { reason, .. } if !text.contains(',') => *reason,
+            e => e,
+        };
+        Problem::bad_request(format!("The quota is invalid: {e}."))
+    })
+}
+
+fn check_tier(tier: String) -> Result<String, Problem> {
+    if tier.trim().is_empty() || tier.len() > MAX_TIER_LEN || tier.chars().any(char::is_control) {
+        return Err(Problem::bad_request(format!(
+            "The tier is 1 to {MAX_TIER_LEN} bytes, not blank, without control characters."
+        )));
+    }
+    Ok(tier)
+}
+
+fn parse_credits(body: CreditsBody) -> Result<Credits, Problem> {
+    let mut credits = Credits::new(body.remaining);
+    if let Some(Object(refill)) = body.refill {
+        credits = credits.with_refill(Refill::new(refill.amount, parse_every(&refill.every)?));
+    }
+    crate::store::check_credits(&credits)
+        .map_err(|e| Problem::from_manage(e, StatusCode::BAD_REQUEST))?;
+    Ok(credits)
+}
+
+/// A refill interval: a whole number of `s`, `min`, `h` or `d`, from 1 second to 100 years.
+fn parse_every(text: &str) -> Result<Duration, Problem> {
+    let invalid = || {
+        Problem::bad_request(
+            "The refill interval `every` is a whole number of s, min, h or d, such as \"30s\", \
+             \"15min\", \"12h\" or \"1d\", from 1 second to 100 years.",
+        )
+    };
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (count, unit) = text.split_at(digits);
+    let unit_secs: u64 = match unit {
+        "s" => 1,
+        "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(invalid()),
+    };
+    let secs = count
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit_secs))
+        .filter(|&secs| (1..=MAX_SECONDS).contains(&secs))
+        .ok_or_else(invalid)?;
+    Ok(Duration::from_secs(secs))
+}
+
+/// A refill interval as [`parse_every`] reads it: in the largest of `d`, `h`, `min` and `s`
+/// that it is a whole number of; an interval of a fraction of a second (which only the Rust
+/// API sets) in `ms` or `us`.
+fn duration_text(every: Duration) -> String {
+    if every.subsec_nanos() == 0 {
+        let secs = every.as_secs();
+        return match secs {
+            s if s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+            s if s.is_multiple_of(3600) => format!("{}h", s / 3600),
+            s if s.is_multiple_of(60) => format!("{}min", s / 60),
+            s => format!("{s}s"),
+        };
+    }
+    if every.subsec_nanos().is_multiple_of(1_000_000) {
+        return format!("{}ms", every.as_millis());
+    }
+    format!("{}us", every.as_micros())
 }
 
 fn check_seconds(name: &str, secs: u64) -> Result<Duration, Problem> {
@@ -677,6 +820,11 @@ async fn create(
     let body = json_body(body)?;
     let scopes = check_scopes(body.scopes)?;
     let quota = body.quota.as_deref().map(parse_quota).transpose()?;
+    let tier = body.tier.map(check_tier).transpose()?;
+    let credits = body
+        .credits
+        .map(|Object(credits)| parse_credits(credits))
+        .transpose()?;
     let metadata = body.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     let expires_at = match body.expires_in {
@@ -708,6 +856,8 @@ async fn create(
         let mut record = KeyRecord::new(id, body.owner.clone());
         record.scopes = scopes.clone();
         record.quota.clone_from(&quota);
+        record.tier.clone_from(&tier);
+        record.credits = credits;
         record.expires_at = expires_at;
         record.metadata = metadata.clone();
         crate::store::check_new_record(&record)
@@ -788,6 +938,16 @@ async fn change(
     }
     if let Some(quota) = body.quota {
         update.quota = Some(quota.as_deref().map(parse_quota).transpose()?);
+    }
+    if let Some(tier) = body.tier {
+        update.tier = Some(tier.map(check_tier).transpose()?);
+    }
+    if let Some(credits) = body.credits {
+        update.credits = Some(
+            credits
+                .map(|Object(credits)| parse_credits(credits))
+                .transpose()?,
+        );
     }
     match body.status {
         Some(StatusField::Active) => update.status = Some(KeyStatus::Active),
@@ -1003,6 +1163,49 @@ mod tests {
         assert_eq!(sentence("failed: x"), "Failed: x.");
         assert_eq!(sentence("Done."), "Done.");
         assert!(sentence(&"é".repeat(1000)).len() <= MAX_DETAIL_LEN + 1);
+    }
+
+    #[test]
+    fn refill_intervals() {
+        for (text, secs) in [
+            ("1s", 1),
+            ("30s", 30),
+            ("90s", 90),
+            ("15min", 900),
+            ("12h", 43_200),
+            ("1d", 86_400),
+            ("36500d", MAX_SECONDS),
+        ] {
+            let every = parse_every(text).unwrap();
+            assert_eq!(every, Duration::from_secs(secs), "{text}");
+            assert_eq!(parse_every(&duration_text(every)).unwrap(), every, "{text}");
+        }
+        assert_eq!(duration_text(Duration::from_secs(60)), "1min");
+        assert_eq!(duration_text(Duration::from_secs(7200)), "2h");
+        assert_eq!(duration_text(Duration::from_secs(172_800)), "2d");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_text(Duration::from_micros(1_000_001)), "1000001us");
+        for bad in [
+            "",
+            "0s",
+            "1",
+            "s",
+            "1 s",
+            " 1s",
+            "1S",
+            "1m",
+            "1.5h",
+            "-1s",
+            "1ms",
+            "36501d",
+            "99999999999999999999d",
+            "18446744073709551615d",
+            "1d1h",
+        ] {
+            let e = parse_every(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad}");
+            assert!(e.detail.contains("every"), "{bad}: {}", e.detail);
+        }
     }
 
     #[test]

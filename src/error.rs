@@ -106,10 +106,14 @@ impl GrpcCode {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct RateLimited {
-    /// How long until the request would be admitted.
+    /// How long until the request would be admitted; zero when no wait would help (credits
+    /// used up with no refill scheduled), and then no `Retry-After` is sent.
     pub retry_after: Duration,
     /// Headers describing the limit (`RateLimit`, `RateLimit-Policy`, ...).
     pub headers: HeaderMap,
+    /// What the problem's `detail` says (which limit denied, or that the credits are used
+    /// up); by default "Too many requests; retry in N s."
+    pub detail: Option<String>,
 }
 
 impl RateLimited {
@@ -118,7 +122,15 @@ impl RateLimited {
         Self {
             retry_after,
             headers,
+            detail: None,
         }
+    }
+
+    /// With this problem `detail` (no secrets: the client reads it).
+    #[must_use]
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 }
 
@@ -206,11 +218,14 @@ impl AuthError {
             }
             Self::InvalidCredential(_) => "The credential is not valid.".into(),
             Self::InsufficientScope(s) => format!("The credential lacks the scope \"{s}\".").into(),
-            Self::RateLimited(r) => format!(
-                "Too many requests; retry in {} s.",
-                retry_after_secs(r.retry_after)
-            )
-            .into(),
+            Self::RateLimited(r) => match &r.detail {
+                Some(detail) => detail.clone().into(),
+                None => format!(
+                    "Too many requests; retry in {} s.",
+                    retry_after_secs(r.retry_after)
+                )
+                .into(),
+            },
             Self::Unavailable(_) => "Authentication is unavailable; retry later.".into(),
             Self::MissingLayer => "The server's authentication is misconfigured: no Principal \
                                    in the request; is keygate's AuthLayer applied to this route?"
@@ -269,10 +284,12 @@ impl AuthError {
         }
         match self {
             Self::RateLimited(r) => {
-                headers.insert(
-                    RETRY_AFTER,
-                    HeaderValue::from(retry_after_secs(r.retry_after)),
-                );
+                if !r.retry_after.is_zero() {
+                    headers.insert(
+                        RETRY_AFTER,
+                        HeaderValue::from(retry_after_secs(r.retry_after)),
+                    );
+                }
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 for (name, value) in &r.headers {
                     headers.append(name, value.clone());
@@ -300,10 +317,12 @@ impl AuthError {
             headers.insert("grpc-message", v);
         }
         if let Self::RateLimited(r) = self {
-            headers.insert(
-                RETRY_AFTER,
-                HeaderValue::from(retry_after_secs(r.retry_after)),
-            );
+            if !r.retry_after.is_zero() {
+                headers.insert(
+                    RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(r.retry_after)),
+                );
+            }
             for (name, value) in &r.headers {
                 headers.append(name, value.clone());
             }

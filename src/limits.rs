@@ -393,7 +393,7 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
-        let nine = vec!["1/s"; 9].join(",");
+        let nine = ["1/s"; 9].join(",");
         assert_eq!(nine.parse::<Limits>(), Err(QuotaError::ListLength));
         assert_eq!(Limits::new([]), Err(QuotaError::ListLength));
         let long = format!("{}/fortnight", "9".repeat(100));

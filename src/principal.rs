@@ -57,6 +57,7 @@ struct Identity {
     scopes: Scopes,
     quota: Option<Limits>,
     tier: Option<String>,
+    credits: bool,
 }
 
 impl Principal {
@@ -69,6 +70,7 @@ impl Principal {
             scopes: Scopes::new(),
             quota: None,
             tier: None,
+            credits: false,
         })))
     }
 
@@ -86,6 +88,7 @@ impl Principal {
                 scopes: record.scopes.clone(),
                 quota: record.quota.clone(),
                 tier: record.tier.clone(),
+                credits: record.credits.is_some(),
             }));
         }
         match &mut self.0 {
@@ -113,6 +116,24 @@ impl Principal {
     pub fn with_quota(mut self, quota: impl Into<Limits>) -> Self {
         self.identity_mut().quota = Some(quota.into());
         self
+    }
+
+    /// Marks the caller as spending credits (a token minted for a key with credits): the
+    /// rate-limit layer's [`credits`](crate::ratelimit::RateLimitLayer::credits) store then
+    /// spends them for the caller's id.
+    #[must_use]
+    pub fn with_credits(mut self, spends: bool) -> Self {
+        self.identity_mut().credits = spends;
+        self
+    }
+
+    /// Whether the caller spends credits: an API key with a budget of them, or a principal
+    /// marked so ([`with_credits`](Self::with_credits)).
+    pub fn spends_credits(&self) -> bool {
+        match &self.0 {
+            Repr::Key(r) => r.credits.is_some(),
+            Repr::Identity(i) => i.credits,
+        }
     }
 
     /// Sets the rate-limit tier (mapped to a quota by the rate-limit layer).

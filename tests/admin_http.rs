@@ -18,10 +18,11 @@ use keygate::BoxError;
 use keygate::admin::{self, Admin};
 use keygate::auth::AuthLayer;
 use keygate::clock::ManualClock;
-use keygate::key::{KeyDigest, KeyFormat, KeyRecord};
+use keygate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, Refill};
 use keygate::ratelimit::{UsageEntry, UsageFuture, UsageStore, UsageTotals};
 use keygate::store::{
-    IssuedKey, KeyManager, KeyPage, KeyUpdate, ManageError, ManageFuture, MemoryStore, Page,
+    CreditOutcome, CreditStore, IssuedKey, KeyManager, KeyPage, KeyUpdate, ManageError,
+    ManageFuture, MemoryStore, Page,
 };
 use serde_json::{Value, json};
 
@@ -211,8 +212,9 @@ fn field_names(value: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
-const RECORD_FIELDS: [&str; 8] = [
+const RECORD_FIELDS: [&str; 10] = [
     "created_at",
+    "credits",
     "expires_at",
     "id",
     "metadata",
@@ -220,6 +222,7 @@ const RECORD_FIELDS: [&str; 8] = [
     "quota",
     "scopes",
     "status",
+    "tier",
 ];
 
 /// Asserts that `record` has exactly the fields of a RECORD.
@@ -267,7 +270,9 @@ async fn create_answers_the_key_once_and_the_exact_record() {
         .post(
             "/admin/keys",
             r#"{"owner": "acme", "scopes": ["weather:write", "weather:read"], "id": "key_1",
-                "quota": "100/min;burst=20", "expires_in": 3600, "metadata": {"plan": "pro"}}"#,
+                "quota": "10/s;burst=20, 10000/d;fixed", "tier": "pro",
+                "credits": {"remaining": 950, "refill": {"amount": 1000, "every": "1d"}},
+                "expires_in": 3600, "metadata": {"plan": "pro"}}"#,
         )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
@@ -286,7 +291,9 @@ async fn create_answers_the_key_once_and_the_exact_record() {
             "owner": "acme",
             "scopes": ["weather:read", "weather:write"],
             "status": "active",
-            "quota": "100/min;burst=20",
+            "quota": "10/s;burst=20, 10000/d;fixed",
+            "tier": "pro",
+            "credits": {"remaining": 950, "refill": {"amount": 1000, "every": "1d"}},
             "expires_at": "2026-12-02T06:59:00Z",
             "created_at": T0,
             "metadata": {"plan": "pro"},
@@ -296,7 +303,15 @@ async fn create_answers_the_key_once_and_the_exact_record() {
 
     // The store holds what the answer says.
     let stored = f.store.get("key_1").unwrap();
-    assert_eq!(stored.quota, Some("100/min;burst=20".parse().unwrap()));
+    assert_eq!(
+        stored.quota,
+        Some("10/s;burst=20, 10000/d;fixed".parse().unwrap())
+    );
+    assert_eq!(stored.tier.as_deref(), Some("pro"));
+    assert_eq!(
+        stored.credits,
+        Some(Credits::new(950).with_refill(Refill::new(1000, Duration::from_secs(86_400))))
+    );
     assert_eq!(stored.expires_at, Some(t0() + Duration::from_secs(3600)));
 
     // Reading it back shows the same record and never the key.
@@ -323,12 +338,17 @@ async fn create_with_only_the_required_fields() {
     assert!(id[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
     assert_eq!(record["scopes"], json!([]));
     assert_eq!(record["quota"], Value::Null);
+    assert_eq!(record["tier"], Value::Null);
+    assert_eq!(record["credits"], Value::Null);
     assert_eq!(record["expires_at"], Value::Null);
     assert_eq!(record["metadata"], json!({}));
     assert_eq!(record["status"], "active");
     // `null` is the same as leaving the field out.
     let (_, other) = f
-        .create(json!({"owner": "acme", "scopes": [], "id": null, "quota": null}))
+        .create(
+            json!({"owner": "acme", "scopes": [], "id": null, "quota": null,
+                       "tier": null, "credits": null}),
+        )
         .await;
     assert_ne!(other["id"], record["id"]);
     assert_eq!(f.store.len(), 2);
@@ -1029,4 +1049,227 @@ async fn other_methods_are_405_problems() {
 fn debug_shows_no_store_internals() {
     let admin = Admin::new(MemoryStore::new()).usage(FakeUsage::default());
     assert_eq!(format!("{admin:?}"), "Admin { usage: true, .. }");
+}
+
+/// The live count of `id`'s credits, as the store has it.
+async fn spend(f: &Fixture, id: &str, cost: u32) -> CreditOutcome {
+    f.store.spend(id, cost).await.unwrap()
+}
+
+#[tokio::test]
+async fn tiers_and_credits_are_set_shown_and_removed() {
+    let f = fixture();
+    let (key, record) = f
+        .create(json!({"owner": "acme", "scopes": [], "id": "key_1",
+                       "credits": {"remaining": 5}}))
+        .await;
+    assert_eq!(record["credits"], json!({"remaining": 5, "refill": null}));
+    assert_eq!(record["tier"], Value::Null);
+    assert_eq!(
+        spend(&f, "key_1", 2).await,
+        CreditOutcome::Spent { remaining: 3 }
+    );
+    assert_eq!(
+        f.get("/admin/keys/key_1").await.json()["credits"],
+        json!({"remaining": 3, "refill": null}),
+        "RECORD shows the live count"
+    );
+    let listed = f.get("/admin/keys?owner=acme").await.json();
+    assert_eq!(
+        listed["keys"][0]["credits"],
+        json!({"remaining": 3, "refill": null})
+    );
+
+    // A change of something else leaves the count alone.
+    let reply = f
+        .patch("/admin/keys/key_1", r#"{"tier": "gold", "scopes": ["a"]}"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.assert_no_leak(&key);
+    let record = reply.json();
+    assert_record_shape(&record);
+    assert_eq!(record["tier"], "gold");
+    assert_eq!(record["credits"], json!({"remaining": 3, "refill": null}));
+    assert_eq!(f.store.get("key_1").unwrap().tier.as_deref(), Some("gold"));
+
+    // Setting the credits sets the count and starts the schedule now.
+    let reply = f
+        .patch(
+            "/admin/keys/key_1",
+            r#"{"credits": {"remaining": 2, "refill": {"amount": 10, "every": "15min"}}}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json()["credits"],
+        json!({"remaining": 2, "refill": {"amount": 10, "every": "15min"}})
+    );
+    assert_eq!(reply.json()["tier"], "gold", "a field left out is kept");
+    assert_eq!(
+        spend(&f, "key_1", 2).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        spend(&f, "key_1", 1).await,
+        CreditOutcome::Exhausted {
+            refill_in: Some(Duration::from_secs(900))
+        }
+    );
+    f.clock.advance(Duration::from_secs(900));
+    assert_eq!(
+        f.get("/admin/keys/key_1").await.json()["credits"],
+        json!({"remaining": 10, "refill": {"amount": 10, "every": "15min"}}),
+        "RECORD shows the count with the refill that came due"
+    );
+
+    // Intervals are shown in the largest unit they are a whole number of.
+    for (every, shown) in [
+        ("30s", "30s"),
+        ("120s", "2min"),
+        ("90min", "90min"),
+        ("24h", "1d"),
+        ("36h", "36h"),
+        ("7d", "7d"),
+    ] {
+        let body = json!({"credits": {"remaining": 1, "refill": {"amount": 1, "every": every}}});
+        let reply = f.patch("/admin/keys/key_1", &body.to_string()).await;
+        assert_eq!(reply.status, StatusCode::OK, "{every}: {}", reply.text());
+        assert_eq!(reply.json()["credits"]["refill"]["every"], shown, "{every}");
+    }
+
+    // Removing them.
+    let reply = f
+        .patch("/admin/keys/key_1", r#"{"tier": null, "credits": null}"#)
+        .await;
+    assert_eq!(reply.json()["tier"], Value::Null);
+    assert_eq!(reply.json()["credits"], Value::Null);
+    assert_eq!(spend(&f, "key_1", 1).await, CreditOutcome::NoBudget);
+    assert_eq!(f.use_key(&key).await, StatusCode::OK);
+}
+
+/// A refill interval set through the Rust API in a fraction of a second is shown in `ms`.
+#[tokio::test]
+async fn sub_second_refill_intervals_are_shown_in_ms() {
+    let f = fixture();
+    f.store
+        .issue(
+            KeyRecord::new("key_1", "acme").with_credits(
+                Credits::new(1).with_refill(Refill::new(1, Duration::from_millis(1500))),
+            ),
+        )
+        .unwrap();
+    assert_eq!(
+        f.get("/admin/keys/key_1").await.json()["credits"],
+        json!({"remaining": 1, "refill": {"amount": 1, "every": "1500ms"}})
+    );
+}
+
+#[tokio::test]
+async fn bad_quotas_tiers_and_credits_are_refused_with_what_is_wrong() {
+    let f = fixture();
+    f.create(
+        json!({"owner": "acme", "scopes": [], "id": "key_1", "tier": "t",
+                    "credits": {"remaining": 4}}),
+    )
+    .await;
+    let every = "The refill interval `every` is a whole number of s, min, h or d, such as \
+                 \"30s\", \"15min\", \"12h\" or \"1d\", from 1 second to 100 years.";
+    let tier = "The tier is 1 to 64 bytes, not blank, without control characters.";
+    let cases: Vec<(Value, Option<String>)> = vec![
+        (
+            json!({"quota": "10/s, 10/x"}),
+            Some(
+                "The quota is invalid: limit 2 (\"10/x\"): a quota's unit is s, min, h, d, or \
+                 a whole number of ms, us or ns such as 250ms."
+                    .into(),
+            ),
+        ),
+        (
+            json!({"quota": "10/s;burst=20, 100/d;fixed;burst=3"}),
+            Some(
+                "The quota is invalid: limit 2 (\"100/d;fixed;burst=3\"): a fixed window \
+                 (;fixed) is a whole number of seconds and has no burst."
+                    .into(),
+            ),
+        ),
+        (json!({"quota": ""}), None),
+        (json!({"tier": ""}), Some(tier.into())),
+        (json!({"tier": "   "}), Some(tier.into())),
+        (json!({"tier": "g".repeat(65)}), Some(tier.into())),
+        (json!({"tier": "a\u{0}b"}), Some(tier.into())),
+        (json!({"tier": 5}), None),
+        (json!({"credits": {}}), None),
+        (json!({"credits": 5}), None),
+        (json!({"credits": [5, null]}), None),
+        (json!({"credits": {"remaining": -1}}), None),
+        (json!({"credits": {"remaining": 1.5}}), None),
+        (json!({"credits": {"remaining": "5"}}), None),
+        (json!({"credits": {"remaining": 1, "left": 1}}), None),
+        (
+            json!({"credits": {"remaining": 9_007_199_254_740_992u64}}),
+            Some("The remaining credits are more than 9007199254740991.".into()),
+        ),
+        (
+            json!({"credits": {"remaining": 1, "refill": {"amount": 9_007_199_254_740_992u64,
+                                                          "every": "1d"}}}),
+            Some("The refill amount is more than 9007199254740991.".into()),
+        ),
+        (
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1}}}),
+            None,
+        ),
+        (
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1, "every": 60}}}),
+            None,
+        ),
+        (
+            json!({"credits": {"remaining": 1, "refill": [1, "1d"]}}),
+            None,
+        ),
+    ];
+    let mut cases = cases;
+    for bad in ["0s", "1w", "1.5h", "36501d", "", "1 d", "1m", "1ms"] {
+        cases.push((
+            json!({"credits": {"remaining": 1, "refill": {"amount": 1, "every": bad}}}),
+            Some(every.into()),
+        ));
+    }
+    for (body, detail) in &cases {
+        // On create...
+        let mut create = json!({"owner": "acme", "scopes": []});
+        for (k, v) in body.as_object().unwrap() {
+            create[k] = v.clone();
+        }
+        let reply = f.post("/admin/keys", &create.to_string()).await;
+        assert_status_problem(&reply, 400);
+        if let Some(detail) = detail {
+            assert_eq!(reply.detail(), *detail, "{create}");
+        }
+        // ...and on change.
+        let reply = f.patch("/admin/keys/key_1", &body.to_string()).await;
+        assert_status_problem(&reply, 400);
+        if let Some(detail) = detail {
+            assert_eq!(reply.detail(), *detail, "{body}");
+        }
+    }
+    assert_eq!(f.store.len(), 1, "a refused request created a record");
+    let record = f.get("/admin/keys/key_1").await.json();
+    assert_eq!(record["tier"], "t");
+    assert_eq!(record["credits"], json!({"remaining": 4, "refill": null}));
+    assert_eq!(record["quota"], Value::Null);
+
+    // The longest interval and the largest counts are fine.
+    let reply = f
+        .patch(
+            "/admin/keys/key_1",
+            r#"{"credits": {"remaining": 9007199254740991,
+                            "refill": {"amount": 9007199254740991, "every": "36500d"}}}"#,
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json()["credits"],
+        json!({"remaining": 9_007_199_254_740_991u64,
+               "refill": {"amount": 9_007_199_254_740_991u64, "every": "36500d"}})
+    );
 }

@@ -1,6 +1,6 @@
 //! `CachedStore` in front of fake backends that count their calls and can be made to fail, hang
 //! or answer slowly: freshness, stale-if-error, negative caching, single-flight, timeouts,
-//! invalidation, the `KeyManager` pass-through and the bound on entries. Some go through a real
+//! invalidation, the `KeyManager` and `CreditStore` pass-through and the bound on entries. Some go through a real
 //! axum `Router` with `AuthLayer::new(cached)`.
 
 mod common;
@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use http::StatusCode;
+use keygate::MaybeReady;
 use keygate::auth::AuthLayer;
 use keygate::clock::ManualClock;
-use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
+use keygate::key::{ApiKey, Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 use keygate::store::{
-    CachedStore, Invalidate, KeyManager, KeyStore, KeyUpdate, Lookup, LookupResult, MemoryStore,
-    StoreError,
+    CachedStore, CreditCheck, CreditOutcome, CreditStore, Invalidate, KeyManager, KeyStore,
+    KeyUpdate, Lookup, LookupResult, MemoryStore, StoreError,
 };
 
 /// No test waits longer than this for anything.
@@ -40,6 +41,7 @@ struct Backend {
     delay: Arc<Mutex<Duration>>,
     calls: Arc<AtomicUsize>,
     per_digest: Arc<Mutex<HashMap<KeyDigest, usize>>>,
+    credit_calls: Arc<AtomicUsize>,
 }
 
 impl Backend {
@@ -98,6 +100,26 @@ impl KeyStore for Backend {
                 }
             }
         }
+    }
+}
+
+/// Spends and reads of credits go to the `MemoryStore` (counted in `credit_calls`), or fail
+/// while the backend is `DOWN`.
+impl CreditStore for Backend {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        self.credit_calls.fetch_add(1, Ordering::SeqCst);
+        if self.mode.load(Ordering::SeqCst) == DOWN {
+            return MaybeReady::ready(Err(StoreError::unavailable("down for the test")));
+        }
+        self.keys.spend(id, cost)
+    }
+
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        self.credit_calls.fetch_add(1, Ordering::SeqCst);
+        if self.mode.load(Ordering::SeqCst) == DOWN {
+            return MaybeReady::ready(Err(StoreError::unavailable("down for the test")));
+        }
+        CreditStore::credits(&self.keys, id)
     }
 }
 
@@ -755,4 +777,88 @@ async fn an_outage_hidden_by_stale_records_is_logged_once_and_its_end_too() {
         "{text}"
     );
     assert!(!text.contains(key.expose_secret()), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Credits
+
+/// Every spend and read of credits reaches the backend (a count is never cached, so that every
+/// instance counts one budget); a spend does not disturb the cached record; an outage of the
+/// backend is an error, never "no budget".
+#[tokio::test]
+async fn credits_are_never_cached_and_spends_leave_cached_records_alone() {
+    let backend = Backend::new();
+    let key = backend
+        .keys
+        .issue(KeyRecord::new("key_1", "acme").with_credits(Credits::new(3)))
+        .unwrap();
+    let (cache, _clock) = cached(&backend);
+    assert_eq!(found_id(&cache, &key).await, "key_1");
+    assert_eq!(backend.calls(), 1);
+
+    for left in (0..3).rev() {
+        assert_eq!(
+            cache.spend("key_1", 1).await.unwrap(),
+            CreditOutcome::Spent { remaining: left }
+        );
+    }
+    assert_eq!(
+        cache.spend("key_1", 1).await.unwrap(),
+        CreditOutcome::Exhausted { refill_in: None }
+    );
+    assert_eq!(backend.credit_calls.load(Ordering::SeqCst), 4);
+    // A change made behind the cache's back is seen at once.
+    backend
+        .keys
+        .update("key_1", |r| r.credits = Some(Credits::new(7)))
+        .unwrap();
+    assert_eq!(cache.credits("key_1").await.unwrap(), Some(Credits::new(7)));
+    assert_eq!(backend.credit_calls.load(Ordering::SeqCst), 5);
+    // The cached record was not touched by the spends: still a fresh hit.
+    assert_eq!(found_id(&cache, &key).await, "key_1");
+    assert_eq!(backend.calls(), 1, "a spend must not invalidate the record");
+
+    backend.set(DOWN);
+    assert!(matches!(
+        cache.spend("key_1", 1).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        cache.credits("key_1").await,
+        Err(StoreError::Unavailable(_))
+    ));
+    backend.set(UP);
+    assert_eq!(
+        cache.spend("key_1", 7).await.unwrap(),
+        CreditOutcome::Spent { remaining: 0 }
+    );
+}
+
+/// Setting the credits through the cache's `KeyManager` is a change of the record: the cache
+/// forgets it, and the next lookup shows the new budget.
+#[tokio::test]
+async fn setting_credits_through_the_cache_forgets_the_record() {
+    let backend = MemoryStore::new();
+    let key = backend.issue(KeyRecord::new("key_1", "acme")).unwrap();
+    let cache = CachedStore::new(backend.clone());
+    assert_eq!(lookup(&cache, &key).await.unwrap().unwrap().credits, None);
+    KeyManager::update(
+        &cache,
+        "key_1",
+        KeyUpdate::new().credits(Some(Credits::new(2))),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        lookup(&cache, &key).await.unwrap().unwrap().credits,
+        Some(Credits::new(2))
+    );
+    assert_eq!(
+        cache.spend("key_1", 2).await.unwrap(),
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        backend.spend("key_1", 1).await.unwrap(),
+        CreditOutcome::Exhausted { refill_in: None }
+    );
 }

@@ -1,6 +1,7 @@
 //! The `KeyManager` conformance suite (`tests/common/conformance.rs`) against `MemoryStore`,
 //! through `Arc<dyn KeyManager>`, and against stores that break one rule each (the suite must
-//! catch them); and keys managed through the trait, checked by a real axum `Router`.
+//! catch them); its credit checks the same way (`Arc<dyn CreditStore>`, and credit stores that
+//! break one rule); and keys managed through the trait, checked by a real axum `Router`.
 
 mod common;
 
@@ -10,11 +11,12 @@ use std::time::{Duration, SystemTime};
 use common::conformance;
 use common::*;
 use http::StatusCode;
+use keygate::MaybeReady;
 use keygate::auth::AuthLayer;
-use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
+use keygate::key::{ApiKey, Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 use keygate::store::{
-    CachedStore, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, ManageError,
-    ManageFuture, MemoryStore, Page,
+    CachedStore, CreditCheck, CreditOutcome, CreditStore, IssuedKey, KeyManager, KeyPage, KeyStore,
+    KeyUpdate, Lookup, ManageError, ManageFuture, MemoryStore, Page, StoreError,
 };
 
 #[tokio::test]
@@ -85,6 +87,30 @@ async fn a_cached_memory_store_purges_what_can_no_longer_work() {
     conformance::purge_checks(&CachedStore::new(MemoryStore::new())).await;
 }
 
+#[tokio::test]
+async fn memory_store_credits_conform() {
+    conformance::credit_checks(&MemoryStore::new()).await;
+}
+
+/// One store, shared by many tasks on several threads: exactly the credits are admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_credits_reach_exactly_zero_across_tasks() {
+    let store = MemoryStore::new();
+    conformance::credits_across_instances(&store, &store.clone()).await;
+}
+
+/// A cache never caches counts: two caches in front of one store count one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_memory_stores_count_one_budget() {
+    let backend = MemoryStore::new();
+    conformance::credit_checks(&CachedStore::new(backend.clone())).await;
+    conformance::credits_across_instances(
+        &CachedStore::new(backend.clone()),
+        &CachedStore::new(backend),
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Trait objects
 
@@ -94,6 +120,7 @@ async fn a_cached_memory_store_purges_what_can_no_longer_work() {
 struct Dyn {
     manager: Arc<dyn KeyManager>,
     keys: Arc<dyn KeyStore>,
+    credits: Arc<dyn CreditStore>,
 }
 
 impl Dyn {
@@ -101,8 +128,18 @@ impl Dyn {
         let store = MemoryStore::new();
         Self {
             manager: Arc::new(store.clone()),
-            keys: Arc::new(store),
+            keys: Arc::new(store.clone()),
+            credits: Arc::new(store),
         }
+    }
+}
+
+impl CreditStore for Dyn {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        self.credits.spend(id, cost)
+    }
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        self.credits.credits(id)
     }
 }
 
@@ -149,6 +186,12 @@ impl KeyManager for Dyn {
 async fn the_trait_objects_conform() {
     conformance::run(&Dyn::memory()).await;
     conformance::purge_checks(&Dyn::memory()).await;
+    conformance::credit_checks(&Dyn::memory()).await;
+    let boxed: Box<dyn CreditStore> = Box::new(MemoryStore::new());
+    assert_eq!(
+        boxed.spend("none", 1).await.unwrap(),
+        CreditOutcome::NoBudget
+    );
 }
 
 #[tokio::test]
@@ -285,6 +328,13 @@ enum Flaw {
     PurgesNothing,
     /// An update moves the record to a fresh key: the keys it had stop working.
     UpdatesLoseTheKeys,
+    /// A spend reads the count, then writes it back less the cost: concurrent spends admit more
+    /// than the credits.
+    SpendsRacily,
+    /// A spend of more than remains spends what remains, and succeeds.
+    SpendsWhatRemains,
+    /// A refill restarts the schedule from when it was applied.
+    RestartsTheScheduleOnRefill,
 }
 
 /// A `MemoryStore` that breaks one rule.
@@ -379,11 +429,92 @@ impl KeyManager for Flawed {
     }
 }
 
+/// Spends go to the memory store, but for the credit flaws.
+impl CreditStore for Flawed {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        let (inner, id) = (self.inner.clone(), id.to_owned());
+        let credits = |inner: &MemoryStore, id: &str| {
+            let mut read = CreditStore::credits(inner, id);
+            read.take_ready().expect("memory reads are ready").unwrap()
+        };
+        match self.flaw {
+            Flaw::SpendsRacily => MaybeReady::pending(async move {
+                let Some(mut c) = credits(&inner, &id) else {
+                    return Ok(CreditOutcome::NoBudget);
+                };
+                tokio::task::yield_now().await;
+                let Some(remaining) = c.remaining.checked_sub(u64::from(cost)) else {
+                    return Ok(CreditOutcome::Exhausted { refill_in: None });
+                };
+                c.remaining = remaining;
+                inner.update(&id, |r| r.credits = Some(c)).unwrap();
+                Ok(CreditOutcome::Spent { remaining })
+            }),
+            Flaw::SpendsWhatRemains => match credits(&inner, &id) {
+                Some(c) if c.remaining < u64::from(cost) => {
+                    inner
+                        .update(&id, |r| {
+                            let mut none_left = c;
+                            none_left.remaining = 0;
+                            r.credits = Some(none_left);
+                        })
+                        .unwrap();
+                    MaybeReady::ready(Ok(CreditOutcome::Spent { remaining: 0 }))
+                }
+                _ => CreditStore::spend(&inner, &id, cost),
+            },
+            Flaw::RestartsTheScheduleOnRefill => MaybeReady::pending(async move {
+                let before = credits(&inner, &id);
+                let outcome = CreditStore::spend(&inner, &id, cost).await;
+                // Just refilled (the count at its refill amount): set the count again, which
+                // starts the schedule anew from now.
+                if let (Some(c), Ok(CreditOutcome::Spent { remaining })) = (before, &outcome)
+                    && c.refill.is_some_and(|r| r.amount == c.remaining)
+                {
+                    let mut reset = c;
+                    reset.remaining = *remaining;
+                    KeyManager::update(&inner, &id, KeyUpdate::new().credits(Some(reset)))
+                        .await
+                        .unwrap();
+                }
+                outcome
+            }),
+            _ => CreditStore::spend(&inner, &id, cost),
+        }
+    }
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        CreditStore::credits(&self.inner, id)
+    }
+}
+
 #[tokio::test]
 async fn the_wrapper_without_a_flaw_passes() {
     // Only the flaws below make the suite fail, not the wrapper.
     conformance::run(&Flawed::new(Flaw::Faithful)).await;
     conformance::purge_checks(&Flawed::new(Flaw::Faithful)).await;
+    conformance::credit_checks(&Flawed::new(Flaw::Faithful)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "must admit exactly the credits")]
+async fn the_suite_catches_racy_spends() {
+    let store = Flawed::new(Flaw::SpendsRacily);
+    conformance::credits_across_instances(&store, &store.clone()).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "a spend of more than remains is refused")]
+async fn the_suite_catches_spends_of_more_than_remains() {
+    conformance::credit_checks(&Flawed::new(Flaw::SpendsWhatRemains)).await;
+}
+
+#[tokio::test]
+#[should_panic(expected = "refills keep the schedule's beat")]
+async fn the_suite_catches_refills_off_the_schedule() {
+    conformance::credits_are_refilled_on_their_schedule(&Flawed::new(
+        Flaw::RestartsTheScheduleOnRefill,
+    ))
+    .await;
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! `PostgresStore` against a real PostgreSQL: the `KeyManager` conformance suite, migrations,
-//! the auth layer over it, change notifications between two instances, and outages of the
+//! `PostgresStore` against a real PostgreSQL: the `KeyManager` conformance suite and its credit
+//! checks (two instances spending one key's credits), migrations (and the upgrade of a database
+//! of the first schema version), the auth layer over it, change notifications between two instances, and outages of the
 //! connection (through a proxy the test cuts; the server itself keeps running).
 //!
 //! The tests that need the server are ignored unless asked for: run them with
@@ -26,9 +27,10 @@ use common::{
 use http::StatusCode;
 use keygate::auth::AuthLayer;
 use keygate::clock::ManualClock;
-use keygate::key::{ApiKey, KeyDigest, KeyRecord, KeyStatus};
+use keygate::key::{ApiKey, Credits, KeyDigest, KeyRecord, KeyStatus, Refill};
 use keygate::store::{
-    Invalidate, KeyManager, KeyStore, KeyUpdate, ManageError, PostgresStore, StoreError,
+    CachedStore, CreditOutcome, CreditStore, Invalidate, KeyManager, KeyStore, KeyUpdate,
+    ManageError, PostgresStore, StoreError,
 };
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
@@ -257,6 +259,28 @@ async fn conformance_suite() {
     .expect("the conformance suite took too long");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KEYGATE_TEST_DATABASE_URL"]
+async fn credit_conformance() {
+    let schema = Schema::new("credits");
+    let store = schema.store().await;
+    bounded(conformance::credit_checks(&store)).await;
+}
+
+/// Two instances, each on a pool of its own, spend one key's credits from many tasks: exactly
+/// the credits are admitted, and the count ends at exactly 0. Through caches, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KEYGATE_TEST_DATABASE_URL"]
+async fn credits_reach_exactly_zero_across_two_instances() {
+    let schema = Schema::new("credits_shared");
+    let (a, b) = (schema.store().await, schema.store().await);
+    bounded(async {
+        conformance::credits_across_instances(&a, &b).await;
+        conformance::credits_across_instances(&CachedStore::new(a), &CachedStore::new(b)).await;
+    })
+    .await;
+}
+
 #[tokio::test]
 #[ignore = "needs KEYGATE_TEST_DATABASE_URL"]
 async fn conformance_purge() {
@@ -384,6 +408,118 @@ async fn migrations_are_idempotent_and_instances_share_keys() {
             .await
             .unwrap();
         assert_eq!(page.records.len(), 1);
+    })
+    .await;
+}
+
+/// The tables of schema version 1 (before tiers and credits), as that version created them.
+const MIGRATION_V1: &str = r#"
+CREATE SCHEMA "{schema}";
+CREATE TABLE "{schema}".keygate_records (
+    id          text COLLATE "C" NOT NULL,
+    owner       text COLLATE "C" NOT NULL,
+    scopes      text[] NOT NULL DEFAULT '{}',
+    quota       text,
+    status      text NOT NULL DEFAULT 'active',
+    expires_at  timestamptz,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz,
+    metadata    jsonb NOT NULL DEFAULT '{}',
+    CONSTRAINT keygate_records_pkey PRIMARY KEY (id),
+    CONSTRAINT keygate_records_status CHECK (status IN ('active', 'disabled', 'revoked'))
+);
+CREATE INDEX keygate_records_owner ON "{schema}".keygate_records (owner, id);
+CREATE TABLE "{schema}".keygate_digests (
+    digest      bytea NOT NULL,
+    record_id   text COLLATE "C" NOT NULL,
+    retire_at   timestamptz,
+    CONSTRAINT keygate_digests_pkey PRIMARY KEY (digest),
+    CONSTRAINT keygate_digests_length CHECK (octet_length(digest) = 32),
+    CONSTRAINT keygate_digests_record FOREIGN KEY (record_id)
+        REFERENCES "{schema}".keygate_records (id) ON DELETE CASCADE
+);
+"#;
+
+/// A database made by the first schema version gains tiers and credits on `migrate`, keeps its
+/// keys, and migrating again changes nothing; the database refuses credits that break the
+/// rules, whoever writes them.
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_DATABASE_URL"]
+async fn a_database_of_the_first_schema_version_is_upgraded() {
+    let schema = Schema::new("upgrade");
+    schema.sql(MIGRATION_V1).await;
+    let old_key = ApiKey::new("a key of schema version 1");
+    schema
+        .sql(&format!(
+            r#"INSERT INTO "{{schema}}".keygate_records (id, owner, scopes, quota)
+               VALUES ('old', 'acme', '{{read}}', '100/min');
+               INSERT INTO "{{schema}}".keygate_digests (digest, record_id)
+               VALUES ('\x{}', 'old');"#,
+            old_key.digest().to_hex()
+        ))
+        .await;
+    let store = schema.bare_store().await;
+    bounded(async {
+        store.migrate().await.expect("the upgrade");
+        store.migrate().await.expect("a second migration");
+        let old = store
+            .lookup(&old_key.digest())
+            .await
+            .unwrap()
+            .expect("the old key still works");
+        assert_eq!(
+            old.quota.as_ref().map(ToString::to_string).as_deref(),
+            Some("100/min")
+        );
+        assert_eq!((old.tier.as_deref(), old.credits), (None, None));
+        assert_eq!(
+            store.spend("old", 1).await.unwrap(),
+            CreditOutcome::NoBudget
+        );
+
+        let daily = Credits::new(2).with_refill(Refill::new(5, Duration::from_secs(86_400)));
+        let changed = store
+            .update(
+                "old",
+                KeyUpdate::new().tier(Some("gold")).credits(Some(daily)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (changed.tier.as_deref(), changed.credits),
+            (Some("gold"), Some(daily))
+        );
+        assert_eq!(
+            store.spend("old", 2).await.unwrap(),
+            CreditOutcome::Spent { remaining: 0 }
+        );
+        let CreditOutcome::Exhausted {
+            refill_in: Some(wait),
+        } = store.spend("old", 1).await.unwrap()
+        else {
+            panic!("a refill is scheduled");
+        };
+        assert!(wait <= Duration::from_secs(86_400) && wait > Duration::from_secs(86_000));
+
+        // The database itself refuses broken credits.
+        for broken in [
+            "UPDATE {schema}.keygate_records SET credits_remaining = -1",
+            "UPDATE {schema}.keygate_records SET credits_refilled_at = NULL",
+            "UPDATE {schema}.keygate_records SET credits_refill_every_us = NULL",
+            "UPDATE {schema}.keygate_records SET credits_refill_every_us = 0",
+        ] {
+            let sql = broken.replace("{schema}", &format!("\"{}\"", schema.name));
+            let refused = sqlx::query(&sql).execute(store.pool()).await;
+            assert!(refused.is_err(), "{broken}: accepted");
+        }
+        // Operators may set a count with SQL.
+        schema
+            .sql(r#"UPDATE "{schema}".keygate_records SET credits_remaining = 7"#)
+            .await;
+        assert_eq!(
+            store.credits("old").await.unwrap(),
+            Some(Credits::new(7).with_refill(Refill::new(5, Duration::from_secs(86_400))))
+        );
     })
     .await;
 }
@@ -622,6 +758,22 @@ async fn lookups_fail_during_an_outage_and_recover_on_the_same_pool() {
                 "a lookup while the database is out of reach: {answer:?}"
             );
             assert!(start.elapsed() < timeout + SLACK, "{:?}", start.elapsed());
+            let start = Instant::now();
+            let spent = store.spend("key_1", 1).await;
+            assert!(
+                matches!(spent, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+                "a spend while the database is out of reach: {spent:?}"
+            );
+            let read = store.credits("key_1").await;
+            assert!(
+                matches!(read, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+                "a read of credits while the database is out of reach: {read:?}"
+            );
+            assert!(
+                start.elapsed() < 2 * timeout + SLACK,
+                "{:?}",
+                start.elapsed()
+            );
         }
         let reply = send(app.clone(), with_key(key.expose_secret())).await;
         assert_eq!(
@@ -669,6 +821,10 @@ async fn lookups_fail_during_an_outage_and_recover_on_the_same_pool() {
             took >= Duration::from_millis(300) && took < Duration::from_millis(300) + SLACK,
             "{took:?}"
         );
+        let start = Instant::now();
+        let spent = hasty.spend("key_1", 1).await;
+        assert!(matches!(spent, Err(StoreError::Timeout)), "{spent:?}");
+        assert!(start.elapsed() < Duration::from_millis(300) + SLACK);
         proxy.restore();
     })
     .await;

@@ -93,16 +93,27 @@ fn app_with_key(limit: RateLimitLayer) -> (Router, ApiKey, Hits) {
     (app(store, limit, &hits), keys.remove(0), hits)
 }
 
-/// Checks a 429: problem+json of type quota-exceeded, `Retry-After`, `Cache-Control: no-store`.
+/// Checks a 429: problem+json of type quota-exceeded whose detail names the policy that
+/// denied (the first with nothing remaining in the `RateLimit` header, else "default"),
+/// `Retry-After`, `Cache-Control: no-store`.
 #[track_caller]
 fn assert_429(reply: &Reply, retry_after: u64) {
+    let policy = reply
+        .header("ratelimit")
+        .and_then(|v| {
+            v.split(", ")
+                .find(|entry| entry.contains(";r=0;"))
+                .and_then(|entry| entry.split('"').nth(1))
+        })
+        .unwrap_or("default")
+        .to_owned();
     assert_typed_problem(
         reply,
         429,
         None,
         QUOTA_EXCEEDED,
         QUOTA_TITLE,
-        &format!("Too many requests; retry in {retry_after} s."),
+        &format!("Too many requests: the \"{policy}\" limit is spent; retry in {retry_after} s."),
     );
     assert_eq!(reply.header("cache-control"), Some("no-store"));
     let ra: u64 = reply
@@ -263,7 +274,11 @@ async fn grpc_request_limited_gets_resource_exhausted() {
 
     let reply = send(app.clone(), grpc()).await;
     // 8: RESOURCE_EXHAUSTED.
-    assert_grpc(&reply, "8", "Too many requests; retry in 60 s.");
+    assert_grpc(
+        &reply,
+        "8",
+        "Too many requests: the \"default\" limit is spent; retry in 60 s.",
+    );
     assert_eq!(reply.header("retry-after"), Some("60"));
     assert_eq!(reply.header("ratelimit"), Some("\"default\";r=0;t=60"));
     assert_eq!(

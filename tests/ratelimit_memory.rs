@@ -1,6 +1,7 @@
 //! `MemoryLimiter` on its own: exactness under concurrency (OS threads and tokio tasks, one key
-//! and many), resident memory for 1,000,000 keys before and after the sweep, and random
-//! sequences checked against a reference model of GCRA.
+//! and many; single rates and lists of limits, with fixed-window caps and owner-wide limits),
+//! resident memory for 1,000,000 keys before and after the sweep, and random sequences checked
+//! against a reference model of GCRA.
 //!
 //! Every limiter here reads a `ManualClock` that the concurrent tests never move, so "exactly N"
 //! is exact: no refill can sneak in while the threads run.
@@ -15,9 +16,9 @@ use std::sync::{Arc, Barrier, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::limiter;
-use keygate::Quota;
 use keygate::clock::ManualClock;
-use keygate::ratelimit::{Decision, MemoryLimiter, RateLimiter};
+use keygate::ratelimit::{Decision, MemoryLimiter, RateLimiter, Subject, Verdict};
+use keygate::{Limits, Quota};
 
 /// Serialises the tests of this file (see the module docs).
 fn serial() -> MutexGuard<'static, ()> {
@@ -205,6 +206,243 @@ fn concurrent_costs_never_overspend() {
         assert_eq!(next.allowed, left > 0, "round {round}: {spent} spent");
         assert!(!limiter.peek(key, &q, left + 1).allowed, "round {round}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lists of limits under concurrency
+
+/// 2024-03-10T00:00:10Z: ten seconds into a day, an hour and a minute, so that a frozen clock
+/// is far from every window's end.
+fn ten_past_midnight() -> ManualClock {
+    ManualClock::at(std::time::UNIX_EPOCH + Duration::from_secs(1_710_028_810))
+}
+
+fn list_limiter() -> (MemoryLimiter, ManualClock) {
+    let clock = ten_past_midnight();
+    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
+}
+
+fn decide_all(l: &MemoryLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+    l.check_all(subject, limits, 1)
+        .take_ready()
+        .expect("the memory limiter answers at once")
+        .expect("the memory limiter does not fail below max_keys")
+}
+
+fn peek_all(l: &MemoryLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+    RateLimiter::peek(l, subject, limits)
+        .take_ready()
+        .expect("the memory limiter answers at once")
+        .expect("peeking never fails")
+}
+
+#[test]
+fn a_list_admits_exactly_what_its_tightest_limit_allows_from_tokio_tasks() {
+    let _g = serial();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(THREADS)
+        .build()
+        .unwrap();
+    let (limiter, _clock) = list_limiter();
+    let limits: Limits = "5/s;burst=5, 3/h;fixed".parse().unwrap();
+    const TASKS: usize = 200;
+    runtime.block_on(async {
+        for round in 0..50 {
+            let key: Arc<str> = format!("key-{round}").into();
+            let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+            let tasks: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (limiter, barrier, key, limits) = (
+                        limiter.clone(),
+                        barrier.clone(),
+                        key.clone(),
+                        limits.clone(),
+                    );
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let v = limiter
+                            .check_all(Subject::new(&key), &limits, 1)
+                            .await
+                            .unwrap();
+                        if !v.allowed() {
+                            // Denied by the cap; the rate, which admitted, reports what it has
+                            // left after the admitted requests only.
+                            assert_eq!(v.denied_by(), Some(1));
+                            assert_eq!(v.decisions()[0].remaining, 2);
+                        }
+                        v.allowed()
+                    })
+                })
+                .collect();
+            let mut admitted = 0;
+            for t in tasks {
+                admitted += usize::from(t.await.unwrap());
+            }
+            assert_eq!(admitted, 3, "round {round}");
+            // 197 denials spent nothing of the rate: its burst of 5 less the 3 admitted, so a
+            // request of cost 1 would leave it 1.
+            let now = peek_all(&limiter, Subject::new(&key), &limits);
+            assert!(now.decisions()[0].allowed, "round {round}");
+            assert_eq!(now.decisions()[0].remaining, 1, "round {round}");
+            assert!(!now.decisions()[1].allowed, "round {round}");
+        }
+    });
+}
+
+#[test]
+fn a_denial_by_a_rate_spends_nothing_from_a_cap_on_os_threads() {
+    let _g = serial();
+    let (limiter, _clock) = list_limiter();
+    let limits: Limits = "3/h, 10/h;fixed".parse().unwrap();
+    let keys: Vec<String> = (0..ROUNDS).map(|r| format!("key-{r}")).collect();
+    let admitted = rounds_on_threads(ROUNDS, |round, _| {
+        (0..M / THREADS)
+            .filter(|_| decide_all(&limiter, Subject::new(&keys[round]), &limits).allowed())
+            .count()
+    });
+    for (round, admitted) in admitted.into_iter().enumerate() {
+        assert_eq!(admitted, 3, "round {round}");
+        let now = peek_all(&limiter, Subject::new(&keys[round]), &limits);
+        assert_eq!(now.denied_by(), Some(0), "round {round}");
+        assert_eq!(now.decisions()[1].remaining, 10 - 3 - 1, "round {round}");
+    }
+}
+
+#[test]
+fn a_fixed_cap_admits_exactly_n_per_window_then_n_again_after_the_boundary() {
+    let _g = serial();
+    let (limiter, clock) = list_limiter();
+    let limits: Limits = Quota::per_hour(N).fixed().into();
+    const KEYS: usize = 20;
+    let keys: Vec<String> = (0..KEYS).map(|k| format!("key-{k}")).collect();
+    let run = || {
+        rounds_on_threads(KEYS, |round, _| {
+            (0..M / THREADS)
+                .filter(|_| decide_all(&limiter, Subject::new(&keys[round]), &limits).allowed())
+                .count()
+        })
+    };
+    assert_eq!(run(), [N as usize; KEYS], "the first hour");
+    // Up to the last nanosecond of the hour, nothing more.
+    clock.advance(Duration::from_secs(3590) - Duration::from_nanos(1));
+    assert_eq!(run(), [0; KEYS], "the rest of the first hour");
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(run(), [N as usize; KEYS], "the second hour");
+    assert!((0..KEYS).all(|k| !peek_all(&limiter, Subject::new(&keys[k]), &limits).allowed()));
+}
+
+#[test]
+fn an_owner_wide_limit_is_shared_by_the_owners_keys() {
+    let _g = serial();
+    let (limiter, _clock) = list_limiter();
+    let limits: Limits = "1000/h, 50/h;fixed;owner".parse().unwrap();
+    let keys = ["key_a", "key_b"];
+    let subject = |k: usize| Subject::with_owner(keys[k], Some("acme"));
+    // Per thread and key: requests admitted.
+    let barrier = Barrier::new(THREADS);
+    let per_thread: Vec<[usize; 2]> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (limiter, limits, barrier) = (&limiter, &limits, &barrier);
+                s.spawn(move || {
+                    let mut admitted = [0; 2];
+                    barrier.wait();
+                    for i in 0..M / THREADS {
+                        let k = (i + t) % 2;
+                        if decide_all(limiter, subject(k), limits).allowed() {
+                            admitted[k] += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted = [0, 1].map(|k| per_thread.iter().map(|a| a[k]).sum::<usize>());
+    assert_eq!(admitted[0] + admitted[1], 50, "{admitted:?}");
+    assert!(
+        admitted.iter().all(|&a| a > 0),
+        "both keys got some: {admitted:?}"
+    );
+    for k in 0..2 {
+        let now = peek_all(&limiter, subject(k), &limits);
+        assert_eq!(now.denied_by(), Some(1));
+        // Each key's own rate was spent by its admitted requests only.
+        let left = 1000 - u32::try_from(admitted[k]).unwrap();
+        assert_eq!(now.decisions()[0].remaining, left - 1, "{}", keys[k]);
+    }
+    // Another owner's key shares nothing with acme's.
+    assert!(
+        decide_all(
+            &limiter,
+            Subject::with_owner("key_a", Some("other")),
+            &limits
+        )
+        .allowed()
+    );
+}
+
+#[test]
+fn lists_of_callers_and_owners_across_shards_stay_exact_and_never_deadlock() {
+    let _g = serial();
+    let (limiter, _clock) = list_limiter();
+    // Each caller may make 20 an hour, each owner's callers 30 together: the owners' caps
+    // deny, and their denials must spend nothing of the callers' rates.
+    let limits: Limits = "20/h, 30/h;fixed;owner".parse().unwrap();
+    const OWNERS: usize = 8;
+    const KEYS: usize = 64;
+    let owners: Vec<String> = (0..OWNERS).map(|o| format!("owner-{o}")).collect();
+    // Some callers are named like owners: a namespace apart.
+    let keys: Vec<String> = (0..KEYS)
+        .map(|k| {
+            if k < OWNERS {
+                format!("owner-{}", (k + 1) % OWNERS)
+            } else {
+                format!("key-{k}")
+            }
+        })
+        .collect();
+    let subject = |k: usize| Subject::with_owner(&keys[k], Some(owners[k % OWNERS].as_str()));
+    let barrier = Barrier::new(THREADS);
+    let per_thread: Vec<Vec<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (limiter, limits, barrier, subject) = (&limiter, &limits, &barrier, &subject);
+                s.spawn(move || {
+                    let mut admitted = vec![0usize; KEYS];
+                    barrier.wait();
+                    for i in 0..20 * KEYS {
+                        let k = (i * (2 * t + 1) + t * 7) % KEYS;
+                        if decide_all(limiter, subject(k), limits).allowed() {
+                            admitted[k] += 1;
+                        }
+                    }
+                    admitted
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted: Vec<usize> = (0..KEYS)
+        .map(|k| per_thread.iter().map(|a| a[k]).sum())
+        .collect();
+    for (o, owner) in owners.iter().enumerate() {
+        let total: usize = (o..KEYS).step_by(OWNERS).map(|k| admitted[k]).sum();
+        assert_eq!(total, 30, "{owner}");
+    }
+    for k in 0..KEYS {
+        assert!(admitted[k] <= 20, "{}: {}", keys[k], admitted[k]);
+        let now = peek_all(&limiter, subject(k), &limits);
+        let left = 20 - u32::try_from(admitted[k]).unwrap();
+        if left > 0 {
+            assert_eq!(now.decisions()[0].remaining, left - 1, "{}", keys[k]);
+        } else {
+            assert!(!now.decisions()[0].allowed, "{}", keys[k]);
+        }
+        assert!(!now.decisions()[1].allowed, "{}", keys[k]);
+    }
+    assert_eq!(limiter.len(), KEYS + OWNERS);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -26,10 +26,10 @@ use keygate::clock::ManualClock;
 use keygate::key::KeyRecord;
 use keygate::ratelimit::{
     Decision, FailurePolicy, MemoryLimiter, RateLimitError, RateLimitLayer, RateLimiter,
-    RedisLimiter,
+    RedisLimiter, Subject, Verdict,
 };
 use keygate::store::MemoryStore;
-use keygate::{Quota, auth::AuthLayer};
+use keygate::{Limit, Limits, Quota, auth::AuthLayer};
 use redis::AsyncCommands;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -327,6 +327,504 @@ async fn quotas_longer_than_104_days_count_in_microseconds() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lists of limits
+// ---------------------------------------------------------------------------------------------
+
+fn limits(text: &str) -> Limits {
+    text.parse().unwrap()
+}
+
+/// A fixed-window cap of `n` per 365 days: its window (aligned to the Unix epoch) does not end
+/// while a test runs, unlike a day's or an hour's.
+fn yearly_cap(n: u32) -> Limit {
+    Limit::new(
+        Quota::new(n, Duration::from_secs(365 * 86_400))
+            .unwrap()
+            .fixed(),
+    )
+}
+
+async fn decide(l: &impl RateLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+    l.check_all(subject, limits, 1).await.expect("a verdict")
+}
+
+async fn peek(l: &impl RateLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+    l.peek(subject, limits).await.expect("a peek")
+}
+
+/// The `remaining` of each limit of a verdict.
+fn remaining(v: &Verdict) -> Vec<u32> {
+    v.decisions().iter().map(|d| d.remaining).collect()
+}
+
+/// Runs `total` decisions of `limits` from `tasks` tasks at once, task `i` on limiter
+/// `i % limiters.len()` for subject `i % subjects.len()` (a key and its owner), and returns how
+/// many each subject was admitted.
+async fn lists_admitted_concurrently(
+    limiters: &[Arc<dyn RateLimiter>],
+    subjects: &[(&str, Option<&str>)],
+    limits: &Limits,
+    tasks: usize,
+    total: usize,
+) -> Vec<usize> {
+    let start = Arc::new(tokio::sync::Barrier::new(tasks));
+    let handles: Vec<_> = (0..tasks)
+        .map(|i| {
+            let limiter = limiters[i % limiters.len()].clone();
+            let start = start.clone();
+            let (key, owner) = subjects[i % subjects.len()];
+            let (key, owner) = (key.to_owned(), owner.map(str::to_owned));
+            let limits = limits.clone();
+            let n = total / tasks + usize::from(i < total % tasks);
+            let which = i % subjects.len();
+            tokio::spawn(async move {
+                start.wait().await;
+                let subject = Subject::with_owner(&key, owner.as_deref());
+                let checks = (0..n).map(|_| limiter.check_all(subject, &limits, 1));
+                let verdicts = futures_join_all(checks).await;
+                let admitted = verdicts
+                    .into_iter()
+                    .map(|v| usize::from(v.expect("Redis answers").allowed()))
+                    .sum::<usize>();
+                (which, admitted)
+            })
+        })
+        .collect();
+    let mut admitted = vec![0; subjects.len()];
+    for h in handles {
+        let (subject, n) = h.await.unwrap();
+        admitted[subject] += n;
+    }
+    admitted
+}
+
+/// Redis's clock, in microseconds since the epoch.
+async fn redis_micros(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis_now(conn).await / 1_000
+}
+
+/// The number of the fixed window of `secs` seconds Redis's clock is in.
+async fn window_id(conn: &mut redis::aio::MultiplexedConnection, secs: u64) -> u64 {
+    redis_micros(conn).await / (secs * 1_000_000)
+}
+
+/// Sleeps until 50 ms into the next fixed window of `secs` seconds on Redis's clock, and
+/// returns its number.
+async fn next_window(conn: &mut redis::aio::MultiplexedConnection, secs: u64) -> u64 {
+    let span = secs * 1_000_000;
+    let now = redis_micros(conn).await;
+    let id = now / span + 1;
+    let wait = id * span - now + 50_000;
+    tokio::time::sleep(Duration::from_micros(wait)).await;
+    assert_eq!(
+        window_id(conn, secs).await,
+        id,
+        "slept into the next window"
+    );
+    id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn a_list_admits_exactly_what_its_tightest_limit_allows_and_denials_spend_nothing() {
+    let url = redis_url();
+    bounded(async {
+        let l = limiter(&url, "list-exact").await;
+        // The rate of 40 an hour is the tightest; nothing refills while the test runs (the
+        // third limit's emission interval is 36 s).
+        let list = Limits::new([
+            "40/h".parse().unwrap(),
+            yearly_cap(1000),
+            "100/h;burst=60".parse().unwrap(),
+        ])
+        .unwrap();
+        let admitted =
+            lists_admitted_concurrently(&[Arc::new(l.clone())], &[("key_1", None)], &list, 8, 200)
+                .await;
+        assert_eq!(admitted, [40]);
+        // The 160 denied requests spent nothing from the other two limits.
+        let now = peek(&l, Subject::new("key_1"), &list).await;
+        assert!(!now.allowed());
+        assert_eq!(now.denied_by(), Some(0));
+        assert_eq!(remaining(&now), [0, 1000 - 40 - 1, 60 - 40 - 1]);
+        // One state per limit, none the single rate's key.
+        let mut conn = raw(&url).await;
+        let keys = l.redis_keys(Subject::new("key_1"), &list);
+        assert_eq!(keys.len(), 3);
+        for key in &keys {
+            let exists: bool = conn.exists(key).await.unwrap();
+            assert!(exists, "{key}");
+        }
+        let single: bool = conn.exists(l.redis_key("key_1")).await.unwrap();
+        assert!(!single);
+
+        // A cost that one limit cannot take is denied by that one and spends nothing.
+        let list = limits("5/h, 1000/h");
+        let v = l.check_all(Subject::new("key_2"), &list, 6).await.unwrap();
+        assert_eq!(v.denied_by(), Some(0));
+        assert!(v.decisions()[1].allowed, "the wide limit would admit");
+        assert_eq!(
+            remaining(&peek(&l, Subject::new("key_2"), &list).await),
+            [4, 999]
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn a_fixed_cap_admits_exactly_n_per_window_across_two_instances() {
+    let url = redis_url();
+    bounded(async {
+        let prefix = unique_prefix("fixed-shared");
+        // Two instances on two connections: a connection manager and a multiplexed connection.
+        let a = limiter(&url, "unused").await.prefix(prefix.clone());
+        let b = RedisLimiter::with_connection(raw(&url).await)
+            .prefix(prefix.clone())
+            .timeout(PATIENT);
+        let cap = Limit::new(Quota::new(10, Duration::from_secs(2)).unwrap().fixed());
+        // A rate that nothing refills during the test: what the cap denied must not spend it.
+        let list = Limits::new(["1000/d".parse().unwrap(), cap]).unwrap();
+        let subject = Subject::new("key_1");
+        let cap_key = a.redis_keys(subject, &list)[1].clone();
+        assert_eq!(cap_key, b.redis_keys(subject, &list)[1]);
+        let both: [Arc<dyn RateLimiter>; 2] = [Arc::new(a.clone()), Arc::new(b)];
+        let mut conn = raw(&url).await;
+        for round in 1..=2u32 {
+            let window = next_window(&mut conn, 2).await;
+            let admitted =
+                lists_admitted_concurrently(&both, &[("key_1", None)], &list, 16, 60).await;
+            assert_eq!(
+                window_id(&mut conn, 2).await,
+                window,
+                "round {round} ran within one window"
+            );
+            assert_eq!(admitted, [10], "round {round}");
+            // Both instances see the spent cap, which resets at the window's end.
+            for l in &both {
+                let v = decide(l, subject, &list).await;
+                assert_eq!(v.denied_by(), Some(1));
+                let wait = v.retry_after();
+                assert!(
+                    wait > Duration::ZERO && wait <= Duration::from_secs(2),
+                    "{wait:?}"
+                );
+                assert!(v.decisions()[1].reset_after == wait);
+            }
+            let stored: String = conn.get(&cap_key).await.unwrap();
+            assert_eq!(stored, format!("{window}:10"));
+            let pttl: i64 = conn.pttl(&cap_key).await.unwrap();
+            let end_ms = i64::try_from((window + 1) * 2_000).unwrap();
+            let now_ms = i64::try_from(redis_micros(&mut conn).await / 1000).unwrap();
+            assert!(pttl > 0 && pttl <= end_ms - now_ms + 1, "{pttl} ms");
+            // The rate was spent by the admitted requests only.
+            let rate = peek(&a, subject, &list).await.decisions()[0];
+            assert_eq!(rate.remaining, 1000 - 10 * round - 1, "round {round}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn a_count_left_from_an_earlier_window_counts_nothing() {
+    let url = redis_url();
+    bounded(async {
+        let l = limiter(&url, "fixed-stale").await;
+        let mut conn = raw(&url).await;
+        let list = Limits::new([Limit::new(Quota::per_hour(10).fixed())]).unwrap();
+        let subject = Subject::new("key_1");
+        let key = l.redis_keys(subject, &list).remove(0);
+        assert!(key.ends_with(":10/h;fixed"), "{key}");
+        loop {
+            let id = window_id(&mut conn, 3600).await;
+            // Full in the window before, and the key not expired (as at a boundary): a fresh
+            // window.
+            let _: () = conn.set(&key, format!("{}:10", id - 1)).await.unwrap();
+            let fresh = decide(&l, subject, &list).await;
+            // Full in this window: denied until its end.
+            let _: () = conn.set(&key, format!("{id}:10")).await.unwrap();
+            let full = decide(&l, subject, &list).await;
+            if window_id(&mut conn, 3600).await != id {
+                continue; // the hour turned meanwhile
+            }
+            assert!(fresh.allowed());
+            assert_eq!(fresh.decisions()[0].remaining, 9);
+            assert!(!full.allowed());
+            let wait = full.retry_after();
+            assert!(wait > Duration::ZERO && wait <= Duration::from_secs(3600));
+            // Something that is not a count: counts nothing, and is replaced.
+            let _: () = conn.set(&key, "garbage").await.unwrap();
+            assert_eq!(decide(&l, subject, &list).await.decisions()[0].remaining, 9);
+            let stored: String = conn.get(&key).await.unwrap();
+            assert_eq!(stored, format!("{id}:1"));
+            break;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn owner_wide_limits_are_shared_by_the_owners_keys_and_by_no_one_else() {
+    let url = redis_url();
+    bounded(async {
+        let l = limiter(&url, "owner").await;
+        // Each key's own rate, and 20 an hour for all of acme's keys together.
+        let list = limits("1000/h, 20/h;owner");
+        let subjects = [("key_a", Some("acme")), ("key_b", Some("acme"))];
+        let admitted =
+            lists_admitted_concurrently(&[Arc::new(l.clone())], &subjects, &list, 8, 100).await;
+        assert_eq!(admitted.iter().sum::<usize>(), 20, "{admitted:?}");
+        // Each key's own rate was spent by its admitted requests only.
+        for (i, (key, owner)) in subjects.into_iter().enumerate() {
+            let v = peek(&l, Subject::with_owner(key, owner), &list).await;
+            assert_eq!(v.denied_by(), Some(1));
+            let own = u32::try_from(admitted[i]).unwrap();
+            assert_eq!(remaining(&v), [1000 - own - 1, 0], "{key}");
+        }
+
+        // A caller named like the owner, with or without an owner of its own, shares nothing
+        // with it; neither does a caller named like the owner's key.
+        let owner_only = limits("20/h;owner");
+        let tricky = l.redis_keys(Subject::with_owner("k", Some("acme")), &owner_only)[0]
+            .strip_prefix(&*l.redis_key(""))
+            .unwrap()
+            .to_owned();
+        for subject in [
+            Subject::new("acme"),
+            Subject::with_owner("acme", Some("other")),
+            Subject::with_owner("acme", Some("acme-2")),
+            Subject::new(&tricky),
+        ] {
+            let v = decide(&l, subject, &owner_only).await;
+            assert!(v.allowed(), "{subject:?}");
+            assert_eq!(remaining(&v), [19], "{subject:?}");
+        }
+        // And a third key of acme finds the owner's limit spent.
+        let v = decide(&l, Subject::with_owner("key_c", Some("acme")), &owner_only).await;
+        assert!(!v.allowed());
+        assert!(v.retry_after() > Duration::ZERO);
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn shadow_limits_decide_but_never_deny_and_spend_only_what_they_admit() {
+    let url = redis_url();
+    bounded(async {
+        let l = limiter(&url, "shadow").await;
+        let subject = Subject::new("key_1");
+        // 2 an hour in shadow (T = 30 min), 5 an hour enforced.
+        let list = limits("2/h;shadow, 5/h");
+        for i in 0..5 {
+            let v = decide(&l, subject, &list).await;
+            assert!(v.allowed(), "request {i}");
+            let shadowed: Vec<_> = v.shadow_denials().collect();
+            assert_eq!(
+                shadowed,
+                if i < 2 { vec![] } else { vec![0] },
+                "request {i}"
+            );
+        }
+        let v = decide(&l, subject, &list).await;
+        assert_eq!(v.denied_by(), Some(1));
+        assert_eq!(v.shadow_denials().collect::<Vec<_>>(), [0]);
+        // The shadow limit holds its two admitted requests (an hour of TAT), not seven.
+        let shadow = peek(&l, subject, &list).await.decisions()[0];
+        assert!(!shadow.allowed);
+        assert!(
+            shadow.reset_after <= Duration::from_secs(3600)
+                && shadow.reset_after > Duration::from_secs(3500),
+            "{shadow:?}"
+        );
+
+        // An enforced denial spends nothing from a shadow limit either.
+        let subject = Subject::new("key_2");
+        let list = limits("5/h;shadow, 1/h");
+        assert!(decide(&l, subject, &list).await.allowed());
+        assert_eq!(decide(&l, subject, &list).await.denied_by(), Some(1));
+        assert_eq!(remaining(&peek(&l, subject, &list).await), [3, 0]);
+
+        // A list of one shadow rate: never denied, decided on the single key.
+        let subject = Subject::new("key_3");
+        let one = limits("1/h;shadow");
+        for _ in 0..3 {
+            assert!(decide(&l, subject, &one).await.allowed());
+        }
+        assert_eq!(peek(&l, subject, &one).await.shadow_denials().count(), 1);
+        let mut conn = raw(&url).await;
+        let exists: bool = conn.exists(l.redis_key("key_3")).await.unwrap();
+        assert!(exists);
+    })
+    .await;
+}
+
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn peek_spends_nothing() {
+    let url = redis_url();
+    bounded(async {
+        let l = limiter(&url, "peek").await;
+        let mut conn = raw(&url).await;
+        let subject = Subject::with_owner("key_1", Some("acme"));
+        let list = Limits::new([
+            "5/h".parse().unwrap(),
+            yearly_cap(10),
+            "7/h;owner".parse().unwrap(),
+        ])
+        .unwrap();
+        // What a first request would get, however often asked; nothing is written.
+        for _ in 0..5 {
+            let v = peek(&l, subject, &list).await;
+            assert!(v.allowed());
+            assert_eq!(remaining(&v), [4, 9, 6]);
+        }
+        for key in l.redis_keys(subject, &list) {
+            let exists: bool = conn.exists(&key).await.unwrap();
+            assert!(!exists, "{key}");
+        }
+        let v = decide(&l, subject, &list).await;
+        assert_eq!(remaining(&v), [4, 9, 6]);
+        for _ in 0..3 {
+            assert_eq!(remaining(&peek(&l, subject, &list).await), [3, 8, 5]);
+        }
+        // The cap's time to reset is the time to its window's end.
+        let cap = peek(&l, subject, &list).await.decisions()[1];
+        assert!(
+            cap.reset_after > Duration::ZERO
+                && cap.reset_after <= Duration::from_secs(365 * 86_400)
+        );
+
+        // A list of one rate reads the state of `check`.
+        let q = Quota::per_hour(5);
+        check(&l, "key_2", &q).await;
+        check(&l, "key_2", &q).await;
+        let one = Limits::from(q);
+        for _ in 0..3 {
+            let v = peek(&l, Subject::new("key_2"), &one).await;
+            assert_eq!(v.decisions()[0].remaining, 2);
+        }
+        assert_eq!(check(&l, "key_2", &q).await.remaining, 2);
+        assert_eq!(
+            decide(&l, Subject::new("key_2"), &one).await.decisions()[0].remaining,
+            1
+        );
+        // Peeking at a spent limit: denied, with the wait.
+        for _ in 0..2 {
+            check(&l, "key_2", &q).await;
+        }
+        let v = peek(&l, Subject::new("key_2"), &one).await;
+        assert!(!v.allowed());
+        assert!(v.retry_after() > Duration::from_secs(600));
+
+        // A fixed-window cap given to `check` is a cap, on the key of a list of that one cap.
+        let cap = Quota::new(2, Duration::from_secs(365 * 86_400))
+            .unwrap()
+            .fixed();
+        let answers: Vec<_> = [
+            check(&l, "key_3", &cap).await,
+            check(&l, "key_3", &cap).await,
+            check(&l, "key_3", &cap).await,
+        ]
+        .iter()
+        .map(|d| (d.allowed, d.remaining))
+        .collect();
+        assert_eq!(answers, [(true, 1), (true, 0), (false, 0)]);
+        let key = l
+            .redis_keys(Subject::new("key_3"), &Limits::from(cap))
+            .remove(0);
+        let stored: String = conn.get(&key).await.unwrap();
+        assert!(stored.ends_with(":2"), "{key} = {stored}");
+    })
+    .await;
+}
+
+/// The address Redis knows the connection by (`CLIENT INFO`'s `addr`).
+async fn client_addr(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    let info: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .expect("CLIENT INFO names the address")
+        .to_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn a_list_decision_is_one_round_trip() {
+    let url = redis_url();
+    bounded(async {
+        let mut conn = raw(&url).await;
+        for script in [RedisLimiter::SCRIPT, RedisLimiter::LIST_SCRIPT] {
+            redis::Script::new(script)
+                .prepare_invoke()
+                .load_async(&mut conn)
+                .await
+                .unwrap();
+        }
+        let addr = client_addr(&mut conn).await;
+        // The limiter on this very connection: every command it sends comes from `addr`.
+        let l = RedisLimiter::with_connection(conn.clone())
+            .prefix(unique_prefix("round-trips"))
+            .timeout(PATIENT);
+        let mut monitor = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_async_monitor()
+            .await
+            .unwrap()
+            .into_on_message::<String>();
+
+        let subject = Subject::with_owner("key_1", Some("acme"));
+        let list = limits("100/s;burst=50, 1000/d;fixed, 50/min;owner, 5/min;shadow");
+        let mut decisions = 0;
+        for cost in [1, 1, 2, 1, 2000] {
+            let v = l.check_all(subject, &list, cost).await.unwrap();
+            assert_eq!(v.allowed(), cost < 10);
+            decisions += 1;
+        }
+        for _ in 0..3 {
+            peek(&l, subject, &list).await;
+            decisions += 1;
+        }
+        // A list of one rate: its one script call too.
+        decide(&l, Subject::new("key_2"), &limits("10/s")).await;
+        decisions += 1;
+        let marker = unique_prefix("end");
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+
+        let mut commands = Vec::new();
+        let tag = format!(" {addr}]");
+        loop {
+            let line = std::future::poll_fn(|cx| {
+                futures_core::Stream::poll_next(std::pin::Pin::new(&mut monitor), cx)
+            })
+            .await
+            .expect("the monitor stays open");
+            if line.contains(&tag) {
+                if line.contains(&marker) {
+                    break;
+                }
+                commands.push(line);
+            }
+        }
+        assert_eq!(commands.len(), decisions, "{commands:#?}");
+        for command in &commands {
+            assert!(command.contains(&format!("{tag} \"EVALSHA\"")), "{command}");
+        }
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Idle keys
 // ---------------------------------------------------------------------------------------------
 
@@ -483,6 +981,122 @@ async fn closed_port_falls_back_to_an_exact_memory_limit() {
         assert_eq!(admitted, 5);
         let d = timed_check(&l, "key_2", &q).await.unwrap();
         assert_eq!((d.allowed, d.remaining), (true, 4));
+    })
+    .await;
+}
+
+/// One decision of a list, which must answer within the timeout (plus scheduling slack).
+async fn timed_list(
+    l: &RedisLimiter,
+    subject: Subject<'_>,
+    limits: &Limits,
+    peek: bool,
+) -> Result<Verdict, RateLimitError> {
+    let start = Instant::now();
+    let answer = if peek {
+        l.peek(subject, limits)
+    } else {
+        l.check_all(subject, limits, 1)
+    };
+    let result = tokio::time::timeout(SHORT + SLACK, answer)
+        .await
+        .expect("the failure policy answers within the timeout");
+    assert!(start.elapsed() <= SHORT + SLACK, "{:?}", start.elapsed());
+    result
+}
+
+#[tokio::test]
+async fn closed_port_lists_and_peeks_follow_the_failure_policy() {
+    bounded(async {
+        let list = limits("2/h;burst=4, 3/d;fixed");
+        let subject = Subject::new("key_1");
+        let closed = unreachable(FailurePolicy::Closed);
+        for peek in [false, true] {
+            let e = timed_list(&closed, subject, &list, peek).await.unwrap_err();
+            assert!(
+                matches!(e, RateLimitError::Timeout | RateLimitError::Backend(_)),
+                "{e:?}"
+            );
+            // A list of one rate, too.
+            let e = timed_list(&closed, subject, &limits("2/h"), peek).await;
+            assert!(e.is_err());
+        }
+        assert!(!closed.is_healthy());
+
+        let open = unreachable(FailurePolicy::Open);
+        for peek in [false, false, false, true] {
+            let v = timed_list(&open, subject, &list, peek).await.unwrap();
+            assert!(v.allowed());
+            assert_eq!(remaining(&v), [4, 3]);
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closed_port_lists_fall_back_to_the_memory_limiter() {
+    bounded(async {
+        let memory = MemoryLimiter::new();
+        let l = unreachable(FailurePolicy::Fallback(memory.clone()));
+        // A list of one rate: exact under concurrency.
+        let one = limits("5/h");
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let l = l.clone();
+            let one = one.clone();
+            set.spawn(async move {
+                let v = timed_list(&l, Subject::new("key_1"), &one, false)
+                    .await
+                    .unwrap();
+                v.allowed()
+            });
+        }
+        let mut admitted = 0;
+        while let Some(allowed) = set.join_next().await {
+            admitted += usize::from(allowed.unwrap());
+        }
+        assert_eq!(admitted, 5);
+        // The memory limiter decided, and answers the peek.
+        let v = timed_list(&l, Subject::new("key_1"), &one, true)
+            .await
+            .unwrap();
+        let direct = memory.peek("key_1", &Quota::per_hour(5), 1);
+        let d = v.decisions()[0];
+        assert_eq!((d.allowed, d.remaining), (direct.allowed, direct.remaining));
+        assert!(!d.allowed);
+
+        // A list of several, with a cap and an owner-wide limit: decided by the memory
+        // limiter, exactly, a denial spending nothing.
+        let list = Limits::new([
+            "3/h".parse().unwrap(),
+            yearly_cap(10),
+            "4/h;owner".parse().unwrap(),
+        ])
+        .unwrap();
+        let mut allowed = Vec::new();
+        for key in ["key_2", "key_2", "key_3", "key_2", "key_3", "key_3"] {
+            let subject = Subject::with_owner(key, Some("acme"));
+            allowed.push(
+                timed_list(&l, subject, &list, false)
+                    .await
+                    .unwrap()
+                    .allowed(),
+            );
+        }
+        assert_eq!(allowed, [true, true, true, true, false, false]);
+        let subject = Subject::with_owner("key_3", Some("acme"));
+        let via_redis = timed_list(&l, subject, &list, true).await.unwrap();
+        let direct = RateLimiter::peek(&memory, subject, &list).await.unwrap();
+        assert_eq!(remaining(&via_redis), remaining(&direct));
+        assert_eq!(remaining(&via_redis), [1, 8, 0]);
+        assert_eq!(via_redis.denied_by(), Some(2));
+        // A fixed cap through `check`, too.
+        let cap = Quota::per_hour(2).fixed();
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            answers.push(l.check("key_4", &cap, 1).await.unwrap().allowed);
+        }
+        assert_eq!(answers, [true, true, false]);
     })
     .await;
 }

@@ -1,5 +1,6 @@
-//! `RedisStore` against a real Redis: the `KeyManager` conformance suite, keys through a real
-//! axum `Router`, change notifications between two instances, and outages made by a proxy the
+//! `RedisStore` against a real Redis: the `KeyManager` conformance suite and its credit checks
+//! (two instances spending one key's credits; a spend that rewrites nothing else), keys through
+//! a real axum `Router`, change notifications between two instances, and outages made by a proxy the
 //! test controls.
 //!
 //! The tests that need a server are ignored unless asked for: run them with
@@ -23,9 +24,10 @@ use common::proxy::Proxy;
 use common::{conformance, routes, send, with_key};
 use http::StatusCode;
 use keygate::auth::AuthLayer;
-use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
+use keygate::key::{ApiKey, Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Refill};
 use keygate::store::{
-    CachedStore, Invalidate, KeyManager, KeyStore, KeyUpdate, RedisStore, StoreError,
+    CachedStore, CreditOutcome, CreditStore, Invalidate, KeyManager, KeyStore, KeyUpdate,
+    RedisStore, StoreError,
 };
 use redis::aio::ConnectionManager;
 use services::redis_url;
@@ -258,6 +260,115 @@ async fn conformance_suite() {
         assert!(
             left.is_empty(),
             "keys left after every record was deleted: {left:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn credit_conformance() {
+    let prefix = unique_prefix("credits");
+    let _cleanup = Cleanup::new(&prefix);
+    bounded(async {
+        let store = store(&prefix).await;
+        conformance::credit_checks(&store).await;
+        let left = keys_under(&redis_url(), &prefix).unwrap();
+        assert!(
+            left.is_empty(),
+            "keys left after the credit checks: {left:?}"
+        );
+    })
+    .await;
+}
+
+/// Two instances, each on a connection of its own, spend one key's credits from many tasks:
+/// exactly the credits are admitted, and the count ends at exactly 0. Through caches, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn credits_reach_exactly_zero_across_two_instances() {
+    let prefix = unique_prefix("credits-shared");
+    let _cleanup = Cleanup::new(&prefix);
+    bounded(async {
+        let (a, b) = (store(&prefix).await, store(&prefix).await);
+        conformance::credits_across_instances(&a, &b).await;
+        conformance::credits_across_instances(&CachedStore::new(a), &CachedStore::new(b)).await;
+    })
+    .await;
+}
+
+/// A spend changes the count and nothing else: the record's JSON and version stay as they
+/// were, and the watchers hear nothing (a cache keeps its records). Setting the credits is a
+/// change of the record, and is heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn a_spend_rewrites_nothing_but_the_count() {
+    let prefix = unique_prefix("credits-quiet");
+    let _cleanup = Cleanup::new(&prefix);
+    bounded(async {
+        let store = store(&prefix).await;
+        let (recorder, mut events, _closed) = Recorder::new();
+        store.watch(recorder).await.expect("subscribe");
+        let refill = Refill::new(10, Duration::from_secs(3600));
+        let issued = store
+            .issue(
+                KeyRecord::new("key_1", "acme").with_credits(Credits::new(10).with_refill(refill)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut events, "issue").await,
+            Event::Digest(issued.key.digest())
+        );
+        let client = redis::Client::open(redis_url().as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let entry = format!("{prefix}r:key_1");
+        let fields = |conn: &mut redis::aio::MultiplexedConnection| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(&entry).arg("record").arg("ver").arg("credits");
+            let mut conn = conn.clone();
+            async move {
+                cmd.query_async::<Vec<Option<String>>>(&mut conn)
+                    .await
+                    .unwrap()
+            }
+        };
+        let before = fields(&mut conn).await;
+        assert_eq!(before[2].as_deref(), Some("10"));
+        for left in (7..10).rev() {
+            assert_eq!(
+                store.spend("key_1", 1).await.unwrap(),
+                CreditOutcome::Spent { remaining: left }
+            );
+        }
+        let after = fields(&mut conn).await;
+        assert_eq!(after[..2], before[..2], "a spend rewrote the record");
+        assert_eq!(after[2].as_deref(), Some("7"));
+        quiet(&mut events, "spends").await;
+        assert_eq!(
+            store
+                .lookup(&issued.key.digest())
+                .await
+                .unwrap()
+                .unwrap()
+                .credits,
+            Some(Credits::new(7).with_refill(refill)),
+            "a lookup shows the live count"
+        );
+
+        store
+            .update("key_1", KeyUpdate::new().credits(Some(Credits::new(1))))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut events, "setting the credits").await,
+            Event::Id("key_1".into())
+        );
+        assert_eq!(store.credits("key_1").await.unwrap(), Some(Credits::new(1)));
+        store.delete("key_1").await.unwrap();
+        assert_eq!(
+            store.spend("key_1", 1).await.unwrap(),
+            CreditOutcome::NoBudget
         );
     })
     .await;
@@ -518,6 +629,7 @@ async fn conformance_suite_through_a_cache() {
         let cache = CachedStore::new(backend.clone());
         backend.watch(cache.invalidator()).await.unwrap();
         conformance::run(&cache).await;
+        conformance::credit_checks(&cache).await;
     })
     .await;
 }
@@ -575,6 +687,22 @@ async fn lookups_fail_while_redis_is_cut_off_and_recover_without_a_new_store() {
                 !shown.contains(&issued.key.digest().to_hex()[..16]),
                 "the error shows the digest: {shown}"
             );
+            let started = Instant::now();
+            let spent = store.spend("key_1", 1).await;
+            assert!(
+                matches!(spent, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+                "a spend while Redis is cut off: {spent:?}"
+            );
+            let read = store.credits("key_1").await;
+            assert!(
+                matches!(read, Err(StoreError::Unavailable(_) | StoreError::Timeout)),
+                "a read of credits while Redis is cut off: {read:?}"
+            );
+            assert!(
+                started.elapsed() <= 2 * SHORT + SLACK,
+                "{:?}",
+                started.elapsed()
+            );
         }
         // An outage is 503, never 401.
         assert_eq!(
@@ -615,6 +743,14 @@ async fn a_redis_that_does_not_answer_is_a_timeout() {
             .await
             .expect_err("a lookup while Redis does not answer");
         assert!(matches!(error, StoreError::Timeout), "{error:?}");
+        assert!(
+            started.elapsed() <= SHORT + SLACK,
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let spent = store.spend("key_1", 1).await;
+        assert!(matches!(spent, Err(StoreError::Timeout)), "{spent:?}");
         assert!(
             started.elapsed() <= SHORT + SLACK,
             "{:?}",

@@ -709,7 +709,10 @@ fn configuration() {
     let none = weather::Config::from_vars(|_| None).unwrap();
     assert_eq!(none.addr, "127.0.0.1:3000".parse().unwrap());
     assert!(none.api_keys.is_empty());
-    assert_eq!(none.rate_limit, keygate::Quota::per_second(10));
+    assert_eq!(
+        none.rate_limit,
+        keygate::Limits::from(keygate::Quota::per_second(10))
+    );
     assert!(none.redis_url.is_none());
     assert_eq!(none.redis_prefix, "weather:rl:");
     assert!(none.jwt_secret.is_none());
@@ -756,13 +759,13 @@ fn configuration() {
 #[test]
 fn rate_limit_configuration() {
     let quota = |v: &str| config(&[("RATE_LIMIT", v)]).map(|c| c.rate_limit);
-    assert_eq!(quota("5/s").unwrap(), keygate::Quota::per_second(5));
+    assert_eq!(quota("5/s").unwrap(), keygate::Quota::per_second(5).into());
     assert_eq!(
         quota(" 100/min;burst=20 ").unwrap(),
-        keygate::Quota::per_minute(100).with_burst(20)
+        keygate::Quota::per_minute(100).with_burst(20).into()
     );
     // Blank is unset: the default.
-    assert_eq!(quota("  ").unwrap(), keygate::Quota::per_second(10));
+    assert_eq!(quota("  ").unwrap(), keygate::Quota::per_second(10).into());
     for bad in ["ten/s", "10", "0/s", "10/fortnight", "10/s;burst=0"] {
         match quota(bad) {
             Err(e @ weather::ConfigError::RateLimit(..)) => {
@@ -1418,17 +1421,21 @@ async fn the_admin_api_manages_the_keys_the_api_accepts() {
         fields,
         [
             "created_at",
+            "credits",
             "expires_at",
             "id",
             "metadata",
             "owner",
             "quota",
             "scopes",
-            "status"
+            "status",
+            "tier"
         ]
     );
     assert_eq!(record["status"], "active");
     assert_eq!(record["quota"], "100/min");
+    assert_eq!(record["tier"], Value::Null);
+    assert_eq!(record["credits"], Value::Null);
     let duplicate = server
         .send_json(
             Method::POST,
@@ -1594,4 +1601,1047 @@ async fn the_admin_api_manages_the_keys_the_api_accepts() {
         .await
         .assert_problem(StatusCode::NOT_FOUND);
     server.stop().await;
+}
+
+// --- issue 11: lists of limits, shadow mode, concurrency, owner-wide limits, /v1/quota, credits
+
+/// One entry of a `RateLimit` header: the policy's name, `r` and `t`.
+fn rate_limit_entries(reply: &Reply) -> Vec<(String, u64, u64)> {
+    let value = reply
+        .header("ratelimit")
+        .unwrap_or_else(|| panic!("no RateLimit header: {:?}", reply.headers));
+    value
+        .split(", ")
+        .map(|entry| {
+            let mut parts = entry.split(';');
+            let name = parts.next().unwrap().trim_matches('"').to_owned();
+            let mut field = |key: &str| {
+                parts
+                    .next()
+                    .and_then(|p| p.strip_prefix(key))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("{value}: no {key}"))
+            };
+            let r = field("r=");
+            let t = field("t=");
+            (name, r, t)
+        })
+        .collect()
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits, if need be, until the UTC-aligned window of `window` seconds has more than `margin`
+/// seconds left, so that a fixed cap is not reset in the middle of a test.
+async fn clear_of_boundary(window: u64, margin: u64) {
+    let left = window - unix_now() % window;
+    if left <= margin {
+        tokio::time::sleep(std::time::Duration::from_secs(left + 1)).await;
+    }
+}
+
+/// A 429 whose problem `detail` is `detail`.
+fn assert_429_detail(reply: &Reply, detail: &str) {
+    reply.assert_problem(StatusCode::TOO_MANY_REQUESTS);
+    let body = reply.json();
+    assert_eq!(body["type"], QUOTA_EXCEEDED, "{body}");
+    assert_eq!(body["detail"], detail, "{body}");
+    assert_eq!(reply.header(CACHE_CONTROL), Some("no-store"));
+}
+
+#[test]
+fn limits_shadow_concurrency_and_limit_by_configuration() {
+    let none = weather::Config::from_vars(|_| None).unwrap();
+    assert!(!none.rate_limit_shadow);
+    assert_eq!(none.concurrency_limit, None);
+    assert_eq!(none.limit_by, keygate::LimitBy::Caller);
+
+    // The list form: every item must admit.
+    let list = config(&[("RATE_LIMIT", " 2/s;burst=2, 5/h;fixed ")]).unwrap();
+    assert_eq!(list.rate_limit.len(), 2);
+    assert_eq!(
+        list.rate_limit,
+        "2/s;burst=2, 5/h;fixed".parse::<keygate::Limits>().unwrap()
+    );
+    // A burst equal to the rate's limit is the default, and not written out.
+    assert_eq!(list.rate_limit.to_string(), "2/s, 5/h;fixed");
+    assert!(list.rate_limit[1].quota().is_fixed());
+    // A malformed item is named, with its place in the list.
+    for (bad, named) in [
+        ("2/s;burst=2, 5/fortnight", r#"limit 2 ("5/fortnight")"#),
+        ("2/s;burst=0, 5/h;fixed", r#"limit 1 ("2/s;burst=0")"#),
+        (
+            "2/s, 5/h;fixed, 1/250ms;fixed",
+            r#"limit 3 ("1/250ms;fixed")"#,
+        ),
+        ("2/s,", r#"limit 2 ("")"#),
+    ] {
+        match config(&[("RATE_LIMIT", bad)]) {
+            Err(e @ weather::ConfigError::RateLimit(..)) => {
+                let message = e.to_string();
+                assert!(message.starts_with("RATE_LIMIT="), "{message}");
+                assert!(message.contains(named), "{bad}: {message}");
+            }
+            other => panic!("RATE_LIMIT={bad:?} accepted: {other:?}"),
+        }
+    }
+    let nine = ["1/s"; 9].join(", ");
+    assert!(matches!(
+        config(&[("RATE_LIMIT", &nine)]),
+        Err(weather::ConfigError::RateLimit(..))
+    ));
+
+    assert!(
+        config(&[("RATE_LIMIT_SHADOW", "1")])
+            .unwrap()
+            .rate_limit_shadow
+    );
+    assert!(
+        !config(&[("RATE_LIMIT_SHADOW", "0")])
+            .unwrap()
+            .rate_limit_shadow
+    );
+    assert!(
+        !config(&[("RATE_LIMIT_SHADOW", " ")])
+            .unwrap()
+            .rate_limit_shadow
+    );
+    for bad in ["yes", "2", "on"] {
+        match config(&[("RATE_LIMIT_SHADOW", bad)]) {
+            Err(e @ weather::ConfigError::Shadow(_)) => {
+                assert!(e.to_string().starts_with("RATE_LIMIT_SHADOW="), "{e}");
+            }
+            other => panic!("RATE_LIMIT_SHADOW={bad:?}: {other:?}"),
+        }
+    }
+
+    assert_eq!(
+        config(&[("CONCURRENCY_LIMIT", " 4 ")])
+            .unwrap()
+            .concurrency_limit,
+        Some(4)
+    );
+    for bad in ["0", "-1", "many", "4294967296"] {
+        match config(&[("CONCURRENCY_LIMIT", bad)]) {
+            Err(e @ weather::ConfigError::Concurrency(_)) => {
+                assert!(e.to_string().starts_with("CONCURRENCY_LIMIT="), "{e}");
+            }
+            other => panic!("CONCURRENCY_LIMIT={bad:?}: {other:?}"),
+        }
+    }
+
+    assert_eq!(
+        config(&[("LIMIT_BY", "owner")]).unwrap().limit_by,
+        keygate::LimitBy::Owner
+    );
+    for bad in ["caller", "Owner", "tenant"] {
+        match config(&[("LIMIT_BY", bad)]) {
+            Err(e @ weather::ConfigError::LimitBy(_)) => {
+                assert!(e.to_string().starts_with("LIMIT_BY="), "{e}");
+            }
+            other => panic!("LIMIT_BY={bad:?}: {other:?}"),
+        }
+    }
+}
+
+/// Set in the environment of a copy of this test binary that runs the example's `main`.
+const CHILD: &str = "KEYGATE_WEATHER_EXAMPLE_CHILD";
+
+/// Does nothing in a test run. In a copy of this binary started by
+/// [`a_malformed_setting_stops_the_process_with_exit_1`] (with [`CHILD`] set), it is the
+/// example: its `main`, and the process's exit status.
+#[test]
+fn the_example_in_a_child_process() {
+    if std::env::var_os(CHILD).is_none() {
+        return;
+    }
+    let code = weather::main();
+    std::process::exit(if code == std::process::ExitCode::SUCCESS {
+        0
+    } else {
+        1
+    });
+}
+
+#[tokio::test]
+async fn a_malformed_setting_stops_the_process_with_exit_1() {
+    let cases = [
+        (
+            "RATE_LIMIT",
+            "2/s;burst=2, 5/fortnight",
+            r#"limit 2 ("5/fortnight")"#,
+        ),
+        ("RATE_LIMIT_SHADOW", "yes", "RATE_LIMIT_SHADOW="),
+        ("CONCURRENCY_LIMIT", "0", "CONCURRENCY_LIMIT="),
+        ("LIMIT_BY", "tenant", "LIMIT_BY="),
+    ];
+    for (name, value, named) in cases {
+        let exe = std::env::current_exe().expect("the test binary's path");
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.args([
+            "the_example_in_a_child_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        // Nothing of this process's configuration, only the variable under test.
+        for (var, _) in std::env::vars_os() {
+            let config = var.to_str().is_some_and(|v| {
+                v == "RUST_LOG"
+                    || [
+                        "KEYGATE_",
+                        "WEATHER_",
+                        "REDIS_",
+                        "KEY_",
+                        "ADMIN_",
+                        "JWT_",
+                        "RATE_",
+                        "CONCURRENCY_",
+                        "LIMIT_",
+                    ]
+                    .iter()
+                    .any(|p| v.starts_with(p))
+            });
+            if config {
+                cmd.env_remove(var);
+            }
+        }
+        cmd.env(CHILD, "1")
+            .env("KEYGATE_ADDR", "127.0.0.1:0")
+            .env(name, value)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("{name}={value}: still running after 20 s"))
+            .expect("the child runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}={value}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: {name}=")),
+            "{name}={value}: {stderr}"
+        );
+        assert!(stderr.contains(named), "{name}={value}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}={value}: {stderr}");
+        assert!(!stdout.contains("listening on"), "{name}={value}: {stdout}");
+    }
+}
+
+#[tokio::test]
+async fn a_list_of_limits_reports_every_policy_and_a_denial_spends_nothing() {
+    // The hourly cap must not reset during the test.
+    clear_of_boundary(3600, 15).await;
+    let server = Server::start(&[
+        ("RATE_LIMIT", "2/s;burst=2, 5/h;fixed"),
+        ("WEATHER_API_KEYS", "list-key-0001"),
+    ])
+    .await;
+    assert!(
+        server.banner.contains("rate limit: 2/s, 5/h;fixed per key"),
+        "{}",
+        server.banner
+    );
+    let key = [("x-api-key", "list-key-0001")];
+    let hour_left = 3600 - unix_now() % 3600;
+    for (second, hour) in [(1, 4), (0, 3)] {
+        let ok = server.get("/v1/current.json?q=Accra", &key).await;
+        ok.assert_weather("Accra");
+        assert_eq!(
+            ok.header("ratelimit-policy"),
+            Some(r#""second";q=2;w=1, "hour";q=5;w=3600"#)
+        );
+        let entries = rate_limit_entries(&ok);
+        assert_eq!(entries.len(), 2, "{entries:?}");
+        assert_eq!((entries[0].0.as_str(), entries[0].1), ("second", second));
+        assert_eq!((entries[1].0.as_str(), entries[1].1), ("hour", hour));
+        // A fixed cap resets at the UTC hour's end.
+        assert!(
+            entries[1].2.abs_diff(hour_left) <= 2,
+            "{entries:?}, {hour_left} s to the hour"
+        );
+    }
+    // The burst is spent: the "second" limit denies, and the hourly cap keeps its 3.
+    let limited = server.get("/v1/current.json?q=Accra", &key).await;
+    limited.assert_rate_limited();
+    let detail = limited.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.starts_with(r#"Too many requests: the "second" limit is spent; retry in "#),
+        "{detail}"
+    );
+    let retry: u64 = limited.header(RETRY_AFTER).unwrap().parse().unwrap();
+    assert_eq!(retry, 1, "{detail}");
+    let entries = rate_limit_entries(&limited);
+    assert_eq!((entries[0].1, entries[1].1), (0, 3), "{entries:?}");
+
+    // Spend the rest of the hour's five: the rate admits two more after a second, one more
+    // after another.
+    let hourly_left = |reply: &Reply| {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        rate_limit_entries(reply)[1].1
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(hourly_left(&server.get("/v1/me", &key).await), 2);
+    assert_eq!(hourly_left(&server.get("/v1/me", &key).await), 1);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(hourly_left(&server.get("/v1/me", &key).await), 0);
+    // The cap is spent: denied until the hour ends, whatever the rate allows.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let capped = server.get("/v1/current.json?q=Accra", &key).await;
+    capped.assert_rate_limited();
+    let detail = capped.json()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.starts_with(r#"Too many requests: the "hour" limit is spent; retry in "#),
+        "{detail}"
+    );
+    let retry: u64 = capped.header(RETRY_AFTER).unwrap().parse().unwrap();
+    let hour_left = 3600 - unix_now() % 3600;
+    assert!(
+        retry.abs_diff(hour_left) <= 2,
+        "Retry-After {retry}, {hour_left} s left"
+    );
+    let entries = rate_limit_entries(&capped);
+    assert_eq!(entries[1].1, 0, "{entries:?}");
+    assert!(entries[0].1 >= 1, "the rate was not spent: {entries:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_mode_never_denies_and_reports_as_usual() {
+    let server = Server::start(&[
+        ("RATE_LIMIT", "2/min"),
+        ("RATE_LIMIT_SHADOW", "1"),
+        ("CONCURRENCY_LIMIT", "1"),
+        ("WEATHER_API_KEYS", "shadow-key-0001"),
+    ])
+    .await;
+    assert!(server.banner.contains("shadow"), "{}", server.banner);
+    let key = [("x-api-key", "shadow-key-0001")];
+    for remaining in [1, 0, 0, 0, 0] {
+        let reply = server.get("/v1/current.json?q=Lima", &key).await;
+        reply.assert_weather("Lima");
+        assert_eq!(
+            reply.header("ratelimit-policy"),
+            Some(r#""default";q=2;w=60"#)
+        );
+        let entries = rate_limit_entries(&reply);
+        assert_eq!(entries[0].1, remaining, "{entries:?}");
+        assert!(reply.header(RETRY_AFTER).is_none());
+    }
+    // Over the concurrency limit too: both served.
+    let (a, b) = tokio::join!(
+        server.get("/v1/slow?ms=400", &key),
+        server.get("/v1/slow?ms=400", &key)
+    );
+    for reply in [a, b] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert!(reply.header("ratelimit").is_some());
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_waits_behind_auth_scope_and_limits() {
+    let server = Server::start(&[("RATE_LIMIT", "20/min")]).await;
+    let key = server.demo_key().to_owned();
+    let started = std::time::Instant::now();
+    let reply = server.get("/v1/slow?ms=300", &[("x-api-key", &key)]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    assert_eq!(reply.json(), json!({"slept_ms": 300}));
+    assert!(reply.header("ratelimit").is_some(), "{:?}", reply.headers);
+    for bad in ["ms=5001", "ms=abc", "ms=-1", "", "ms=99999999999999999999"] {
+        let reply = server
+            .get(&format!("/v1/slow?{bad}"), &[("x-api-key", &key)])
+            .await;
+        reply.assert_problem(StatusCode::BAD_REQUEST);
+        assert!(reply.body.contains("Parameter ms"), "{bad}: {}", reply.body);
+    }
+    let reply = server
+        .get("/v1/slow?ms=5000&q=x", &[("x-api-key", "nobody-0001")])
+        .await;
+    reply.assert_invalid_token();
+    let no_scope = ApiKey::new("a-slow-key-without-the-scope");
+    server
+        .keys
+        .manager
+        .insert(no_scope.digest(), KeyRecord::new("no-scope", "test"))
+        .await
+        .unwrap();
+    server
+        .get("/v1/slow?ms=0", &[("x-api-key", no_scope.expose_secret())])
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_of_one_turns_the_second_request_in_flight_away() {
+    let server = Server::start(&[
+        ("CONCURRENCY_LIMIT", "1"),
+        ("WEATHER_API_KEYS", "busy-key-0001,other-key-0002"),
+    ])
+    .await;
+    assert!(
+        server
+            .banner
+            .contains("concurrency limit: at most 1 request(s) in flight per key"),
+        "{}",
+        server.banner
+    );
+    let key = [("x-api-key", "busy-key-0001")];
+    let (a, b) = tokio::join!(
+        server.get("/v1/slow?ms=800", &key),
+        server.get("/v1/slow?ms=800", &key)
+    );
+    let (ok, limited): (Vec<_>, Vec<_>) =
+        [a, b].into_iter().partition(|r| r.status == StatusCode::OK);
+    assert_eq!((ok.len(), limited.len()), (1, 1), "one 200 and one 429");
+    let limited = &limited[0];
+    assert_429_detail(limited, "Too many requests in flight: at most 1 at once.");
+    assert_eq!(limited.header(RETRY_AFTER), Some("1"));
+    assert_eq!(ok[0].json(), json!({"slept_ms": 800}));
+
+    // Another caller is counted apart, even while this one has a request in flight.
+    let busy = server.get("/v1/slow?ms=600", &key);
+    let other = async {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        server
+            .get(
+                "/v1/current.json?q=Baku",
+                &[("x-api-key", "other-key-0002")],
+            )
+            .await
+    };
+    let (busy, other) = tokio::join!(busy, other);
+    assert_eq!(busy.status, StatusCode::OK, "{}", busy.body);
+    other.assert_weather("Baku");
+
+    // A finished request frees its place.
+    for _ in 0..3 {
+        let reply = server.get("/v1/slow?ms=0", &key).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limit_by_owner_makes_the_keys_of_one_owner_share_each_limit() {
+    let server = Server::start(&[
+        ("RATE_LIMIT", "3/min"),
+        ("LIMIT_BY", "owner"),
+        ("WEATHER_API_KEYS", "owned-key-0001,owned-key-0002"),
+    ])
+    .await;
+    assert!(
+        server.banner.contains("rate limit: 3/min per owner"),
+        "{}",
+        server.banner
+    );
+    // Both listed keys belong to one owner; a key of another owner has its own limit.
+    let stranger = ApiKey::new("another-owners-key-0003");
+    server
+        .keys
+        .manager
+        .insert(
+            stranger.digest(),
+            KeyRecord::new("stranger", "someone-else").with_scopes([weather::SCOPE]),
+        )
+        .await
+        .unwrap();
+    let one = [("x-api-key", "owned-key-0001")];
+    let two = [("x-api-key", "owned-key-0002")];
+    for (headers, remaining) in [(&one, 2), (&two, 1), (&one, 0)] {
+        let reply = server.get("/v1/current.json?q=Riga", headers).await;
+        reply.assert_weather("Riga");
+        assert_eq!(rate_limit_entries(&reply)[0].1, remaining);
+    }
+    server
+        .get("/v1/current.json?q=Riga", &two)
+        .await
+        .assert_rate_limited();
+    server.get("/v1/me", &one).await.assert_rate_limited();
+    // What /v1/quota shows is the owner's too.
+    let quota = server.get("/v1/quota", &two).await;
+    assert_eq!(quota.status, StatusCode::OK, "{}", quota.body);
+    assert_eq!(
+        quota.json()["policies"][0]["remaining"],
+        0,
+        "{}",
+        quota.body
+    );
+    let other = server
+        .get(
+            "/v1/current.json?q=Riga",
+            &[("x-api-key", stranger.expose_secret())],
+        )
+        .await;
+    other.assert_weather("Riga");
+    assert_eq!(rate_limit_entries(&other)[0].1, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn quota_shows_every_policy_and_the_credits_and_costs_nothing() {
+    clear_of_boundary(86_400, 15).await;
+    let server = Server::start(&[
+        ("RATE_LIMIT", "3/min, 100/d;fixed;name=daily"),
+        ("JWT_SECRET", SECRET),
+    ])
+    .await;
+    let key = server.demo_key().to_owned();
+    let headers = [("x-api-key", key.as_str())];
+    // Read as often as one likes: nothing is spent, nothing is limited.
+    for _ in 0..6 {
+        let reply = server.get("/v1/quota", &headers).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        assert_eq!(reply.header(CONTENT_TYPE), Some("application/json"));
+        assert_eq!(reply.header(CACHE_CONTROL), Some("no-store"));
+        assert!(reply.header("ratelimit").is_none(), "{:?}", reply.headers);
+        let body = reply.json();
+        let mut fields: Vec<&str> = body
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["credits", "policies"], "{body}");
+        assert_eq!(body["credits"], Value::Null, "{body}");
+        let minute = &body["policies"][0];
+        assert_eq!(
+            *minute,
+            json!({"name": "minute", "limit": 3, "window": 60, "remaining": 3, "reset": 0}),
+            "{body}"
+        );
+        let daily = &body["policies"][1];
+        let mut fields: Vec<&str> = daily
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["limit", "name", "remaining", "reset", "window"]);
+        assert_eq!(daily["name"], "daily");
+        assert_eq!(daily["limit"], 100);
+        assert_eq!(daily["window"], 86_400);
+        assert_eq!(daily["remaining"], 100);
+        let reset = daily["reset"].as_u64().expect("whole seconds");
+        let day_left = 86_400 - unix_now() % 86_400;
+        assert!(reset.abs_diff(day_left) <= 2, "{reset} vs {day_left}");
+        assert_eq!(body["policies"].as_array().unwrap().len(), 2);
+    }
+    // A request spends one of each, and the quota says so.
+    server
+        .get("/v1/current.json?q=Kyiv", &headers)
+        .await
+        .assert_weather("Kyiv");
+    let body = server.get("/v1/quota", &headers).await.json();
+    assert_eq!(body["policies"][0]["remaining"], 2, "{body}");
+    let reset = body["policies"][0]["reset"].as_u64().unwrap();
+    assert!((1..=20).contains(&reset), "{body}");
+    assert_eq!(body["policies"][1]["remaining"], 99, "{body}");
+    // A token reads its key's quota; the spent limit is the same.
+    let token = server.token_for(&key).await;
+    let body = server.get_bearer("/v1/quota", &token).await.json();
+    assert_eq!(body["policies"][0]["remaining"], 1, "{body}");
+    assert_eq!(body["policies"][1]["remaining"], 98, "{body}");
+    // A spent limit does not stop the quota from being read.
+    server.get("/v1/me", &headers).await;
+    server.get("/v1/me", &headers).await.assert_rate_limited();
+    let reply = server.get("/v1/quota", &headers).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["policies"][0]["remaining"], 0);
+    // It needs a credential like every other route.
+    let anonymous = server.get("/v1/quota", &[]).await;
+    anonymous.assert_problem(StatusCode::UNAUTHORIZED);
+    server
+        .get("/v1/quota", &[("x-api-key", "nobody-0001")])
+        .await
+        .assert_invalid_token();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_key_whose_credits_reach_zero_is_429() {
+    use keygate::key::{Credits, Refill};
+
+    let server = Server::start(&[("RATE_LIMIT", "100/s")]).await;
+    let metered = ApiKey::new("a-key-with-two-credits");
+    let refilled = ApiKey::new("a-key-with-a-refill");
+    for (key, id, credits) in [
+        (&metered, "metered", Credits::new(2)),
+        (
+            &refilled,
+            "refilled",
+            Credits::new(1).with_refill(Refill::new(1, std::time::Duration::from_secs(60))),
+        ),
+    ] {
+        server
+            .keys
+            .manager
+            .insert(
+                key.digest(),
+                KeyRecord::new(id, "acme")
+                    .with_scopes([weather::SCOPE])
+                    .with_credits(credits),
+            )
+            .await
+            .unwrap();
+    }
+    let headers = [("x-api-key", metered.expose_secret())];
+    let credits = |body: Value| body["credits"].clone();
+    // Reading the quota spends no credit.
+    for _ in 0..3 {
+        let reply = server.get("/v1/quota", &headers).await;
+        assert_eq!(credits(reply.json()), 2, "{}", reply.body);
+    }
+    for left in [1, 0] {
+        server
+            .get("/v1/current.json?q=Doha", &headers)
+            .await
+            .assert_weather("Doha");
+        let reply = server.get("/v1/quota", &headers).await;
+        assert_eq!(credits(reply.json()), left, "{}", reply.body);
+    }
+    // Used up: 429, no Retry-After (nothing refills them), and never below zero.
+    for _ in 0..2 {
+        let reply = server.get("/v1/current.json?q=Doha", &headers).await;
+        assert_429_detail(&reply, "The key's credits are used up.");
+        assert!(reply.header(RETRY_AFTER).is_none(), "{:?}", reply.headers);
+    }
+    assert_eq!(credits(server.get("/v1/quota", &headers).await.json()), 0);
+    // A key whose credits are refilled says when.
+    let headers = [("x-api-key", refilled.expose_secret())];
+    server
+        .get("/v1/current.json?q=Doha", &headers)
+        .await
+        .assert_weather("Doha");
+    let reply = server.get("/v1/current.json?q=Doha", &headers).await;
+    reply.assert_problem(StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = reply.header(RETRY_AFTER).unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After: {retry}");
+    assert_eq!(
+        reply.json()["detail"],
+        format!("The key's credits are used up; they are refilled in {retry} s.")
+    );
+    // A key without a budget is not limited by credits.
+    let demo = server.demo_key().to_owned();
+    for _ in 0..3 {
+        server
+            .get("/v1/current.json?q=Doha", &[("x-api-key", &demo)])
+            .await
+            .assert_weather("Doha");
+    }
+    server.stop().await;
+}
+
+/// Registers `key` as the record `id` of `owner`, with the weather scope, shaped by `record`.
+async fn insert_key(
+    server: &Server,
+    key: &ApiKey,
+    id: &str,
+    owner: &str,
+    record: impl FnOnce(KeyRecord) -> KeyRecord,
+) {
+    server
+        .keys
+        .manager
+        .insert(
+            key.digest(),
+            record(KeyRecord::new(id, owner).with_scopes([weather::SCOPE])),
+        )
+        .await
+        .unwrap();
+}
+
+/// The `credits` of a `/v1/quota` reply.
+fn quota_credits(reply: &Reply) -> Value {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    reply.json()["credits"].clone()
+}
+
+#[tokio::test]
+async fn a_token_minted_for_a_key_with_credits_spends_the_keys_credits() {
+    use keygate::key::Credits;
+
+    let server = Server::start(&[("RATE_LIMIT", "100/s")]).await;
+    let metered = ApiKey::new("a-key-with-four-credits");
+    insert_key(&server, &metered, "metered", "acme", |r| {
+        r.with_credits(Credits::new(4))
+    })
+    .await;
+    let key = [("x-api-key", metered.expose_secret())];
+    // Minting is a request of the key, so it spends one; the token says it spends credits.
+    let token = server.token_for(metered.expose_secret()).await;
+    let minted = claims(&token);
+    assert_eq!(minted[weather::CREDITS_CLAIM], true, "{minted}");
+    assert_eq!(minted[weather::OWNER_CLAIM], "acme", "{minted}");
+    assert_eq!(quota_credits(&server.get("/v1/quota", &key).await), 3);
+    // The token reads its key's credits, and reading spends none.
+    for _ in 0..3 {
+        assert_eq!(
+            quota_credits(&server.get_bearer("/v1/quota", &token).await),
+            3
+        );
+    }
+    // Each request with the token spends one of the key's: the key's count goes down.
+    for left in [2, 1] {
+        server
+            .get_bearer("/v1/current.json?q=Accra", &token)
+            .await
+            .assert_weather("Accra");
+        assert_eq!(quota_credits(&server.get("/v1/quota", &key).await), left);
+    }
+    // The key spends from the same count.
+    server
+        .get("/v1/current.json?q=Accra", &key)
+        .await
+        .assert_weather("Accra");
+    assert_eq!(
+        quota_credits(&server.get_bearer("/v1/quota", &token).await),
+        0
+    );
+    // Used up: 429 for the token, for the key, and for minting another token; never below zero.
+    let replies = [
+        server.get_bearer("/v1/current.json?q=Accra", &token).await,
+        server.get_bearer("/v1/me", &token).await,
+        server.get("/v1/current.json?q=Accra", &key).await,
+        server.post("/v1/token", &key).await,
+    ];
+    for reply in &replies {
+        assert_429_detail(reply, "The key's credits are used up.");
+        assert!(reply.header(RETRY_AFTER).is_none(), "{:?}", reply.headers);
+    }
+    assert_eq!(quota_credits(&server.get("/v1/quota", &key).await), 0);
+    // A token of a key without a budget carries no marker and is not limited by credits.
+    let demo = server.demo_key().to_owned();
+    let free = server.token_for(&demo).await;
+    let free_claims = claims(&free);
+    assert!(
+        free_claims.get(weather::CREDITS_CLAIM).is_none(),
+        "{free_claims}"
+    );
+    for _ in 0..3 {
+        server
+            .get_bearer("/v1/current.json?q=Accra", &free)
+            .await
+            .assert_weather("Accra");
+    }
+    assert_eq!(
+        quota_credits(&server.get_bearer("/v1/quota", &free).await),
+        Value::Null
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limit_by_owner_counts_a_minted_token_with_its_keys_owner() {
+    let server = Server::start(&[("RATE_LIMIT", "4/min"), ("LIMIT_BY", "owner")]).await;
+    let (one, two) = (
+        ApiKey::new("acme-key-one-0001"),
+        ApiKey::new("acme-key-two-0002"),
+    );
+    let stranger = ApiKey::new("globex-key-0003");
+    insert_key(&server, &one, "acme-1", "acme", |r| r).await;
+    insert_key(&server, &two, "acme-2", "acme", |r| r).await;
+    insert_key(&server, &stranger, "globex-1", "globex", |r| r).await;
+    let (one, two) = (
+        [("x-api-key", one.expose_secret())],
+        [("x-api-key", two.expose_secret())],
+    );
+    // 1: minting, for the first key.
+    let token = server.token_for(one[0].1).await;
+    let minted = claims(&token);
+    assert_eq!(minted["sub"], "acme-1", "{minted}");
+    assert_eq!(minted[weather::OWNER_CLAIM], "acme", "{minted}");
+    // 2-4: the token and the other key of the owner spend the owner's one budget.
+    let bearer = format!("Bearer {token}");
+    let by_token = [("authorization", bearer.as_str())];
+    for (headers, remaining) in [(&by_token, 2), (&two, 1), (&by_token, 0)] {
+        let reply = server.get("/v1/current.json?q=Riga", headers).await;
+        reply.assert_weather("Riga");
+        let (name, left, _) = &rate_limit_entries(&reply)[0];
+        assert_eq!((name.as_str(), *left), ("default", remaining));
+    }
+    // Spent for all three, and for minting another token.
+    for headers in [&by_token, &one, &two] {
+        server
+            .get("/v1/current.json?q=Riga", headers)
+            .await
+            .assert_rate_limited();
+    }
+    server.post("/v1/token", &two).await.assert_rate_limited();
+    let quota = server.get_bearer("/v1/quota", &token).await;
+    assert_eq!(quota.status, StatusCode::OK, "{}", quota.body);
+    assert_eq!(
+        quota.json()["policies"][0]["remaining"],
+        0,
+        "{}",
+        quota.body
+    );
+    // Another owner's key and its token have a budget of their own.
+    let theirs = [("x-api-key", stranger.expose_secret())];
+    let token = server.token_for(theirs[0].1).await;
+    assert_eq!(claims(&token)[weather::OWNER_CLAIM], "globex");
+    let reply = server.get_bearer("/v1/current.json?q=Riga", &token).await;
+    reply.assert_weather("Riga");
+    assert_eq!(rate_limit_entries(&reply)[0].1, 2, "{:?}", reply.headers);
+    let reply = server.get("/v1/current.json?q=Riga", &theirs).await;
+    reply.assert_weather("Riga");
+    assert_eq!(rate_limit_entries(&reply)[0].1, 1, "{:?}", reply.headers);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_minted_for_a_key_with_a_tier_carries_it() {
+    let server = Server::start(&[("RATE_LIMIT", "5/min")]).await;
+    let pro = ApiKey::new("a-key-of-the-pro-tier");
+    insert_key(&server, &pro, "pro-1", "acme", |r| r.with_tier("pro")).await;
+    let token = server.token_for(pro.expose_secret()).await;
+    let minted = claims(&token);
+    assert_eq!(minted[weather::TIER_CLAIM], "pro", "{minted}");
+    // The example maps no tier to limits: the token, like its key, is limited by RATE_LIMIT,
+    // and shares the key's count.
+    let quota = server.get_bearer("/v1/quota", &token).await;
+    assert_eq!(quota.status, StatusCode::OK, "{}", quota.body);
+    let policies = quota.json()["policies"].clone();
+    assert_eq!(policies.as_array().map(Vec::len), Some(1), "{policies}");
+    assert_eq!(policies[0]["name"], "default", "{policies}");
+    assert_eq!(policies[0]["limit"], 5, "{policies}");
+    assert_eq!(policies[0]["remaining"], 4, "{policies}");
+    let reply = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some(r#""default";q=5;w=60"#)
+    );
+    assert_eq!(rate_limit_entries(&reply)[0].1, 3);
+    // A key without a tier mints tokens without the claim.
+    let demo = server.demo_key().to_owned();
+    let plain = claims(&server.token_for(&demo).await);
+    assert!(plain.get(weather::TIER_CLAIM).is_none(), "{plain}");
+    server.stop().await;
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_admin_api_sets_lists_of_limits_tiers_and_credits() {
+    clear_of_boundary(3600, 15).await;
+    let server = Server::start(&[("ADMIN_API_KEY", ADMIN_KEY), ("RATE_LIMIT", "2/min")]).await;
+    let admin = [("x-api-key", ADMIN_KEY)];
+    let created = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &admin,
+            &json!({
+                "owner": "acme", "scopes": ["weather:read"], "id": "acme-2",
+                "quota": "2/s;burst=2, 5/h;fixed", "tier": "pro",
+                "credits": {"remaining": 3, "refill": {"amount": 3, "every": "1d"}},
+            }),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let record = created.json()["record"].clone();
+    assert_eq!(record["quota"], "2/s, 5/h;fixed", "{record}");
+    assert_eq!(record["tier"], "pro", "{record}");
+    assert_eq!(
+        record["credits"],
+        json!({"remaining": 3, "refill": {"amount": 3, "every": "1d"}}),
+        "{record}"
+    );
+    let headers = [("x-api-key", key.as_str())];
+
+    // The key's own list replaces RATE_LIMIT; a request spends a credit.
+    let used = server.get("/v1/current.json?q=Oslo", &headers).await;
+    used.assert_weather("Oslo");
+    assert_eq!(
+        used.header("ratelimit-policy"),
+        Some(r#""second";q=2;w=1, "hour";q=5;w=3600"#)
+    );
+    let quota = server.get("/v1/quota", &headers).await.json();
+    assert_eq!(quota["credits"], 2, "{quota}");
+    assert_eq!(quota["policies"][1]["remaining"], 4, "{quota}");
+    let read = server.get("/admin/keys/acme-2", &admin).await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.json()["credits"]["remaining"], 2, "{}", read.body);
+
+    // PATCH: another list, no tier, one credit without a refill.
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            "/admin/keys/acme-2",
+            &admin,
+            &json!({"quota": "10/min;name=minutely, 50/d;fixed", "tier": null,
+                    "credits": {"remaining": 1}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    let record = patched.json();
+    assert_eq!(
+        record["quota"], "10/min;name=minutely, 50/d;fixed",
+        "{record}"
+    );
+    assert_eq!(record["tier"], Value::Null, "{record}");
+    assert_eq!(
+        record["credits"],
+        json!({"remaining": 1, "refill": null}),
+        "{record}"
+    );
+    let used = server.get("/v1/me", &headers).await;
+    assert_eq!(used.status, StatusCode::OK, "{}", used.body);
+    assert_eq!(
+        used.header("ratelimit-policy"),
+        Some(r#""minutely";q=10;w=60, "day";q=50;w=86400"#)
+    );
+    let spent = server.get("/v1/me", &headers).await;
+    assert_429_detail(&spent, "The key's credits are used up.");
+    assert!(spent.header(RETRY_AFTER).is_none());
+    let read = server.get("/admin/keys/acme-2", &admin).await.json();
+    assert_eq!(read["credits"]["remaining"], 0, "{read}");
+
+    // New credits through PATCH work at once; `null` removes the budget.
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            "/admin/keys/acme-2",
+            &admin,
+            &json!({"credits": {"remaining": 5}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    server
+        .get("/v1/current.json?q=Oslo", &headers)
+        .await
+        .assert_weather("Oslo");
+    assert_eq!(server.get("/v1/quota", &headers).await.json()["credits"], 4);
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            "/admin/keys/acme-2",
+            &admin,
+            &json!({"credits": null}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.body);
+    assert_eq!(patched.json()["credits"], Value::Null);
+    assert_eq!(
+        server.get("/v1/quota", &headers).await.json()["credits"],
+        Value::Null
+    );
+
+    // A malformed item of a list is named in the 400.
+    let bad = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &admin,
+            &json!({"owner": "acme", "scopes": [], "quota": "2/s, 5/fortnight"}),
+        )
+        .await;
+    bad.assert_problem(StatusCode::BAD_REQUEST);
+    assert!(
+        bad.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains(r#"limit 2 ("5/fortnight")"#),
+        "{}",
+        bad.body
+    );
+    server.stop().await;
+}
+
+/// Deletes the Redis keys under `prefix` (at most 100 000), so that a test leaves nothing behind.
+#[cfg(feature = "redis")]
+async fn delete_redis_keys(url: &str, prefix: &str) {
+    async fn delete(url: &str, prefix: &str) -> redis::RedisResult<()> {
+        let mut conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let mut cursor = 0u64;
+        for _ in 0..100 {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !batch.is_empty() {
+                let _: u64 = redis::cmd("DEL").arg(&batch).query_async(&mut conn).await?;
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+    if let Err(e) = delete(url, prefix).await {
+        eprintln!("warning: deleting the Redis keys under {prefix}: {e}");
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn two_instances_on_one_redis_key_store_spend_one_count_of_credits() {
+    use keygate::key::Credits;
+
+    let url = services::redis_url();
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    let base = format!("keygate-test:weather:{:016x}:", u64::from_le_bytes(r));
+    let (keys_prefix, limits_prefix) = (format!("{base}keys:"), format!("{base}rl:"));
+    let vars = [
+        ("KEY_STORE", url.as_str()),
+        ("KEY_STORE_PREFIX", keys_prefix.as_str()),
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_PREFIX", limits_prefix.as_str()),
+        ("RATE_LIMIT", "100/s"),
+    ];
+    let a = Server::start(&vars).await;
+    let b = Server::start(&vars).await;
+    let metered = ApiKey::new("a-shared-key-with-three-credits");
+    a.keys
+        .manager
+        .insert(
+            metered.digest(),
+            KeyRecord::new("metered", "acme")
+                .with_scopes([weather::SCOPE])
+                .with_credits(Credits::new(3)),
+        )
+        .await
+        .unwrap();
+    let headers = [("x-api-key", metered.expose_secret())];
+    let quota = b.get("/v1/quota", &headers).await;
+    assert_eq!(quota.json()["credits"], 3, "{}", quota.body);
+    // Three admitted in all, whichever instance serves them; then 429 on both.
+    for server in [&a, &b, &a] {
+        server
+            .get("/v1/current.json?q=Lima", &headers)
+            .await
+            .assert_weather("Lima");
+    }
+    for server in [&b, &a] {
+        let reply = server.get("/v1/current.json?q=Lima", &headers).await;
+        assert_429_detail(&reply, "The key's credits are used up.");
+    }
+    for server in [&a, &b] {
+        let quota = server.get("/v1/quota", &headers).await;
+        assert_eq!(quota.json()["credits"], 0, "{}", quota.body);
+    }
+    a.stop().await;
+    b.stop().await;
+    delete_redis_keys(&url, &base).await;
 }

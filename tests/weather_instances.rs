@@ -694,13 +694,15 @@ fn check_record(record: &Value) {
         names,
         [
             "created_at",
+            "credits",
             "expires_at",
             "id",
             "metadata",
             "owner",
             "quota",
             "scopes",
-            "status"
+            "status",
+            "tier"
         ],
         "{record}"
     );

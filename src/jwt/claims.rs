@@ -14,6 +14,8 @@ pub(crate) struct ClaimNames {
     pub(crate) subject: Box<str>,
     pub(crate) tier: Option<Box<str>>,
     pub(crate) quota: Option<Box<str>>,
+    pub(crate) owner: Option<Box<str>>,
+    pub(crate) credits: Option<Box<str>>,
 }
 
 /// What keygate reads from a payload.
@@ -29,6 +31,8 @@ pub(crate) struct Registered {
     pub(crate) scopes: Vec<String>,
     pub(crate) tier: Option<String>,
     pub(crate) quota: Option<String>,
+    pub(crate) owner: Option<String>,
+    pub(crate) credits: bool,
 }
 
 impl Registered {
@@ -87,6 +91,10 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 r.tier = Some(map.next_value::<Subject>()?.0);
             } else if self.0.quota.as_deref() == Some(k) {
                 r.quota = Some(map.next_value()?);
+            } else if self.0.owner.as_deref() == Some(k) {
+                r.owner = Some(map.next_value::<Subject>()?.0);
+            } else if self.0.credits.as_deref() == Some(k) {
+                r.credits = map.next_value::<bool>()?;
             } else {
                 match k {
                     "exp" => r.exp = Some(map.next_value::<NumericDate>()?.0),
@@ -131,6 +139,10 @@ impl<'de> Seen<'de> {
             Some(1)
         } else if names.quota.as_deref() == Some(&**key) {
             Some(KNOWN.len() + 2)
+        } else if names.owner.as_deref() == Some(&**key) {
+            Some(KNOWN.len() + 3)
+        } else if names.credits.as_deref() == Some(&**key) {
+            Some(KNOWN.len() + 4)
         } else {
             KNOWN.iter().position(|k| *k == &**key).map(|i| i + 2)
         };
@@ -299,6 +311,8 @@ mod tests {
             subject: "sub".into(),
             tier: Some("tier".into()),
             quota: None,
+            owner: None,
+            credits: None,
         }
     }
 
@@ -324,6 +338,8 @@ mod tests {
             subject: "userId".into(),
             tier: None,
             quota: None,
+            owner: None,
+            credits: None,
         };
         let r = Registered::parse(br#"{"userId":12345}"#, &n).unwrap();
         assert_eq!(r.sub.as_deref(), Some("12345"));

@@ -87,6 +87,8 @@ pub struct TokenIssuer {
     subject_claim: Option<String>,
     tier_claim: Option<String>,
     quota_claim: Option<String>,
+    owner_claim: Option<String>,
+    credits_claim: Option<String>,
     ttl: Duration,
     clock: SharedClock,
 }
@@ -126,6 +128,8 @@ impl TokenIssuer {
             subject_claim: None,
             tier_claim: None,
             quota_claim: None,
+            owner_claim: None,
+            credits_claim: None,
             ttl: Duration::from_secs(3600),
             clock: clock::system(),
         }
@@ -203,6 +207,43 @@ impl TokenIssuer {
         self
     }
 
+    /// The claim that names the caller's owner
+    /// ([`JwtVerifier::owner_claim`](super::JwtVerifier::owner_claim)), written by
+    /// [`issue_for`](Self::issue_for) from the principal's owner (a key's owner), so that
+    /// owner-wide limits count the token with its key's owner. Extra claims may not name it.
+    pub fn owner_claim(mut self, claim: impl Into<String>) -> Self {
+        self.owner_claim = Some(claim.into());
+        self
+    }
+
+    /// The claim (`true`) that marks a token minted for a key with credits
+    /// ([`JwtVerifier::credits_claim`](super::JwtVerifier::credits_claim)), written by
+    /// [`issue_for`](Self::issue_for) when the principal spends credits: the token then spends
+    /// the key's credits too. Extra claims may not name it.
+    ///
+    /// ```
+    /// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+    /// use keygate::{Principal, PrincipalKind};
+    ///
+    /// let secret = b"a secret of at least 32 bytes, please!";
+    /// let issuer = TokenIssuer::hmac(secret).credits_claim("cr").owner_claim("own");
+    /// let key = Principal::new("key_1", PrincipalKind::ApiKey)
+    ///     .with_owner("acme")
+    ///     .with_credits(true);
+    /// let token = issuer.issue_for(&key)?;
+    /// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)])
+    ///     .credits_claim("cr")
+    ///     .owner_claim("own");
+    /// let p = verifier.verify(&token.access_token)?;
+    /// assert!(p.spends_credits());
+    /// assert_eq!(p.owner(), Some("acme"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn credits_claim(mut self, claim: impl Into<String>) -> Self {
+        self.credits_claim = Some(claim.into());
+        self
+    }
+
     /// How long tokens live (default one hour; whole seconds). A `exp` that would pass the
     /// largest time a token can state is capped there, never wrapped.
     pub fn ttl(mut self, ttl: Duration) -> Self {
@@ -251,6 +292,14 @@ impl TokenIssuer {
         if let (Some(claim), Some(quota)) = (&self.quota_claim, principal.quota()) {
             claims.insert(claim.clone(), quota.to_string().into());
         }
+        if let (Some(claim), Some(owner)) = (&self.owner_claim, principal.owner()) {
+            claims.insert(claim.clone(), owner.into());
+        }
+        if let Some(claim) = &self.credits_claim
+            && principal.spends_credits()
+        {
+            claims.insert(claim.clone(), true.into());
+        }
         self.sign(principal.id(), principal.scopes().iter(), claims)
     }
 
@@ -283,7 +332,9 @@ impl TokenIssuer {
             .copied()
             .chain(self.subject_claim.as_deref())
             .chain(self.tier_claim.as_deref())
-            .chain(self.quota_claim.as_deref());
+            .chain(self.quota_claim.as_deref())
+            .chain(self.owner_claim.as_deref())
+            .chain(self.credits_claim.as_deref());
         for claim in reserved {
             if extra.contains_key(claim) {
                 return Err(IssueError::ReservedClaim(claim.to_owned()));
@@ -305,6 +356,8 @@ impl TokenIssuer {
             self.subject_claim.as_deref(),
             self.tier_claim.as_deref(),
             self.quota_claim.as_deref(),
+            self.owner_claim.as_deref(),
+            self.credits_claim.as_deref(),
         ];
         for (i, claim) in own.iter().enumerate() {
             let Some(claim) = claim else { continue };

@@ -213,7 +213,8 @@ impl SubjectRevoker for MemoryRevocations {
 /// **What revokes the tokens**:
 /// [`revoke`](KeyManager::revoke), an [`update`](KeyManager::update) whose status is
 /// [`Revoked`](KeyStatus::Revoked) or [`Disabled`](KeyStatus::Disabled), an update of the
-/// scopes or the quota (a token carries its key's scopes, and with
+/// scopes, the quota or the tier, or gives credits to a key that had none (or takes them away)
+/// (a token carries its key's scopes, and with
 /// [`TokenIssuer::quota_claim`](super::TokenIssuer::quota_claim) its quota, as they were when it
 /// was minted: narrowed scopes and a lower quota must hold for the key's tokens too, so the old
 /// ones are revoked and clients mint new ones, which carry the new scopes and quota), and
@@ -363,14 +364,24 @@ impl<M: KeyManager, R: SubjectRevoker> KeyManager for RevokeMintedTokens<M, R> {
                 update.status,
                 Some(KeyStatus::Revoked | KeyStatus::Disabled)
             );
-            // A token carries its key's scopes and quota as they were when it was minted: new
-            // ones apply to tokens minted from now on, and the older tokens are revoked.
-            let reshapes = update.scopes.is_some() || update.quota.is_some();
-            if update.status == Some(KeyStatus::Active) {
-                let current = self.keys.get(&id).await?;
-                if current.is_some_and(|r| r.status == KeyStatus::Disabled) {
-                    next_second().await;
-                }
+            // A token carries its key's scopes, quota and tier, and whether it spends credits,
+            // as they were when it was minted: new ones apply to tokens minted from now on, and
+            // the older tokens are revoked. A new count of credits for a key that had credits
+            // already changes nothing its tokens carry.
+            let mut reshapes =
+                update.scopes.is_some() || update.quota.is_some() || update.tier.is_some();
+            let current = if update.status == Some(KeyStatus::Active) || update.credits.is_some() {
+                self.keys.get(&id).await?
+            } else {
+                None
+            };
+            if let (Some(credits), Some(current)) = (&update.credits, &current) {
+                reshapes |= credits.is_some() != current.credits.is_some();
+            }
+            if update.status == Some(KeyStatus::Active)
+                && current.is_some_and(|r| r.status == KeyStatus::Disabled)
+            {
+                next_second().await;
             }
             let record = self.keys.update(&id, update).await?;
             if stops || reshapes {

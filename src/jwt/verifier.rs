@@ -255,6 +255,8 @@ impl JwtVerifier {
                     subject: "sub".into(),
                     tier: None,
                     quota: None,
+                    owner: None,
+                    credits: None,
                 },
                 claims: None,
                 revocations: None,
@@ -340,6 +342,24 @@ impl JwtVerifier {
     /// rejected.
     pub fn quota_claim(mut self, claim: &str) -> Self {
         self.rules().names.quota = Some(claim.into());
+        self
+    }
+
+    /// The claim naming the caller's owner (what
+    /// [`TokenIssuer::owner_claim`](super::TokenIssuer::owner_claim) writes: a key's owner), so
+    /// that owner-wide limits count a token minted for a key with the key's owner. Without it,
+    /// a token's owner is its issuer (`iss`). Set it only for tokens of issuers you trust.
+    pub fn owner_claim(mut self, claim: &str) -> Self {
+        self.rules().names.owner = Some(claim.into());
+        self
+    }
+
+    /// The claim (a boolean) saying that the caller spends its key's credits (what
+    /// [`TokenIssuer::credits_claim`](super::TokenIssuer::credits_claim) writes for a key
+    /// with a budget): the rate-limit layer then spends them for the token's subject, so a
+    /// token never gets around its key's credits. Not a boolean: the token is refused.
+    pub fn credits_claim(mut self, claim: &str) -> Self {
+        self.rules().names.credits = Some(claim.into());
         self
     }
 
@@ -535,8 +555,13 @@ impl JwtVerifier {
             None => None,
         };
         let mut principal = Principal::new(sub, PrincipalKind::Jwt).with_scopes(r.scopes);
-        if let Some(iss) = r.iss {
+        if let Some(owner) = r.owner {
+            principal = principal.with_owner(owner);
+        } else if let Some(iss) = r.iss {
             principal = principal.with_owner(iss);
+        }
+        if r.credits {
+            principal = principal.with_credits(true);
         }
         if let Some(tier) = r.tier {
             principal = principal.with_tier(tier);

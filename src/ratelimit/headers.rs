@@ -1,11 +1,13 @@
-//! Rate-limit response headers: the IETF httpapi RateLimit header fields (draft 10) and the
-//! widespread legacy `X-RateLimit-*` ones.
+//! Rate-limit response headers: the IETF httpapi RateLimit header fields (draft 10), one entry
+//! per limit, and the widespread legacy `X-RateLimit-*` ones.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{Decision, Quota};
+use super::{Decision, Verdict};
+use crate::Limits;
 use crate::error::retry_after_secs;
 
 /// Which rate-limit headers responses carry.
@@ -13,10 +15,11 @@ use crate::error::retry_after_secs;
 #[non_exhaustive]
 pub enum HeaderStyle {
     /// `RateLimit-Policy: "default";q=100;w=60` and `RateLimit: "default";r=42;t=18`
-    /// (draft-ietf-httpapi-ratelimit-headers-10).
+    /// (draft-ietf-httpapi-ratelimit-headers-10), one entry per limit.
     #[default]
     Draft,
-    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds from now).
+    /// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds from now), of
+    /// the limit with the fewest requests remaining.
     Legacy,
     /// Both sets.
     Both,
@@ -30,50 +33,130 @@ static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// A named quota, with its `RateLimit-Policy` value built once.
+/// A list of limits with its policy names and its `RateLimit-Policy` value, built once.
 #[derive(Debug, Clone)]
-pub(crate) struct Policy {
-    pub(crate) name: Arc<str>,
-    pub(crate) quota: Quota,
+pub(crate) struct Policies {
+    pub(crate) limits: Limits,
+    names: Box<[Arc<str>]>,
     policy_value: HeaderValue,
 }
 
-impl Policy {
-    pub(crate) fn new(name: &str, quota: Quota) -> Self {
-        // A structured-field string: printable ASCII without '"' and '\'.
-        let name: String = name
-            .chars()
-            .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
-            .collect();
-        let window = retry_after_secs(quota.window());
-        let value = format!("\"{name}\";q={};w={window}", quota.limit());
+impl Policies {
+    /// The policies of `limits`. A list of one unnamed limit takes `name` (the default, a
+    /// tier's name, `key`); otherwise each limit its own name or one derived from its window,
+    /// made unique within the list.
+    pub(crate) fn new(name: &str, limits: Limits) -> Self {
+        let mut names: Vec<Arc<str>> = Vec::with_capacity(limits.len());
+        for limit in limits.iter() {
+            let base: String = match limit.name() {
+                Some(n) => n.to_owned(),
+                None if limits.len() == 1 => sanitise(name),
+                None => limit.policy_name().into_owned(),
+            };
+            let mut unique = base.clone();
+            let mut n = 2;
+            while names.iter().any(|taken| **taken == *unique) {
+                unique = format!("{base}-{n}");
+                n += 1;
+            }
+            names.push(unique.into());
+        }
+        let mut value = String::new();
+        for (i, (limit, name)) in limits.iter().zip(&names).enumerate() {
+            if i > 0 {
+                value.push_str(", ");
+            }
+            let quota = limit.quota();
+            let _ = write!(
+                value,
+                "\"{name}\";q={};w={}",
+                quota.burst(),
+                retry_after_secs(quota.window())
+            );
+        }
         Self {
-            name: name.into(),
-            quota,
+            limits,
+            names: names.into(),
             policy_value: HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("")),
         }
     }
 
-    /// Writes the headers of `style` for `decision` under this policy.
-    pub(crate) fn write(&self, headers: &mut HeaderMap, decision: &Decision, style: HeaderStyle) {
-        let reset = if decision.reset_after.is_zero() {
-            0
-        } else {
-            retry_after_secs(decision.reset_after)
-        };
+    /// The policy name of limit `i`.
+    pub(crate) fn name(&self, i: usize) -> &str {
+        self.names.get(i).map_or("", |n| n)
+    }
+
+    /// Writes the headers of `style` for `verdict`, after those a rate-limit layer further in
+    /// wrote (several layers report all their limits).
+    pub(crate) fn write(&self, headers: &mut HeaderMap, verdict: &Verdict, style: HeaderStyle) {
+        let decisions = verdict.decisions();
         if matches!(style, HeaderStyle::Draft | HeaderStyle::Both) {
-            headers.insert(RATELIMIT_POLICY.clone(), self.policy_value.clone());
-            let value = format!("\"{}\";r={};t={reset}", self.name, decision.remaining);
+            append(headers, &RATELIMIT_POLICY, &self.policy_value);
+            let mut value = String::with_capacity(24 * decisions.len());
+            for (i, d) in decisions.iter().enumerate() {
+                if i > 0 {
+                    value.push_str(", ");
+                }
+                let _ = write!(
+                    value,
+                    "\"{}\";r={};t={}",
+                    self.name(i),
+                    d.remaining,
+                    reset_secs(d)
+                );
+            }
             if let Ok(v) = HeaderValue::try_from(value) {
-                headers.insert(RATELIMIT.clone(), v);
+                append(headers, &RATELIMIT, &v);
             }
         }
-        if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both) {
-            headers.insert(X_LIMIT.clone(), HeaderValue::from(self.quota.limit()));
-            headers.insert(X_REMAINING.clone(), HeaderValue::from(decision.remaining));
-            headers.insert(X_RESET.clone(), HeaderValue::from(reset));
+        if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both)
+            && let Some((i, d)) = decisions.iter().enumerate().min_by_key(|(_, d)| d.remaining)
+        {
+            let outer_remaining = headers
+                .get(&X_REMAINING)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            if outer_remaining.is_none_or(|r| d.remaining < r) {
+                let limit = self.limits.get(i).map_or(0, |l| l.quota().burst());
+                headers.insert(X_LIMIT.clone(), HeaderValue::from(limit));
+                headers.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
+                headers.insert(X_RESET.clone(), HeaderValue::from(reset_secs(d)));
+            }
         }
     }
+}
+
+/// Seconds until a limit resets: 0 when it is full, else rounded up.
+pub(crate) fn reset_secs(d: &Decision) -> u64 {
+    if d.reset_after.is_zero() {
+        0
+    } else {
+        retry_after_secs(d.reset_after)
+    }
+}
+
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
+    match headers.get(name) {
+        Some(existing) if !existing.is_empty() => {
+            let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
+            joined.extend_from_slice(existing.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(value.as_bytes());
+            if let Ok(v) = HeaderValue::from_bytes(&joined) {
+                headers.insert(name.clone(), v);
+            }
+        }
+        _ => {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// A structured-field string: printable ASCII without '"' and '\'.
+fn sanitise(name: &str) -> String {
+    name.chars()
+        .filter(|c| (' '..='~').contains(c) && *c != '"' && *c != '\\')
+        .collect()
 }
 
 #[cfg(test)]
@@ -81,31 +164,80 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::Quota;
+
+    fn decision(allowed: bool, remaining: u32, reset_ms: u64) -> Decision {
+        Decision {
+            allowed,
+            remaining,
+            reset_after: Duration::from_millis(reset_ms),
+            retry_after: Duration::ZERO,
+        }
+    }
 
     #[test]
     fn draft_and_legacy_values() {
-        let p = Policy::new("default", Quota::per_minute(100));
-        let d = Decision {
-            allowed: true,
-            remaining: 42,
-            reset_after: Duration::from_millis(17_200),
-            retry_after: Duration::ZERO,
-        };
+        let limits = Limits::from(Quota::per_minute(100));
+        let p = Policies::new("default", limits.clone());
+        let v = Verdict::new(&limits, [decision(true, 42, 17_200)]);
         let mut h = HeaderMap::new();
-        p.write(&mut h, &d, HeaderStyle::Both);
+        p.write(&mut h, &v, HeaderStyle::Both);
         assert_eq!(h["ratelimit-policy"], "\"default\";q=100;w=60");
         assert_eq!(h["ratelimit"], "\"default\";r=42;t=18");
         assert_eq!(h["x-ratelimit-limit"], "100");
         assert_eq!(h["x-ratelimit-remaining"], "42");
         assert_eq!(h["x-ratelimit-reset"], "18");
         let mut h = HeaderMap::new();
-        p.write(&mut h, &d, HeaderStyle::None);
+        p.write(&mut h, &v, HeaderStyle::None);
         assert!(h.is_empty());
     }
 
     #[test]
-    fn names_are_sanitised() {
-        let p = Policy::new("go\"ld\\\n", Quota::per_second(1));
+    fn several_policies_and_stacked_layers() {
+        let limits: Limits = "10/s;burst=20;name=burst, 10000/d;fixed;name=daily"
+            .parse()
+            .unwrap();
+        let p = Policies::new("default", limits.clone());
+        let v = Verdict::new(
+            &limits,
+            [decision(true, 19, 100), decision(true, 9_999, 51_233_400)],
+        );
+        let mut h = HeaderMap::new();
+        p.write(&mut h, &v, HeaderStyle::Both);
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"burst\";q=20;w=1, \"daily\";q=10000;w=86400"
+        );
+        assert_eq!(h["ratelimit"], "\"burst\";r=19;t=1, \"daily\";r=9999;t=51234");
+        assert_eq!(h["x-ratelimit-limit"], "20");
+        assert_eq!(h["x-ratelimit-remaining"], "19");
+        // An outer layer appends its policy; the legacy set keeps the lower remaining.
+        let outer = Limits::from(Quota::per_minute(100));
+        let o = Policies::new("tenant", outer.clone());
+        o.write(
+            &mut h,
+            &Verdict::new(&outer, [decision(true, 50, 1_000)]),
+            HeaderStyle::Both,
+        );
+        assert_eq!(
+            h["ratelimit-policy"],
+            "\"burst\";q=20;w=1, \"daily\";q=10000;w=86400, \"tenant\";q=100;w=60"
+        );
+        assert_eq!(
+            h["ratelimit"],
+            "\"burst\";r=19;t=1, \"daily\";r=9999;t=51234, \"tenant\";r=50;t=1"
+        );
+        assert_eq!(h["x-ratelimit-remaining"], "19");
+    }
+
+    #[test]
+    fn names_are_derived_unique_and_sanitised() {
+        let p = Policies::new("go\"ld\\\n", Limits::from(Quota::per_second(1)));
         assert_eq!(p.policy_value, "\"gold\";q=1;w=1");
+        let p = Policies::new("x", "1/s, 5/s, 3/d;fixed".parse().unwrap());
+        assert_eq!(
+            p.policy_value,
+            "\"second\";q=1;w=1, \"second-2\";q=5;w=1, \"day\";q=3;w=86400"
+        );
     }
 }

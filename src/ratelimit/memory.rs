@@ -2,35 +2,55 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
+use super::fixed::{self, Window};
 use super::gcra::{self, Decision};
-use super::{Check, Quota, RateLimitError, RateLimiter};
-use crate::clock::{self, Clock, SharedClock};
+use super::{Check, CheckAll, Quota, RateLimitError, RateLimiter, Subject, Verdict};
+use crate::clock::{self, Clock, SharedClock, SystemClock};
+use crate::{Limit, Limits, MAX_LIMITS};
 
 /// The default limit on tracked keys of a [`MemoryLimiter`].
 const DEFAULT_MAX_KEYS: usize = 4_000_000;
 
-/// The in-memory GCRA limiter: one atomic timestamp per key.
+/// The in-memory limiter: GCRA rates with one atomic timestamp per key, and lists of limits
+/// (rates and fixed-window caps, per caller or per owner) decided atomically.
 ///
 /// Keys live in a sharded hash table. A decision for a known key takes its shard's *read* lock
 /// and updates the key's timestamp with a compare-and-swap, so requests for different keys — and
 /// for the same key — never wait for one another behind a global lock. Only the first request of
 /// a new key takes a shard's write lock.
 ///
+/// **Lists of limits.** [`RateLimiter::check_all`] with a single rate counted per caller is the
+/// atomic path above, at the cost of [`check`](RateLimiter::check). Any other list keeps the
+/// states of its items in one entry per caller (a few words per item, behind a mutex of the
+/// entry's own) and, for the items counted by owner, one entry per owner: all items are decided
+/// under the entries' locks, so a request denied by one enforced limit spends nothing from the
+/// others. Owners' entries are kept apart from callers' (an owner named `x` and a caller `x`
+/// share nothing); a caller without an owner counts its owner-wide limits under its own key,
+/// like its other limits. Each item's state is kept by its quota (`"10/s"` and `"100/d;fixed"`
+/// of one caller are two states; two items of one list with the same quota share one), so a
+/// changed list starts its changed items afresh, and a list's state is apart from the state
+/// the single-rate path keeps for the same caller. Fixed windows are aligned to UTC and read the
+/// clock's wall time ([`Clock::now`]); rates read its monotonic time.
+///
 /// **Memory stays bounded, and so does the work of every decision.** An entry whose theoretical
 /// arrival time has passed holds no information (it is the same as no entry), so it can be
-/// dropped at any time. Each shard keeps its keys in a ring, oldest first; every new key looks
-/// at the two oldest entries of its shard and drops those that went idle (a live one goes to
-/// the back of the ring). So the table holds about twice the keys active within one burst
-/// window, and no decision ever walks the table: the cost of forgetting is a constant per new
-/// key, not a pause now and then. The limiter also never holds more than `max_keys` entries
-/// (default 4,000,000): a new key that arrives at that limit looks at up to 16 more of its
-/// shard's oldest entries and, when none of them is idle, fails with [`RateLimitError::Full`]
-/// (503) rather than go unlimited or evict a live limit. A flood of new keys at capacity thus
-/// costs each request a few microseconds, never a sweep of millions of entries.
+/// dropped at any time; so can a list's entry once every rate in it has passed its time and
+/// every fixed window in it has ended. Each shard keeps its keys in a ring, oldest first; every
+/// new key looks at the two oldest entries of its shard and drops those that went idle (a live
+/// one goes to the back of the ring). So the table holds about twice the keys active within one
+/// burst window, and no decision ever walks the table: the cost of forgetting is a constant per
+/// new key, not a pause now and then. The limiter also never holds more than `max_keys` entries
+/// (default 4,000,000; a list's caller and owner entries count one each): a new key that
+/// arrives at that limit looks at up to 16 more of its shard's oldest entries and, when none of
+/// them is idle, fails with [`RateLimitError::Full`] (503) rather than go unlimited or evict a
+/// live limit. A flood of new keys at capacity thus costs each request a few microseconds,
+/// never a sweep of millions of entries.
 ///
 /// ```
 /// use keygate::ratelimit::{MemoryLimiter, RateLimiter};
@@ -43,6 +63,30 @@ const DEFAULT_MAX_KEYS: usize = 4_000_000;
 /// assert!(check(&limiter).allowed);
 /// assert!(!check(&limiter).allowed);
 /// ```
+///
+/// A list: a burst limit and a daily cap, the cap shared by every key of an owner.
+///
+/// ```
+/// use keygate::clock::ManualClock;
+/// use keygate::ratelimit::{MemoryLimiter, RateLimiter, Subject};
+/// use keygate::Limits;
+///
+/// let limiter = MemoryLimiter::builder().clock(ManualClock::new()).build();
+/// let limits: Limits = "5/s, 3/d;fixed;owner".parse()?;
+/// let check = |key| {
+///     let caller = Subject::with_owner(key, Some("acme"));
+///     limiter.check_all(caller, &limits, 1).take_ready().unwrap().unwrap()
+/// };
+/// assert!(check("key_1").allowed());
+/// assert!(check("key_2").allowed());
+/// assert!(check("key_1").allowed());
+/// let denied = check("key_2"); // the owner's fourth of the day
+/// assert_eq!(denied.denied_by(), Some(1));
+/// // Nothing was spent: key_2 still has its whole burst but for the one it made.
+/// let now = RateLimiter::peek(&limiter, Subject::with_owner("key_2", Some("acme")), &limits);
+/// assert_eq!(now.take_ready().unwrap().unwrap().decisions()[0].remaining, 3);
+/// # Ok::<(), keygate::QuotaError>(())
+/// ```
 #[derive(Clone)]
 pub struct MemoryLimiter {
     inner: Arc<Inner>,
@@ -53,15 +97,33 @@ struct Inner {
     shift: u32,
     hasher: foldhash::fast::RandomState,
     clock: SharedClock,
+    /// Whether `clock` is the system's: its wall time is then read once a millisecond and
+    /// carried forward by its monotonic time in between (see [`Inner::wall_nanos`]).
+    system_clock: bool,
+    /// The wall-clock time less the monotonic time, when last read (a system clock only).
+    wall_offset: AtomicU64,
+    /// The monotonic time `wall_offset` was read at.
+    wall_read_at: AtomicU64,
     len: AtomicUsize,
     max_keys: usize,
 }
 
+/// How long the system clock's wall time is carried forward by its monotonic time before it is
+/// read again. The two drift apart by at most a few microseconds in that time, so a fixed
+/// window's boundary is off by no more than that; a wall clock set to another time is seen
+/// within this delay.
+const WALL_CLOCK_READ_EVERY: u64 = 1_000_000;
+
 struct Shard {
+    /// Keys of the single-rate path.
     table: HashTable<Entry>,
     /// The hashes of the shard's entries, oldest first: the order in which idle entries are
     /// looked for. May hold hashes of entries already gone (dropped when reached).
     ring: VecDeque<u64>,
+    /// Callers' and owners' entries of lists of limits.
+    lists: HashTable<ListEntry>,
+    /// As `ring`, for `lists`.
+    list_ring: VecDeque<u64>,
 }
 
 struct Entry {
@@ -70,12 +132,169 @@ struct Entry {
     tat: AtomicU64,
 }
 
-impl Shard {
-    /// The ring anew from the table: every entry once, in the table's order.
-    fn rebuild_ring(&mut self) {
-        self.ring.clear();
-        self.ring.extend(self.table.iter().map(|e| e.hash));
+/// The states of a caller's (or an owner's) items of lists of limits.
+///
+/// Laid out in the order a decision reads it, on two cache lines: the hash, the namespace and
+/// the lock, the key, then the states.
+#[repr(C, align(64))]
+struct ListEntry {
+    hash: u64,
+    /// Whether this is an owner's entry (else a caller's).
+    owner: bool,
+    /// Taken only under the shard's read lock, so that its write lock excludes every holder.
+    slots: Mutex<Slots>,
+    key: StoredKey,
+}
+
+/// The states of one entry's items, one per distinct quota. Two inline: a caller's rate and cap.
+type Slots = SmallVec<[Slot; 2]>;
+
+/// The most item states one list entry keeps. Idle ones are dropped to make room; a request
+/// whose items would need more live states than this fails with `Full`, like a full table.
+const MAX_SLOTS: usize = 4 * MAX_LIMITS;
+
+/// Marks a fixed-window cap in [`SlotKey::window`].
+const FIXED_BIT: u64 = 1 << 63;
+
+/// A quota, exactly, in 16 bytes: the item a state belongs to. Equal keys are equal quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotKey {
+    /// The window in nanoseconds (at most a year, below 2^55), with [`FIXED_BIT`] for a cap.
+    window: u64,
+    limit: u32,
+    burst: u32,
+}
+
+impl SlotKey {
+    #[inline]
+    fn of(quota: &Quota) -> Self {
+        // At most a year of nanoseconds: no overflow, and below the fixed bit.
+        let window = quota.window();
+        let window = window
+            .as_secs()
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(u64::from(window.subsec_nanos()));
+        let fixed = if quota.is_fixed() { FIXED_BIT } else { 0 };
+        Self {
+            window: window | fixed,
+            limit: quota.limit(),
+            burst: quota.burst(),
+        }
     }
+
+    fn is_fixed(self) -> bool {
+        self.window & FIXED_BIT != 0
+    }
+
+    fn window_nanos(self) -> u64 {
+        self.window & !FIXED_BIT
+    }
+}
+
+/// One item's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    key: SlotKey,
+    /// A rate's theoretical arrival time (monotonic nanoseconds), or a cap's window number.
+    state: u64,
+    /// What a cap spent in its window (0 for a rate).
+    count: u32,
+}
+
+impl Slot {
+    fn window(&self) -> Window {
+        Window {
+            id: self.state,
+            count: u64::from(self.count),
+        }
+    }
+
+    /// Whether the state holds no information at these times (monotonic, wall-clock).
+    fn is_idle(&self, mono: u64, wall: u64) -> bool {
+        if self.key.is_fixed() {
+            fixed::is_idle(self.window(), wall, self.key.window_nanos())
+        } else {
+            self.state <= mono
+        }
+    }
+}
+
+impl ListEntry {
+    fn is_idle(&mut self, mono: u64, wall: u64) -> bool {
+        let slots = self.slots.get_mut().unwrap_or_else(PoisonError::into_inner);
+        slots.iter().all(|s| s.is_idle(mono, wall))
+    }
+
+    #[inline]
+    fn matches(&self, target: &Target<'_>) -> bool {
+        self.hash == target.hash
+            && self.owner == target.owner
+            && self.key.as_bytes() == target.key.as_bytes()
+    }
+}
+
+/// What the ring of a table needs of its entries.
+trait Hashed {
+    fn hash(&self) -> u64;
+}
+
+impl Hashed for Entry {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl Hashed for ListEntry {
+    fn hash(&self) -> u64 {
+        self.hash
+    }
+}
+
+impl Shard {
+    /// The rings anew from the tables: every entry once, in the table's order.
+    fn rebuild_rings(&mut self) {
+        rebuild(&mut self.ring, &self.table);
+        rebuild(&mut self.list_ring, &self.lists);
+    }
+}
+
+fn rebuild<T: Hashed>(ring: &mut VecDeque<u64>, table: &HashTable<T>) {
+    ring.clear();
+    ring.extend(table.iter().map(Hashed::hash));
+}
+
+/// Looks at up to `steps` of a ring's oldest entries: drops the idle ones, moves the live ones
+/// to the back. Returns how many were dropped.
+fn step_ring<T: Hashed>(
+    ring: &mut VecDeque<u64>,
+    table: &mut HashTable<T>,
+    steps: usize,
+    mut idle: impl FnMut(&mut T) -> bool,
+) -> usize {
+    let mut removed = 0;
+    for _ in 0..steps.min(ring.len()) {
+        let Some(hash) = ring.pop_front() else {
+            break;
+        };
+        match table.find_entry(hash, |e| e.hash() == hash) {
+            Ok(mut entry) => {
+                if idle(entry.get_mut()) {
+                    entry.remove();
+                    removed += 1;
+                } else {
+                    ring.push_back(hash);
+                }
+            }
+            // Already dropped by a full sweep.
+            Err(_) => {}
+        }
+    }
+    // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
+    // the ring; a ring far longer than its table is rebuilt here, so it stays bounded.
+    if ring.len() > 2 * table.len() + STEPS_AT_CAPACITY {
+        rebuild(ring, table);
+    }
+    removed
 }
 
 /// Entries of its shard each new key looks at, so the table stays near its live size.
@@ -115,6 +334,263 @@ impl StoredKey {
     }
 }
 
+/// The times of one decision, each read from the clock when first needed: monotonic
+/// nanoseconds for rates, wall-clock nanoseconds since the Unix epoch for fixed windows.
+#[derive(Clone, Copy)]
+struct Now {
+    mono: Option<u64>,
+    wall: Option<u64>,
+}
+
+impl Now {
+    fn both(&mut self, inner: &Inner) -> (u64, u64) {
+        let mono = *self
+            .mono
+            .get_or_insert_with(|| inner.clock.monotonic_nanos());
+        let wall = *self
+            .wall
+            .get_or_insert_with(|| inner.wall_nanos(Some(mono)));
+        (mono, wall)
+    }
+}
+
+/// An entry a list's items are kept in: the caller's, or the owner's.
+#[derive(Clone, Copy)]
+struct Target<'k> {
+    key: &'k str,
+    owner: bool,
+    hash: u64,
+    shard: usize,
+}
+
+/// The caller's entry, in [`Plan::targets`].
+const CALLER: usize = 0;
+/// The owner's entry.
+const OWNER: usize = 1;
+
+/// A list of limits to decide for one subject.
+struct Plan<'a> {
+    items: &'a [Limit],
+    /// Bit i: item i is kept in the owner's entry (else in the caller's).
+    owner_items: u16,
+    /// The caller's entry, then the owner's, where some item is kept in it.
+    targets: [Option<Target<'a>>; 2],
+    /// Monotonic nanoseconds, when some item is a rate.
+    mono: u64,
+    /// Wall-clock nanoseconds, when some item is a fixed window.
+    wall: u64,
+    rates: bool,
+    caps: bool,
+    cost: u32,
+}
+
+impl Plan<'_> {
+    fn now(&self) -> Now {
+        Now {
+            mono: self.rates.then_some(self.mono),
+            wall: self.caps.then_some(self.wall),
+        }
+    }
+
+    fn target_of(&self, item: usize) -> usize {
+        if self.owner_items & (1 << item) != 0 {
+            OWNER
+        } else {
+            CALLER
+        }
+    }
+
+    /// The shards to lock, each once, the lower index first (the one lock order of the
+    /// limiter, so that two decisions never wait for each other's second shard).
+    fn shards(&self) -> Option<(usize, Option<usize>)> {
+        let mut shards = self.targets.iter().flatten().map(|t| t.shard);
+        let a = shards.next()?;
+        Some(match shards.next() {
+            Some(b) if b < a => (b, Some(a)),
+            Some(b) if b > a => (a, Some(b)),
+            _ => (a, None),
+        })
+    }
+}
+
+/// The outcome of a list on the states of its entries, before anything is written.
+struct Outcome {
+    /// One per item.
+    decisions: SmallVec<[Decision; 2]>,
+    /// Per item whose bit is set in `writes`: the state and count to keep, when the request is
+    /// admitted.
+    states: [(u64, u32); MAX_LIMITS],
+    /// Per item: where its state was found in its entry's slots (`NO_SLOT`: nowhere).
+    index: [u8; MAX_LIMITS],
+    /// Bit i: item i has a state to keep.
+    writes: u16,
+    allowed: bool,
+    /// Per entry: items with a state to keep that the entry has no slot for yet (an upper
+    /// bound on the slots it needs: items with equal quotas count once each).
+    missing: [u8; 2],
+}
+
+const NO_SLOT: u8 = u8::MAX;
+
+/// What a decision that could not be made reports.
+const NO_DECISION: Decision = Decision {
+    allowed: false,
+    remaining: 0,
+    reset_after: Duration::ZERO,
+    retry_after: Duration::ZERO,
+};
+
+impl Outcome {
+    /// Room for a list's outcome, kept by the caller of a decision so that it is never moved.
+    fn new() -> Self {
+        Self {
+            decisions: SmallVec::new(),
+            states: [(0, 0); MAX_LIMITS],
+            index: [NO_SLOT; MAX_LIMITS],
+            writes: 0,
+            allowed: true,
+            missing: [0; 2],
+        }
+    }
+
+    /// Whether admitting the request changes the entry `target`.
+    fn writes_to(&self, plan: &Plan<'_>, target: usize) -> bool {
+        let kept = if target == OWNER {
+            plan.owner_items
+        } else {
+            !plan.owner_items
+        };
+        self.allowed && self.writes & kept != 0
+    }
+
+    /// Writes the states of the items kept in `target` into its slots: first those found
+    /// where they were when decided, then the new ones (which may drop idle slots to make room,
+    /// moving the others).
+    fn commit(
+        &self,
+        plan: &Plan<'_>,
+        target: usize,
+        slots: &mut Slots,
+        now: &mut Now,
+        inner: &Inner,
+    ) {
+        let mut new = 0u16;
+        let mut writes = self.writes;
+        while writes != 0 {
+            let i = writes.trailing_zeros() as usize;
+            writes &= writes - 1;
+            if plan.target_of(i) != target {
+                continue;
+            }
+            let (state, count) = self.states[i];
+            match slots.get_mut(usize::from(self.index[i])) {
+                Some(slot) => (slot.state, slot.count) = (state, count),
+                None => new |= 1 << i,
+            }
+        }
+        while new != 0 {
+            let i = new.trailing_zeros() as usize;
+            new &= new - 1;
+            let (state, count) = self.states[i];
+            // An equal quota earlier in the list may have made the slot already.
+            let key = SlotKey::of(plan.items[i].quota());
+            if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {
+                (slot.state, slot.count) = (state, count);
+                continue;
+            }
+            if slots.len() >= MAX_SLOTS {
+                let (mono, wall) = now.both(inner);
+                slots.retain(|s| !s.is_idle(mono, wall));
+            }
+            slots.push(Slot { key, state, count });
+        }
+    }
+
+    /// Whether `slots` has room for the new states of `target` ([`MAX_SLOTS`], counting
+    /// only live states).
+    fn fits(&self, target: usize, slots: &Slots, now: &mut Now, inner: &Inner) -> bool {
+        let missing = usize::from(self.missing[target]);
+        if slots.len() + missing <= MAX_SLOTS {
+            return true;
+        }
+        let (mono, wall) = now.both(inner);
+        slots.iter().filter(|s| !s.is_idle(mono, wall)).count() + missing <= MAX_SLOTS
+    }
+}
+
+/// Decides every item of `plan` on the states in `slots` (the caller's entry's, the owner's)
+/// into `out`, writing nothing. When `spend` and the request is denied, each item that would
+/// have admitted it reports what it has now (nothing was spent), not what it would have had
+/// after it.
+fn decide_items(plan: &Plan<'_>, slots: [&[Slot]; 2], spend: bool, out: &mut Outcome) {
+    out.decisions.clear();
+    out.allowed = true;
+    out.writes = 0;
+    out.missing = [0; 2];
+    for (i, limit) in plan.items.iter().enumerate() {
+        let target = plan.target_of(i);
+        let quota = limit.quota();
+        let key = SlotKey::of(quota);
+        let found = slots[target].iter().position(|s| s.key == key);
+        let slot = found.map(|at| &slots[target][at]);
+        let (decision, write) = decide_item(slot, key.is_fixed(), quota, plan, plan.cost);
+        out.allowed &= decision.allowed || limit.is_shadow();
+        out.decisions.push(decision);
+        // A new state that holds nothing (a request of cost 0) is not worth a slot.
+        let Some(write) = write else {
+            continue;
+        };
+        if let Some(at) = found {
+            out.index[i] = u8::try_from(at).unwrap_or(NO_SLOT);
+        } else if !(Slot {
+            key,
+            state: write.0,
+            count: write.1,
+        })
+        .is_idle(plan.mono, plan.wall)
+        {
+            out.index[i] = NO_SLOT;
+            out.missing[target] += 1;
+        } else {
+            continue;
+        }
+        out.states[i] = write;
+        out.writes |= 1 << i;
+    }
+    if spend && !out.allowed {
+        for (i, limit) in plan.items.iter().enumerate() {
+            if out.decisions[i].allowed {
+                let quota = limit.quota();
+                let key = SlotKey::of(quota);
+                let found = slots[plan.target_of(i)].iter().find(|s| s.key == key);
+                out.decisions[i] = decide_item(found, key.is_fixed(), quota, plan, 0).0;
+            }
+        }
+    }
+}
+
+/// One item's decision, and the state and count to keep when admitted.
+#[inline]
+fn decide_item(
+    found: Option<&Slot>,
+    fixed: bool,
+    quota: &Quota,
+    plan: &Plan<'_>,
+    cost: u32,
+) -> (Decision, Option<(u64, u32)>) {
+    if fixed {
+        let state = found.map_or(Window::default(), Slot::window);
+        let (decision, new) = fixed::decide(state, plan.wall, quota, cost);
+        // A count is at most the limit, a u32.
+        let write = new.map(|w| (w.id, u32::try_from(w.count).unwrap_or(u32::MAX)));
+        (decision, write)
+    } else {
+        let tat = found.map_or(0, |s| s.state);
+        let (decision, new) = gcra::decide(tat, plan.mono, quota, cost);
+        (decision, new.map(|tat| (tat, 0)))
+    }
+}
+
 /// Builds a [`MemoryLimiter`] with another clock or key limit. Each setting is fixed for the
 /// limiter's life: its entries hold times read from its clock.
 ///
@@ -129,12 +605,14 @@ impl StoredKey {
 #[must_use]
 pub struct MemoryLimiterBuilder {
     clock: SharedClock,
+    system_clock: bool,
     max_keys: usize,
 }
 
 impl MemoryLimiterBuilder {
     /// Reads time from `clock` (tests move a [`ManualClock`](crate::clock::ManualClock)).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock<C: Clock>(mut self, clock: C) -> Self {
+        self.system_clock = std::any::TypeId::of::<C>() == std::any::TypeId::of::<SystemClock>();
         self.clock = Arc::new(clock);
         self
     }
@@ -147,7 +625,7 @@ impl MemoryLimiterBuilder {
 
     /// The limiter, empty.
     pub fn build(self) -> MemoryLimiter {
-        MemoryLimiter::build(self.clock, self.max_keys)
+        MemoryLimiter::build(self.clock, self.system_clock, self.max_keys)
     }
 }
 
@@ -169,11 +647,14 @@ impl MemoryLimiter {
     pub fn builder() -> MemoryLimiterBuilder {
         MemoryLimiterBuilder {
             clock: clock::system(),
+            system_clock: true,
             max_keys: DEFAULT_MAX_KEYS,
         }
     }
 
-    fn build(clock: SharedClock, max_keys: usize) -> Self {
+    fn build(clock: SharedClock, system_clock: bool, max_keys: usize) -> Self {
+        let mono = clock.monotonic_nanos();
+        let wall = fixed::unix_nanos(clock.now());
         let parallelism = std::thread::available_parallelism().map_or(4, |n| n.get());
         let shards = (parallelism * 8).next_power_of_two().max(2);
         Self {
@@ -183,19 +664,25 @@ impl MemoryLimiter {
                         RwLock::new(Shard {
                             table: HashTable::new(),
                             ring: VecDeque::new(),
+                            lists: HashTable::new(),
+                            list_ring: VecDeque::new(),
                         })
                     })
                     .collect(),
                 shift: 64 - shards.trailing_zeros(),
                 hasher: foldhash::fast::RandomState::default(),
                 clock,
+                system_clock,
+                wall_offset: AtomicU64::new(wall.wrapping_sub(mono)),
+                wall_read_at: AtomicU64::new(mono),
                 len: AtomicUsize::new(0),
                 max_keys,
             }),
         }
     }
 
-    /// Keys tracked now (live or not yet swept).
+    /// Keys tracked now (live or not yet swept); a caller's and an owner's entries of lists of
+    /// limits count one each.
     pub fn len(&self) -> usize {
         self.inner.len.load(Ordering::Relaxed)
     }
@@ -207,20 +694,35 @@ impl MemoryLimiter {
 
     /// Drops every entry that holds no information any more; returns how many went.
     pub fn sweep(&self) -> usize {
-        let now = self.inner.clock.monotonic_nanos();
+        let (mono, wall) = Now {
+            mono: None,
+            wall: None,
+        }
+        .both(&self.inner);
         self.inner
             .shards
             .iter()
             .map(|s| {
                 let mut shard = s.write().unwrap_or_else(PoisonError::into_inner);
-                self.inner.sweep_shard(&mut shard, now)
+                self.inner.sweep_shard(&mut shard, mono, wall)
             })
             .sum()
     }
 
     /// The decision for `key` without spending anything: what the next request of `cost` would
     /// get. For headers or dashboards.
+    ///
+    /// This reads the state [`check`](RateLimiter::check) keeps for `key` and `quota`. For a
+    /// list of limits use [`RateLimiter::peek`], called by its path
+    /// (`RateLimiter::peek(&limiter, subject, &limits)`), as this method shares its name.
     pub fn peek(&self, key: &str, quota: &Quota, cost: u32) -> Decision {
+        if quota.is_fixed() {
+            // Peeking never fails: it needs no room.
+            return self
+                .inner
+                .single_cap(key, quota, cost, false)
+                .unwrap_or(NO_DECISION);
+        }
         let now = self.inner.clock.monotonic_nanos();
         let hash = self.inner.hasher.hash_one(key);
         let shard = self
@@ -238,42 +740,91 @@ impl MemoryLimiter {
     }
 }
 
+fn read(lock: &RwLock<Shard>) -> RwLockReadGuard<'_, Shard> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(lock: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An entry's states, locked.
+fn lock(entry: &ListEntry) -> MutexGuard<'_, Slots> {
+    entry.slots.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The states behind an entry's lock, or none.
+fn view<'g>(guard: &'g Option<MutexGuard<'_, Slots>>) -> &'g [Slot] {
+    guard.as_deref().map_or(&[], |s| s.as_slice())
+}
+
+/// Of the one or two shards locked for a list, the one at `index`.
+fn pick<'g>(
+    lo: usize,
+    first: &'g mut Shard,
+    second: &'g mut Option<RwLockWriteGuard<'_, Shard>>,
+    index: usize,
+) -> &'g mut Shard {
+    match second {
+        Some(second) if index != lo => &mut **second,
+        _ => first,
+    }
+}
+
 impl Inner {
+    /// The wall-clock time in nanoseconds since the Unix epoch, for fixed windows; `mono`, the
+    /// monotonic time if already read.
+    ///
+    /// Any clock but the system's is read every time (a `ManualClock` is exact). The system's
+    /// wall clock costs a system-call-like read of about twice the monotonic one; it is read
+    /// once a millisecond and carried forward by the monotonic clock in between.
+    #[inline]
+    fn wall_nanos(&self, mono: Option<u64>) -> u64 {
+        if !self.system_clock {
+            return fixed::unix_nanos(self.clock.now());
+        }
+        let mono = mono.unwrap_or_else(|| self.clock.monotonic_nanos());
+        let read_at = self.wall_read_at.load(Ordering::Acquire);
+        // A `read_at` later than `mono` (read by another thread since) wraps: read again.
+        if mono.wrapping_sub(read_at) < WALL_CLOCK_READ_EVERY {
+            return mono.wrapping_add(self.wall_offset.load(Ordering::Relaxed));
+        }
+        let wall = fixed::unix_nanos(self.clock.now());
+        self.wall_offset
+            .store(wall.wrapping_sub(mono), Ordering::Relaxed);
+        self.wall_read_at.store(mono, Ordering::Release);
+        wall
+    }
+
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
         &self.shards[(hash >> self.shift) as usize]
     }
 
-    fn sweep_shard(&self, shard: &mut Shard, now: u64) -> usize {
-        let before = shard.table.len();
-        shard.table.retain(|e| e.tat.load(Ordering::Acquire) > now);
-        let removed = before - shard.table.len();
+    fn sweep_shard(&self, shard: &mut Shard, mono: u64, wall: u64) -> usize {
+        let before = shard.table.len() + shard.lists.len();
+        shard.table.retain(|e| e.tat.load(Ordering::Acquire) > mono);
+        shard.lists.retain(|e| !e.is_idle(mono, wall));
+        let removed = before - shard.table.len() - shard.lists.len();
         self.len.fetch_sub(removed, Ordering::Relaxed);
-        shard.rebuild_ring();
+        shard.rebuild_rings();
         removed
     }
 
-    /// Looks at up to `steps` of the shard's oldest entries: drops the idle ones, moves the live
-    /// ones to the back. Returns how many were dropped.
-    fn sweep_steps(&self, shard: &mut Shard, now: u64, steps: usize) -> usize {
+    /// Looks at up to `steps` of the oldest entries of each of the shard's rings: drops the
+    /// idle ones, moves the live ones to the back. Returns how many were dropped.
+    fn sweep_steps(&self, shard: &mut Shard, now: &mut Now, steps: usize) -> usize {
         let mut removed = 0;
-        for _ in 0..steps.min(shard.ring.len()) {
-            let Some(hash) = shard.ring.pop_front() else {
-                break;
-            };
-            match shard.table.find_entry(hash, |e| e.hash == hash) {
-                Ok(entry) if entry.get().tat.load(Ordering::Acquire) <= now => {
-                    entry.remove();
-                    removed += 1;
-                }
-                Ok(_) => shard.ring.push_back(hash),
-                // Already dropped by a full sweep.
-                Err(_) => {}
-            }
+        if !shard.ring.is_empty() {
+            let mono = *now.mono.get_or_insert_with(|| self.clock.monotonic_nanos());
+            removed += step_ring(&mut shard.ring, &mut shard.table, steps, |e| {
+                *e.tat.get_mut() <= mono
+            });
         }
-        // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
-        // the ring; a ring far longer than its table is rebuilt here, so it stays bounded.
-        if shard.ring.len() > 2 * shard.table.len() + STEPS_AT_CAPACITY {
-            shard.rebuild_ring();
+        if !shard.list_ring.is_empty() {
+            let (mono, wall) = now.both(self);
+            removed += step_ring(&mut shard.list_ring, &mut shard.lists, steps, |e| {
+                e.is_idle(mono, wall)
+            });
         }
         self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
@@ -302,9 +853,13 @@ impl Inner {
         let Some(new_tat) = new_tat else {
             return Ok(decision); // nothing to remember
         };
-        self.sweep_steps(&mut shard, now, STEPS_PER_INSERT);
+        let mut times = Now {
+            mono: Some(now),
+            wall: None,
+        };
+        self.sweep_steps(&mut shard, &mut times, STEPS_PER_INSERT);
         if self.len.load(Ordering::Relaxed) >= self.max_keys {
-            self.sweep_steps(&mut shard, now, STEPS_AT_CAPACITY);
+            self.sweep_steps(&mut shard, &mut times, STEPS_AT_CAPACITY);
             if self.len.load(Ordering::Relaxed) >= self.max_keys {
                 return Err(RateLimitError::Full);
             }
@@ -321,6 +876,294 @@ impl Inner {
         shard.ring.push_back(hash);
         self.len.fetch_add(1, Ordering::Relaxed);
         Ok(decision)
+    }
+
+    fn target<'k>(&self, key: &'k str, owner: bool) -> Target<'k> {
+        // The namespace is told apart by `owner`, not by the hash: a caller and an owner of
+        // one name may share a bucket, never an entry.
+        let hash = self.hasher.hash_one(key);
+        Target {
+            key,
+            owner,
+            hash,
+            shard: (hash >> self.shift) as usize,
+        }
+    }
+
+    /// A fixed-window cap on its own (`check` or the inherent `peek` with a fixed quota): the
+    /// caller's list entry, with one item.
+    fn single_cap(
+        &self,
+        key: &str,
+        quota: &Quota,
+        cost: u32,
+        spend: bool,
+    ) -> Result<Decision, RateLimitError> {
+        let item = [Limit::new(*quota)];
+        let mut out = Outcome::new();
+        self.decide_list(Subject::new(key), &item, cost, spend, &mut out)?;
+        Ok(out.decisions.first().copied().unwrap_or(NO_DECISION))
+    }
+
+    /// Decides `items` for `subject` on the list entries, atomically; spends `cost` on every
+    /// item that admits when the request is admitted and `spend` is set.
+    fn decide_list(
+        &self,
+        subject: Subject<'_>,
+        items: &[Limit],
+        cost: u32,
+        spend: bool,
+        out: &mut Outcome,
+    ) -> Result<(), RateLimitError> {
+        let items = &items[..items.len().min(MAX_LIMITS)];
+        let mut owner_items = 0u16;
+        let (mut rates, mut caps) = (false, false);
+        for (i, limit) in items.iter().enumerate() {
+            if subject.is_owner_wide(limit.by()) {
+                owner_items |= 1 << i;
+            }
+            if limit.quota().is_fixed() {
+                caps = true;
+            } else {
+                rates = true;
+            }
+        }
+        let all = (1u16 << items.len()) - 1;
+        let caller = (owner_items != all).then(|| self.target(subject.key, false));
+        let owner = subject
+            .owner
+            .filter(|_| owner_items != 0)
+            .map(|owner| self.target(owner, true));
+        let mono = rates.then(|| self.clock.monotonic_nanos());
+        let plan = Plan {
+            items,
+            owner_items,
+            targets: [caller, owner],
+            mono: mono.unwrap_or(0),
+            wall: if caps { self.wall_nanos(mono) } else { 0 },
+            rates,
+            caps,
+            cost,
+        };
+        // The common case first: every item in one entry (the caller's, or the owner's).
+        if let [Some(target), None] | [None, Some(target)] = &plan.targets
+            && let Some(done) = self.list_in_one(&plan, target, spend, out)
+        {
+            return done;
+        }
+        let Some(shards) = plan.shards() else {
+            // No item at all.
+            decide_items(&plan, [&[], &[]], spend, out);
+            return Ok(());
+        };
+        if let Some(done) = self.list_known(&plan, shards, spend, out) {
+            return done;
+        }
+        self.list_new(&plan, shards, out)
+    }
+
+    /// A list kept in one entry that exists, under its shard's read lock and its own lock;
+    /// `None` when the entry does not exist. The path of most decisions, so it decides in one
+    /// pass over the items and writes in a second, with nothing in between but the checks.
+    #[inline]
+    fn list_in_one(
+        &self,
+        plan: &Plan<'_>,
+        target: &Target<'_>,
+        spend: bool,
+        out: &mut Outcome,
+    ) -> Option<Result<(), RateLimitError>> {
+        let shard = read(&self.shards[target.shard]);
+        let entry = shard.lists.find(target.hash, |e| e.matches(target))?;
+        let mut slots = lock(entry);
+        let t = if target.owner { OWNER } else { CALLER };
+        let mut views: [&[Slot]; 2] = [&[], &[]];
+        views[t] = &slots;
+        decide_items(plan, views, spend, out);
+        if !spend || !out.allowed || out.writes == 0 {
+            return Some(Ok(()));
+        }
+        if out.missing[t] == 0 {
+            // Every state has its slot: write them where they were found.
+            let mut writes = out.writes;
+            while writes != 0 {
+                let i = writes.trailing_zeros() as usize;
+                writes &= writes - 1;
+                if let Some(slot) = slots.get_mut(usize::from(out.index[i])) {
+                    (slot.state, slot.count) = out.states[i];
+                }
+            }
+            return Some(Ok(()));
+        }
+        let mut now = plan.now();
+        if !out.fits(t, &slots, &mut now, self) {
+            return Some(Err(RateLimitError::Full));
+        }
+        out.commit(plan, t, &mut slots, &mut now, self);
+        Some(Ok(()))
+    }
+
+    /// The list on entries that exist, under the shards' read locks; `None` when spending
+    /// needs an entry that does not exist yet.
+    fn list_known(
+        &self,
+        plan: &Plan<'_>,
+        (lo, hi): (usize, Option<usize>),
+        spend: bool,
+        out: &mut Outcome,
+    ) -> Option<Result<(), RateLimitError>> {
+        let first = read(&self.shards[lo]);
+        let second = hi.map(|s| read(&self.shards[s]));
+        let shard_of = |t: &Target<'_>| -> &Shard {
+            match &second {
+                Some(second) if t.shard != lo => second,
+                _ => &first,
+            }
+        };
+        let mut entries: [Option<&ListEntry>; 2] = [None, None];
+        for (entry, target) in entries.iter_mut().zip(&plan.targets) {
+            let Some(target) = target else {
+                continue;
+            };
+            *entry = shard_of(target)
+                .lists
+                .find(target.hash, |e| e.matches(target));
+            if entry.is_none() && spend {
+                return None;
+            }
+        }
+        // The entries' locks in one order, the caller's before the owner's; at most one of
+        // each kind is held at once, so no two decisions wait for each other.
+        let caller = entries[CALLER].map(lock);
+        let owner = entries[OWNER].map(lock);
+        let mut guards = [caller, owner];
+        decide_items(
+            plan,
+            [view(&guards[CALLER]), view(&guards[OWNER])],
+            spend,
+            out,
+        );
+        if !spend || !out.allowed || out.writes == 0 {
+            return Some(Ok(()));
+        }
+        let mut now = plan.now();
+        for (target, guard) in guards.iter().enumerate() {
+            if let Some(slots) = guard
+                && !out.fits(target, slots, &mut now, self)
+            {
+                return Some(Err(RateLimitError::Full));
+            }
+        }
+        for (target, guard) in guards.iter_mut().enumerate() {
+            if let Some(slots) = guard {
+                out.commit(plan, target, slots, &mut now, self);
+            }
+        }
+        Some(Ok(()))
+    }
+
+    /// The list when one of its entries does not exist yet: under the shards' write locks,
+    /// taken in the limiter's one order (lower index first).
+    fn list_new(
+        &self,
+        plan: &Plan<'_>,
+        (lo, hi): (usize, Option<usize>),
+        out: &mut Outcome,
+    ) -> Result<(), RateLimitError> {
+        let mut first = write(&self.shards[lo]);
+        let mut second = hi.map(|s| write(&self.shards[s]));
+        // Copies of the entries' states: sweeping below may drop an entry found here (one that
+        // holds nothing), and the states are written back, or into a new entry, at the end.
+        let mut copies: [Slots; 2] = Default::default();
+        for (copy, target) in copies.iter_mut().zip(&plan.targets) {
+            let Some(target) = target else {
+                continue;
+            };
+            let shard = pick(lo, &mut first, &mut second, target.shard);
+            if let Some(entry) = shard.lists.find_mut(target.hash, |e| e.matches(target)) {
+                copy.clone_from(
+                    entry
+                        .slots
+                        .get_mut()
+                        .unwrap_or_else(PoisonError::into_inner),
+                );
+            }
+        }
+        decide_items(plan, [&copies[CALLER], &copies[OWNER]], true, out);
+        let writes = [CALLER, OWNER].map(|t| plan.targets[t].is_some() && out.writes_to(plan, t));
+        if writes == [false; 2] {
+            return Ok(());
+        }
+        let mut now = plan.now();
+        for (target, copy) in copies.iter().enumerate() {
+            if writes[target] && !out.fits(target, copy, &mut now, self) {
+                return Err(RateLimitError::Full);
+            }
+        }
+        let present = |first: &mut Shard, second: &mut Option<RwLockWriteGuard<'_, Shard>>| {
+            [CALLER, OWNER].map(|t| {
+                plan.targets[t].is_some_and(|target| {
+                    pick(lo, first, second, target.shard)
+                        .lists
+                        .find(target.hash, |e| e.matches(&target))
+                        .is_some()
+                })
+            })
+        };
+        // A new key looks for idle entries in its shard, as on the single-rate path.
+        let mut exists = present(&mut first, &mut second);
+        let mut swept = [usize::MAX; 2];
+        for t in [CALLER, OWNER] {
+            if let Some(target) = plan.targets[t]
+                && writes[t]
+                && !exists[t]
+                && !swept.contains(&target.shard)
+            {
+                let shard = pick(lo, &mut first, &mut second, target.shard);
+                self.sweep_steps(shard, &mut now, STEPS_PER_INSERT);
+                swept[t] = target.shard;
+            }
+        }
+        exists = present(&mut first, &mut second);
+        let inserts = |exists: [bool; 2]| (0..2).filter(|&t| writes[t] && !exists[t]).count();
+        if inserts(exists) > 0 && self.len.load(Ordering::Relaxed) + inserts(exists) > self.max_keys
+        {
+            for shard in swept.into_iter().filter(|&s| s != usize::MAX) {
+                let shard = pick(lo, &mut first, &mut second, shard);
+                self.sweep_steps(shard, &mut now, STEPS_AT_CAPACITY);
+            }
+            exists = present(&mut first, &mut second);
+            if self.len.load(Ordering::Relaxed) + inserts(exists) > self.max_keys {
+                return Err(RateLimitError::Full);
+            }
+        }
+        for (t, mut copy) in copies.into_iter().enumerate() {
+            let Some(target) = plan.targets[t].filter(|_| writes[t]) else {
+                continue;
+            };
+            out.commit(plan, t, &mut copy, &mut now, self);
+            let shard = pick(lo, &mut first, &mut second, target.shard);
+            if let Some(entry) = shard.lists.find_mut(target.hash, |e| e.matches(&target)) {
+                *entry
+                    .slots
+                    .get_mut()
+                    .unwrap_or_else(PoisonError::into_inner) = copy;
+                continue;
+            }
+            shard.lists.insert_unique(
+                target.hash,
+                ListEntry {
+                    key: StoredKey::new(target.key),
+                    hash: target.hash,
+                    owner: target.owner,
+                    slots: Mutex::new(copy),
+                },
+                |e| e.hash,
+            );
+            shard.list_ring.push_back(target.hash);
+            self.len.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 }
 
@@ -354,9 +1197,63 @@ impl fmt::Debug for MemoryLimiter {
     }
 }
 
+/// Whether `limits` is a single rate counted under the caller's key: the atomic path.
+#[inline]
+fn single_rate<'l>(subject: &Subject<'_>, limits: &'l Limits) -> Option<&'l Quota> {
+    match limits.as_slice() {
+        [limit] if !limit.quota().is_fixed() && !subject.is_owner_wide(limit.by()) => {
+            Some(limit.quota())
+        }
+        _ => None,
+    }
+}
+
+/// The verdict of `decisions`, from an array when there are one or two (the common lists: a
+/// slice's iterator costs the verdict's collection more).
+#[inline]
+fn verdict(limits: &Limits, decisions: &[Decision]) -> Verdict {
+    match *decisions {
+        [a] => Verdict::new(limits, [a]),
+        [a, b] => Verdict::new(limits, [a, b]),
+        _ => Verdict::new(limits, decisions.iter().copied()),
+    }
+}
+
 impl RateLimiter for MemoryLimiter {
+    /// Decides `quota` for `key`. A rate is the atomic single-rate path; a fixed-window cap
+    /// is kept as a one-item list of `key`.
     fn check(&self, key: &str, quota: &Quota, cost: u32) -> Check {
+        if quota.is_fixed() {
+            return Check::ready(self.inner.single_cap(key, quota, cost, true));
+        }
         Check::ready(self.inner.decide(key, quota, cost))
+    }
+
+    /// Decides `limits` for `subject` at once (see [`MemoryLimiter`]). When the request is
+    /// denied, the limits that would have admitted it report what they have left, as nothing
+    /// was spent.
+    fn check_all(&self, subject: Subject<'_>, limits: &Limits, cost: u32) -> CheckAll {
+        if let Some(quota) = single_rate(&subject, limits) {
+            let decision = self.inner.decide(subject.key, quota, cost);
+            return CheckAll::ready(decision.map(|d| Verdict::new(limits, [d])));
+        }
+        let mut out = Outcome::new();
+        let done = self
+            .inner
+            .decide_list(subject, limits, cost, true, &mut out);
+        CheckAll::ready(done.map(|()| verdict(limits, &out.decisions)))
+    }
+
+    /// What a request of cost 1 would get from each limit of `limits` now, spending nothing
+    /// and creating no entry.
+    fn peek(&self, subject: Subject<'_>, limits: &Limits) -> CheckAll {
+        if let Some(quota) = single_rate(&subject, limits) {
+            let decision = MemoryLimiter::peek(self, subject.key, quota, 1);
+            return CheckAll::ready(Ok(Verdict::new(limits, [decision])));
+        }
+        let mut out = Outcome::new();
+        let done = self.inner.decide_list(subject, limits, 1, false, &mut out);
+        CheckAll::ready(done.map(|()| verdict(limits, &out.decisions)))
     }
 }
 
@@ -484,6 +1381,389 @@ mod tests {
             assert_eq!(shard.ring.len(), shard.table.len());
         }
         assert!(allowed(&l, "k1", &q));
+        assert_eq!(l.len(), 1);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Lists of limits
+
+    /// 2024-03-10T00:00:00Z, in seconds since the Unix epoch.
+    const MIDNIGHT: u64 = 1_710_028_800;
+
+    /// A clock `secs` after the midnight above (negative: before it).
+    fn clock_at(secs: i64) -> ManualClock {
+        let at = MIDNIGHT.checked_add_signed(secs).unwrap();
+        ManualClock::at(std::time::UNIX_EPOCH + Duration::from_secs(at))
+    }
+
+    fn on(clock: &ManualClock) -> MemoryLimiter {
+        MemoryLimiter::builder().clock(clock.clone()).build()
+    }
+
+    fn list(text: &str) -> Limits {
+        text.parse().unwrap()
+    }
+
+    fn all(l: &MemoryLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+        l.check_all(subject, limits, 1)
+            .take_ready()
+            .unwrap()
+            .unwrap()
+    }
+
+    fn look(l: &MemoryLimiter, subject: Subject<'_>, limits: &Limits) -> Verdict {
+        RateLimiter::peek(l, subject, limits)
+            .take_ready()
+            .unwrap()
+            .unwrap()
+    }
+
+    fn remaining(v: &Verdict) -> Vec<u32> {
+        v.decisions().iter().map(|d| d.remaining).collect()
+    }
+
+    /// List entries held, over all shards.
+    fn list_entries(l: &MemoryLimiter) -> usize {
+        l.inner
+            .shards
+            .iter()
+            .map(|s| s.read().unwrap().lists.len())
+            .sum()
+    }
+
+    #[test]
+    fn a_list_admits_what_its_tightest_limit_allows_and_a_denial_spends_nothing() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let limits = list("5/s, 3/h;fixed");
+        let a = Subject::new("a");
+        for left in [[4, 2], [3, 1], [2, 0]] {
+            let v = all(&l, a, &limits);
+            assert!(v.allowed());
+            assert_eq!(remaining(&v), left);
+        }
+        for _ in 0..10 {
+            let v = all(&l, a, &limits);
+            assert!(!v.allowed());
+            assert_eq!(v.denied_by(), Some(1));
+            // The rate would have admitted, and reports what it has: nothing was spent.
+            assert!(v.decisions()[0].allowed);
+            assert_eq!(remaining(&v), [2, 0]);
+            assert_eq!(
+                v.retry_after(),
+                Duration::from_secs(3590),
+                "to the full hour"
+            );
+        }
+        // A request of cost 1 would leave the rate 1: the ten denials spent none of it.
+        let peeked = look(&l, a, &limits);
+        assert_eq!(remaining(&peeked), [1, 0]);
+        assert!(!peeked.allowed());
+        // The cap's window ends at the full hour; the rate has long refilled.
+        clock.advance(Duration::from_secs(3589));
+        assert!(!all(&l, a, &limits).allowed());
+        clock.advance(Duration::from_secs(1));
+        assert_eq!((0..10).filter(|_| all(&l, a, &limits).allowed()).count(), 3);
+
+        // The other way round: the rate denies, and the cap keeps what it had.
+        let limits = list("2/h, 5/h;fixed");
+        let b = Subject::new("b");
+        assert!(all(&l, b, &limits).allowed());
+        assert!(all(&l, b, &limits).allowed());
+        let v = all(&l, b, &limits);
+        assert_eq!(v.denied_by(), Some(0));
+        assert_eq!(remaining(&v), [0, 3]);
+        assert_eq!(remaining(&look(&l, b, &limits)), [0, 2]);
+    }
+
+    #[test]
+    fn fixed_windows_reset_at_the_utc_boundary() {
+        let clock = clock_at(-2); // 23:59:58 UTC
+        let l = on(&clock);
+        let limits = list("3/d;fixed");
+        let a = Subject::new("a");
+        for left in [2, 1, 0] {
+            let v = all(&l, a, &limits);
+            assert!(v.allowed());
+            assert_eq!(remaining(&v), [left]);
+            assert_eq!(v.decisions()[0].reset_after, Duration::from_secs(2));
+        }
+        let v = all(&l, a, &limits);
+        assert!(!v.allowed());
+        assert_eq!(v.retry_after(), Duration::from_secs(2));
+        clock.advance(Duration::from_millis(1999));
+        assert!(!all(&l, a, &limits).allowed());
+        clock.advance(Duration::from_millis(1)); // midnight
+        let v = all(&l, a, &limits);
+        assert!(v.allowed());
+        assert_eq!(remaining(&v), [2]);
+        assert_eq!(v.decisions()[0].reset_after, Duration::from_secs(86_400));
+        assert!(all(&l, a, &limits).allowed());
+        assert!(all(&l, a, &limits).allowed());
+        assert!(!all(&l, a, &limits).allowed());
+    }
+
+    #[test]
+    fn check_and_peek_of_a_fixed_quota_count_a_cap() {
+        let clock = clock_at(30);
+        let l = on(&clock);
+        let cap = Quota::per_minute(2).fixed();
+        let check = |key| l.check(key, &cap, 1).take_ready().unwrap().unwrap();
+        assert!(check("a").allowed);
+        assert_eq!(l.peek("a", &cap, 1).remaining, 0);
+        assert!(check("a").allowed);
+        let denied = check("a");
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after, Duration::from_secs(30));
+        assert!(!l.peek("a", &cap, 1).allowed);
+        // The same state as a list of that one cap.
+        assert!(!all(&l, Subject::new("a"), &Limits::from(cap)).allowed());
+        clock.advance(Duration::from_secs(30));
+        assert!(l.peek("a", &cap, 2).allowed);
+        assert!(check("a").allowed);
+    }
+
+    #[test]
+    fn owner_wide_items_are_shared_by_the_owners_callers_and_kept_apart_from_callers() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let limits = list("10/s, 2/h;fixed;owner");
+        let key = |k| Subject::with_owner(k, Some("acme"));
+        assert!(all(&l, key("key_1"), &limits).allowed());
+        assert!(all(&l, key("key_2"), &limits).allowed());
+        let v = all(&l, key("key_1"), &limits);
+        assert_eq!(v.denied_by(), Some(1), "the owner's cap is shared");
+        assert_eq!(remaining(&v), [9, 0], "key_1 spent one of its own rate");
+        assert_eq!(l.len(), 3, "two callers and one owner");
+        // Another owner's callers, and callers named like the owner, share nothing with it.
+        assert!(all(&l, Subject::with_owner("key_3", Some("other")), &limits).allowed());
+        let caps = list("2/h;fixed");
+        let named_acme = Subject::with_owner("acme", Some("other"));
+        assert!(all(&l, named_acme, &caps).allowed());
+        assert!(all(&l, named_acme, &caps).allowed());
+        assert!(!all(&l, named_acme, &caps).allowed());
+        // A caller without an owner counts its owner-wide items under its own key, as its
+        // other items of the same quota.
+        let alone = Subject::new("solo");
+        let owner_caps = list("2/h;fixed;owner");
+        assert!(all(&l, alone, &owner_caps).allowed());
+        assert!(all(&l, alone, &owner_caps).allowed());
+        assert!(!all(&l, alone, &owner_caps).allowed());
+        assert!(!all(&l, alone, &caps).allowed(), "one state for one quota");
+        // A single owner-wide rate is kept under the owner, not on the single-rate path.
+        let rate = list("1/h;owner");
+        assert!(all(&l, key("key_1"), &rate).allowed());
+        assert!(!all(&l, key("key_2"), &rate).allowed());
+        assert!(
+            l.check("key_2", &Quota::per_hour(1), 1)
+                .take_ready()
+                .unwrap()
+                .unwrap()
+                .allowed
+        );
+    }
+
+    #[test]
+    fn shadow_items_never_deny_and_spend_only_when_the_request_is_admitted() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let a = Subject::new("a");
+        let limits = list("1/h;shadow, 3/h;fixed");
+        let first = all(&l, a, &limits);
+        assert!(first.allowed());
+        assert_eq!(first.shadow_denials().count(), 0);
+        for _ in 0..2 {
+            let v = all(&l, a, &limits);
+            assert!(v.allowed());
+            assert_eq!(v.shadow_denials().collect::<Vec<_>>(), [0]);
+            assert_eq!(v.denied_by(), None);
+        }
+        let v = all(&l, a, &limits);
+        assert_eq!(v.denied_by(), Some(1));
+        assert_eq!(v.shadow_denials().collect::<Vec<_>>(), [0]);
+        // A list all in shadow never denies.
+        let shadow = list("1/h;shadow, 1/h;fixed;shadow");
+        assert!((0..5).all(|_| all(&l, Subject::new("b"), &shadow).allowed()));
+        // A shadow item that admits is not spent when an enforced one denies.
+        let limits = list("5/h;shadow, 1/h");
+        let c = Subject::new("c");
+        assert!(all(&l, c, &limits).allowed());
+        for _ in 0..3 {
+            assert_eq!(all(&l, c, &limits).denied_by(), Some(1));
+        }
+        assert_eq!(
+            remaining(&look(&l, c, &limits))[0],
+            3,
+            "spent once, by the admitted one"
+        );
+    }
+
+    #[test]
+    fn peek_spends_nothing_and_keeps_nothing() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let limits = list("2/s, 2/h;fixed, 5/min;owner");
+        let a = Subject::with_owner("a", Some("o"));
+        for _ in 0..5 {
+            let v = look(&l, a, &limits);
+            assert!(v.allowed());
+            assert_eq!(remaining(&v), [1, 1, 4]);
+        }
+        assert_eq!(l.len(), 0, "peeking creates no entry");
+        assert!(all(&l, a, &limits).allowed());
+        assert_eq!(l.len(), 2);
+        for _ in 0..5 {
+            assert_eq!(remaining(&look(&l, a, &limits)), [0, 0, 3]);
+        }
+        assert!(all(&l, a, &limits).allowed());
+        let v = look(&l, a, &limits);
+        assert!(!v.allowed());
+        assert_eq!(v.denied_by(), Some(0));
+        // A single rate peeks at the single-rate path's state.
+        let rate = list("3/h");
+        assert!(all(&l, a, &rate).allowed());
+        assert_eq!(remaining(&look(&l, a, &rate)), [1]);
+        assert_eq!(l.peek("a", &Quota::per_hour(3), 1).remaining, 1);
+    }
+
+    #[test]
+    fn a_single_callers_rate_takes_the_single_rate_path() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let q = Quota::per_hour(3);
+        let limits = Limits::from(q);
+        // With or without an owner, in shadow or not: one atomic entry, shared with `check`.
+        assert!(all(&l, Subject::with_owner("a", Some("o")), &limits).allowed());
+        assert!(allowed(&l, "a", &q));
+        assert!(all(&l, Subject::new("a"), &list("3/h;shadow")).allowed());
+        assert!(!allowed(&l, "a", &q));
+        assert_eq!(l.len(), 1);
+        assert_eq!(list_entries(&l), 0);
+    }
+
+    #[test]
+    fn items_keep_apart_states_by_quota_and_equal_quotas_share_one() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let a = Subject::new("a");
+        // A rate and a cap of the same numbers are two states.
+        let limits = list("3/h, 3/h;fixed");
+        assert_eq!((0..10).filter(|_| all(&l, a, &limits).allowed()).count(), 3);
+        // Equal quotas in one list are one state, spent once per request.
+        let b = Subject::new("b");
+        let twice = list("3/h;fixed;name=one, 3/h;fixed;name=two");
+        assert_eq!((0..10).filter(|_| all(&l, b, &twice).allowed()).count(), 3);
+        // A changed item starts afresh; an unchanged one keeps its state.
+        let changed = list("4/h, 3/h;fixed");
+        let v = all(&l, a, &changed);
+        assert_eq!(v.denied_by(), Some(1));
+        assert_eq!(remaining(&v), [4, 0]);
+        assert_eq!(
+            remaining(&look(&l, a, &list("4/h"))),
+            [3],
+            "apart from the list's 4/h"
+        );
+    }
+
+    #[test]
+    fn sweeping_forgets_idle_list_entries_only() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let limits = list("1/s, 5/min;fixed, 100/s;owner");
+        for i in 0..100 {
+            let key = format!("k{i}");
+            let owner = format!("o{}", i % 10);
+            assert!(all(&l, Subject::with_owner(&key, Some(&owner)), &limits).allowed());
+        }
+        assert_eq!(l.len(), 110);
+        clock.advance(Duration::from_secs(1));
+        // The owners' entries hold only rates, now refilled; the callers' caps run to 00:01.
+        assert_eq!(l.sweep(), 10);
+        clock.advance(Duration::from_secs(48));
+        assert_eq!(l.sweep(), 0);
+        clock.advance(Duration::from_secs(1)); // 00:01:00
+        assert_eq!(l.sweep(), 100);
+        assert!(l.is_empty());
+        for shard in l.inner.shards.iter() {
+            let shard = shard.read().unwrap();
+            assert_eq!(shard.list_ring.len(), shard.lists.len());
+        }
+    }
+
+    #[test]
+    fn new_keys_of_either_kind_sweep_idle_list_entries() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let limits = list("100/s, 1000000/s;fixed");
+        for i in 0..100_000 {
+            assert!(all(&l, Subject::new(&format!("k{i}")), &limits).allowed());
+            clock.advance(Duration::from_micros(100)); // each key idle within about 1 s
+        }
+        // About 10,000 keys are live at any time; the table may hold twice that per shard.
+        assert!(l.len() < 30_000, "{} entries", l.len());
+        // Keys of the single-rate path sweep lists too: a limiter whose callers moved from
+        // lists to single rates does not keep the lists' entries.
+        let before = list_entries(&l);
+        clock.advance(Duration::from_secs(2));
+        let q = Quota::per_second(1);
+        for i in 0..before {
+            assert!(allowed(&l, &format!("single{i}"), &q));
+        }
+        assert!(
+            list_entries(&l) < before / 10,
+            "{} of {before}",
+            list_entries(&l)
+        );
+    }
+
+    #[test]
+    fn a_full_limiter_fails_closed_and_spends_nothing() {
+        let clock = clock_at(10);
+        let l = MemoryLimiter::builder()
+            .clock(clock.clone())
+            .max_keys(2)
+            .build();
+        let limits = list("5/h, 2/h;fixed;owner");
+        let a = Subject::with_owner("a", Some("o"));
+        assert!(all(&l, a, &limits).allowed());
+        assert_eq!(l.len(), 2);
+        let b = Subject::with_owner("b", Some("o"));
+        assert!(matches!(
+            l.check_all(b, &limits, 1).take_ready().unwrap(),
+            Err(RateLimitError::Full)
+        ));
+        // The owner's cap was not spent by the request that found no room.
+        let v = look(&l, a, &limits);
+        assert!(v.allowed());
+        assert_eq!(remaining(&v), [3, 0]);
+        // Known callers keep deciding.
+        assert!(all(&l, a, &limits).allowed());
+        assert_eq!(all(&l, a, &limits).denied_by(), Some(1));
+        // Once idle, entries make room.
+        clock.advance(Duration::from_secs(3 * 3600));
+        assert_eq!(l.sweep(), 2);
+        assert!(all(&l, b, &limits).allowed());
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn an_entry_keeps_a_bounded_number_of_live_states() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let a = Subject::new("a");
+        let cap = |n: u32| Limits::from(Quota::per_hour(n).fixed());
+        for n in 1..=MAX_SLOTS as u32 {
+            assert!(all(&l, a, &cap(n)).allowed());
+        }
+        let one_more = cap(MAX_SLOTS as u32 + 1);
+        assert!(matches!(
+            l.check_all(a, &one_more, 1).take_ready().unwrap(),
+            Err(RateLimitError::Full)
+        ));
+        // Peeking needs no room.
+        assert!(look(&l, a, &one_more).allowed());
+        clock.advance(Duration::from_secs(3600));
+        assert!(all(&l, a, &one_more).allowed(), "idle states make room");
         assert_eq!(l.len(), 1);
     }
 }

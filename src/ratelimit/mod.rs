@@ -1,11 +1,14 @@
 #![doc = include_str!("../../docs/rate-limits.md")]
 
+mod concurrency;
 mod config;
+mod fixed;
 mod future;
 mod gcra;
 mod headers;
 mod layer;
 mod memory;
+mod overrides;
 #[cfg(feature = "redis")]
 mod redis;
 mod service;
@@ -17,11 +20,13 @@ mod verdict;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::{FailurePolicy, RedisLimiter};
+pub use concurrency::{ConcurrencyLimiter, Permit};
 pub use future::ResponseFuture;
 pub use gcra::Decision;
 pub use headers::HeaderStyle;
-pub use layer::{ANONYMOUS_KEY, RateLimitLayer};
+pub use layer::{ANONYMOUS_KEY, PolicyStatus, RateLimitLayer};
 pub use memory::{MemoryLimiter, MemoryLimiterBuilder};
+pub use overrides::{LimitKey, Overrides};
 pub use service::RateLimit;
 pub use usage::{
     FlushLoop, FlushTask, MemoryUsage, PartialAdd, Usage, UsageEntry, UsageFuture, UsageStore,

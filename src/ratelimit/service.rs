@@ -6,6 +6,7 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::ANONYMOUS_KEY;
+use super::Subject;
 use super::config::{Config, Headers, Which};
 use super::future::{LimitWait, ResponseFuture};
 use crate::caller::Caller;
@@ -48,19 +49,27 @@ where
         let config = &self.config;
         let head = RequestHead::of(&req);
         let custom_key;
-        let (key, which): (&str, Which) = if let Some(key_by) = &config.key_by {
-            custom_key = key_by(&head);
+        // The principal whose credits a request spends: an API key with a budget of them, or
+        // a token minted for one.
+        let mut spender = None;
+        let (subject, which): (Subject<'_>, Which) = if let Some(key_by) = &config.key_by {
+            custom_key = key_by(&head).map(super::LimitKey::into_parts);
             match &custom_key {
-                Some(k) => (k, Which::Default),
+                Some((k, quota)) => (Subject::new(k), config.which_for_key(quota.as_ref())),
                 None => {
                     let future = self.inner.call(req);
-                    return ResponseFuture::new(Deferred::called(future, Headers(None)));
+                    return ResponseFuture::new(Deferred::called(future, Headers(None, None)));
                 }
             }
         } else {
             match Caller::of(req.extensions()) {
-                Caller::Known(p) => (p.id(), config.which(p)),
-                Caller::Anonymous => (ANONYMOUS_KEY, Which::Default),
+                Caller::Known(p) => {
+                    if config.credits.is_some() && p.spends_credits() {
+                        spender = Some(p.id());
+                    }
+                    (Subject::with_owner(p.id(), p.owner()), config.which(p))
+                }
+                Caller::Anonymous => (Subject::new(ANONYMOUS_KEY), Which::Default),
                 Caller::Unchecked => {
                     error_misconfigured!(
                         "RateLimitLayer without AuthLayer in front of it and no key_by"
@@ -71,22 +80,43 @@ where
             }
         };
         let cost = config.cost.as_ref().map_or(1, |f| f(&head));
-        let mut check = config
-            .limiter
-            .check(key, &config.policy(&which).quota, cost);
-        let deferred = match check.take_ready() {
-            Some(answer) => match config.outcome(key, &which, answer) {
-                Ok(decision) => {
-                    let headers = Headers(Some((which, decision, self.config.clone())));
-                    Deferred::called(self.inner.call(req), headers)
-                }
-                Err(error) => Deferred::answered(config.rendering.render(&error, &req)),
-            },
-            None => {
-                let wait = LimitWait::new(check, key, which, self.config.clone());
-                Deferred::waiting(wait, &mut self.inner, req)
+        let permit = match config.enter(subject) {
+            Ok(permit) => permit,
+            Err(error) => {
+                let response = config.rendering.render(&error, &req);
+                return ResponseFuture::new(Deferred::answered(response));
             }
         };
-        ResponseFuture::new(deferred)
+        let mut check = config
+            .limiter
+            .check_all(subject, &config.policies(&which).limits, cost);
+        let Some(answer) = check.take_ready() else {
+            let wait = LimitWait::limits(check, subject, spender, cost, which, permit, config);
+            return ResponseFuture::new(Deferred::waiting(wait, &mut self.inner, req));
+        };
+        let verdict = match config.outcome(subject, &which, answer) {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                let response = config.rendering.render(&error, &req);
+                return ResponseFuture::new(Deferred::answered(response));
+            }
+        };
+        if let (Some(id), Some(credits)) = (spender, &config.credits) {
+            let mut spend = credits.spend(id, cost);
+            match spend.take_ready() {
+                Some(answer) => {
+                    if let Err(error) = config.credit_outcome(id, answer) {
+                        let response = config.rendering.render(&error, &req);
+                        return ResponseFuture::new(Deferred::answered(response));
+                    }
+                }
+                None => {
+                    let wait = LimitWait::credits(spend, id, which, verdict, permit, config);
+                    return ResponseFuture::new(Deferred::waiting(wait, &mut self.inner, req));
+                }
+            }
+        }
+        let headers = Headers(Some((which, verdict, self.config.clone())), permit);
+        ResponseFuture::new(Deferred::called(self.inner.call(req), headers))
     }
 }

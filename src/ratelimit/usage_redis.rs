@@ -345,7 +345,7 @@ const HEX: &[u8; 16] = b"0123456789ABCDEF";
 const LOWER_HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Appends `caller`, escaped (see [`RedisUsage::redis_key`]).
-fn push_key_part(out: &mut String, caller: &str) {
+pub(super) fn push_key_part(out: &mut String, caller: &str) {
     if caller.is_empty() {
         out.push('%');
         return;

@@ -117,6 +117,17 @@ impl Verdict {
         (self.denials != 0).then(|| self.denials.trailing_zeros() as usize)
     }
 
+    /// The enforced limits that denied, in order.
+    pub fn denials(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.decisions.len()).filter(|i| self.denials & (1 << i) != 0)
+    }
+
+    /// The enforced limit that denied with the longest wait: the one `Retry-After` is for.
+    pub fn longest_denial(&self) -> Option<usize> {
+        self.denials()
+            .max_by_key(|&i| (self.decisions[i].retry_after, std::cmp::Reverse(i)))
+    }
+
     /// The shadow limits that would have denied, in order.
     pub fn shadow_denials(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.decisions.len()).filter(|i| self.shadow & (1 << i) != 0)

@@ -11,11 +11,12 @@ use quick_cache::sync::{Cache, DefaultLifecycle, EntryAction, EntryResult, Place
 use quick_cache::{OptionsBuilder, UnitWeighter};
 
 use super::{
-    Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, LookupResult,
-    ManageError, ManageFuture, Page, StoreError,
+    CreditCheck, CreditStore, Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate,
+    Lookup, LookupResult, ManageError, ManageFuture, Page, StoreError,
 };
+use crate::MaybeReady;
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::key::{KeyDigest, KeyFormat, KeyRecord};
+use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 
 /// How long a record is answered from the cache without asking the backend, by default.
@@ -894,6 +895,19 @@ impl<S: KeyStore + KeyManager> KeyManager for CachedStore<S> {
 
     fn purge(&self, before: SystemTime) -> ManageFuture<'_, u64> {
         self.inner.store.purge(before)
+    }
+}
+
+/// Credits are never cached: every spend and every read of the count goes to the backend, so
+/// that every instance counts one budget. (A record this cache answers a lookup with shows the
+/// credits as of when it was read.)
+impl<S: CreditStore> CreditStore for CachedStore<S> {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        self.inner.store.spend(id, cost)
+    }
+
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        self.inner.store.credits(id)
     }
 }
 

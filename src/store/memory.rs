@@ -7,12 +7,15 @@ use std::time::{Duration, SystemTime};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 
+use super::credits::{Ledger, check_credits, micros_since_epoch};
 use super::manager::{self, check_new_record};
 use super::{
-    IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, ManageError, ManageFuture, Page,
+    CreditCheck, CreditOutcome, CreditStore, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate,
+    Lookup, ManageError, ManageFuture, Page, StoreError,
 };
+use crate::MaybeReady;
 use crate::clock::{self, Clock, SharedClock};
-use crate::key::{ApiKey, DigestHasher, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
+use crate::key::{ApiKey, Credits, DigestHasher, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
 
 /// The in-memory key store: a concurrent map from key digest to record.
 ///
@@ -20,7 +23,11 @@ use crate::key::{ApiKey, DigestHasher, KeyDigest, KeyFormat, KeyRecord, KeyStatu
 /// same keys, so one clone can sit in the layer while another issues and revokes keys.
 ///
 /// It is a [`KeyManager`]; its own methods below do the same synchronously, for setting a store
-/// up in `main` and in tests.
+/// up in `main` and in tests. It is a [`CreditStore`] too: a key's credits are counted under
+/// its record's lock (one shard's write lock), so concurrent spends never take the count below
+/// zero. A record from [`lookup`](KeyStore::lookup) shows the credits as of the last change of
+/// the record (a lookup allocates nothing); [`get`](Self::get), the [`KeyManager`] methods and
+/// [`CreditStore::credits`] show the live count.
 ///
 /// ```
 /// use std::time::Duration;
@@ -59,6 +66,16 @@ struct Keys {
     /// lasts).
     digests: Vec<KeyDigest>,
     revoked_at: Option<SystemTime>,
+    /// The record's credits, counted here rather than in the shared record, so that a spend
+    /// changes one number under this entry's lock.
+    ledger: Option<Ledger>,
+}
+
+impl Keys {
+    /// The live credits at `now`.
+    fn credits_at(&self, now: i64) -> Option<Credits> {
+        self.ledger.map(|l| l.at(now).credits())
+    }
 }
 
 struct Slot {
@@ -135,11 +152,26 @@ impl MemoryStore {
         self.insert_record(digest, record).map(drop)
     }
 
-    /// The record with this id.
+    /// The record with this id, with its live credits.
     pub fn get(&self, id: &str) -> Option<Arc<KeyRecord>> {
         let keys = self.inner.by_id.get(id)?;
         let slot = self.inner.by_digest.get(keys.digests.first()?)?;
-        Some(slot.record.clone())
+        Some(self.live(&keys, &slot.record))
+    }
+
+    /// `record` with the live credits of `keys`.
+    fn live(&self, keys: &Keys, record: &Arc<KeyRecord>) -> Arc<KeyRecord> {
+        let credits = keys.credits_at(self.now_micros());
+        if credits == record.credits {
+            return record.clone();
+        }
+        let mut live = KeyRecord::clone(record);
+        live.credits = credits;
+        Arc::new(live)
+    }
+
+    fn now_micros(&self) -> i64 {
+        micros_since_epoch(self.clock.now())
     }
 
     /// Revokes the record: every key of it stops working at once.
@@ -148,11 +180,12 @@ impl MemoryStore {
             .map(drop)
     }
 
-    /// Changes the record behind all of its keys (status, scopes, quota, expiry, metadata). The
-    /// id, owner and creation time cannot change, and a revoked record stays revoked
-    /// ([`ManageError::Invalid`]).
+    /// Changes the record behind all of its keys (status, scopes, quota, tier, credits, expiry,
+    /// metadata). The id, owner and creation time cannot change, and a revoked record stays
+    /// revoked ([`ManageError::Invalid`]). `change` sees the live credits; credits it changes are
+    /// set anew (and their refill schedule starts now).
     pub fn update(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> Result<(), ManageError> {
-        self.change(id, |record| {
+        self.change(id, false, |record| {
             let was = record.status;
             change(record);
             if was == KeyStatus::Revoked && record.status != KeyStatus::Revoked {
@@ -231,6 +264,9 @@ impl MemoryStore {
         mut record: KeyRecord,
     ) -> Result<KeyRecord, ManageError> {
         check_new_record(&record)?;
+        if let Some(credits) = &record.credits {
+            check_credits(credits)?;
+        }
         let Entry::Vacant(ids) = self.inner.by_id.entry(record.id.clone()) else {
             return Err(ManageError::DuplicateId);
         };
@@ -254,18 +290,24 @@ impl MemoryStore {
         ids.insert(Keys {
             digests: vec![digest],
             revoked_at: (record.status == KeyStatus::Revoked).then_some(now),
+            ledger: record
+                .credits
+                .map(|c| Ledger::new(c, micros_since_epoch(now))),
         });
         Ok(record)
     }
 
     fn update_record(&self, id: &str, update: &KeyUpdate) -> Result<KeyRecord, ManageError> {
-        self.change(id, |record| update.apply(record))
+        self.change(id, update.credits.is_some(), |record| update.apply(record))
     }
 
     /// Changes the record `id` with `change`, which may refuse; returns the new record.
+    /// `change` sees the live credits; they are set anew when `sets_credits` or when `change`
+    /// changed them.
     fn change(
         &self,
         id: &str,
+        sets_credits: bool,
         change: impl FnOnce(&mut KeyRecord) -> Result<(), ManageError>,
     ) -> Result<KeyRecord, ManageError> {
         let mut keys = self.inner.by_id.get_mut(id).ok_or(ManageError::NotFound)?;
@@ -274,14 +316,26 @@ impl MemoryStore {
             Some(slot) => slot.record.clone(),
             None => return Err(ManageError::NotFound),
         };
+        let now = self.clock.now();
+        let live = keys.credits_at(micros_since_epoch(now));
         let mut record = KeyRecord::clone(&old);
+        record.credits = live;
         change(&mut record)?;
+        let sets_credits = sets_credits || record.credits != live;
+        if sets_credits && let Some(credits) = &record.credits {
+            check_credits(credits)?;
+        }
         // What identifies a record is not the change's to make.
         record.id.clone_from(&old.id);
         record.owner.clone_from(&old.owner);
         record.created_at = old.created_at;
+        if sets_credits {
+            keys.ledger = record
+                .credits
+                .map(|c| Ledger::new(c, micros_since_epoch(now)));
+        }
         if record.status == KeyStatus::Revoked && keys.revoked_at.is_none() {
-            keys.revoked_at = Some(self.clock.now());
+            keys.revoked_at = Some(now);
         }
         let shared = Arc::new(record.clone());
         for d in &keys.digests {
@@ -338,6 +392,7 @@ impl MemoryStore {
             }
         };
         keys.digests.insert(0, key.digest());
+        let record = self.live(&keys, &record);
         Ok(IssuedKey::new(key, KeyRecord::clone(&record)))
     }
 
@@ -433,6 +488,32 @@ impl fmt::Debug for MemoryStore {
             .field("records", &self.len())
             .field("format", &self.inner.format)
             .finish_non_exhaustive()
+    }
+}
+
+/// Every answer is ready at once: a spend takes the record's entry lock for one subtraction.
+impl CreditStore for MemoryStore {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        let outcome = match self.inner.by_id.get_mut(id) {
+            Some(mut keys) => {
+                let now = self.now_micros();
+                match &mut keys.ledger {
+                    Some(ledger) => ledger.spend(cost, now),
+                    None => CreditOutcome::NoBudget,
+                }
+            }
+            None => CreditOutcome::NoBudget,
+        };
+        MaybeReady::ready(Ok(outcome))
+    }
+
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        let credits = self
+            .inner
+            .by_id
+            .get(id)
+            .and_then(|keys| keys.credits_at(self.now_micros()));
+        MaybeReady::ready(Ok(credits))
     }
 }
 
@@ -551,6 +632,88 @@ mod tests {
         assert_eq!(store.inner.by_id.get("k").unwrap().digests.len(), 2);
         store.remove("k").unwrap();
         assert!(store.inner.by_digest.is_empty());
+    }
+
+    fn spend(store: &MemoryStore, id: &str, cost: u32) -> CreditOutcome {
+        let mut check = CreditStore::spend(store, id, cost);
+        check
+            .take_ready()
+            .expect("memory spends are ready")
+            .unwrap()
+    }
+
+    #[test]
+    fn credits_are_counted_refilled_and_set_by_updates_only() {
+        use crate::key::Refill;
+        let clock = ManualClock::new();
+        let store = MemoryStore::new().with_clock(clock.clone());
+        let refill = Refill::new(3, Duration::from_secs(60));
+        let key = store
+            .issue(KeyRecord::new("k", "o").with_credits(Credits::new(2).with_refill(refill)))
+            .unwrap();
+        assert_eq!(spend(&store, "k", 2), CreditOutcome::Spent { remaining: 0 });
+        assert_eq!(
+            spend(&store, "k", 1),
+            CreditOutcome::Exhausted {
+                refill_in: Some(Duration::from_secs(60))
+            }
+        );
+        assert_eq!(store.get("k").unwrap().credits.unwrap().remaining, 0);
+        // A lookup shows the credits as of the last change; it allocates nothing.
+        assert_eq!(lookup(&store, &key).unwrap().credits.unwrap().remaining, 2);
+
+        // Other changes keep the count.
+        store
+            .update("k", |r| r.scopes = ["x"].into_iter().collect())
+            .unwrap();
+        store
+            .update_record("k", &KeyUpdate::new().tier(Some("gold")))
+            .unwrap();
+        assert_eq!(store.get("k").unwrap().credits.unwrap().remaining, 0);
+        assert_eq!(store.get("k").unwrap().tier.as_deref(), Some("gold"));
+
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(
+            spend(&store, "k", 1),
+            CreditOutcome::Exhausted {
+                refill_in: Some(Duration::from_secs(1))
+            }
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(spend(&store, "k", 1), CreditOutcome::Spent { remaining: 2 });
+
+        // Setting the credits, even to what they are, restarts the schedule.
+        clock.advance(Duration::from_secs(30));
+        let set = Credits::new(2).with_refill(refill);
+        let record = store
+            .update_record("k", &KeyUpdate::new().credits(Some(set)))
+            .unwrap();
+        assert_eq!(record.credits, Some(set));
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(spend(&store, "k", 1), CreditOutcome::Spent { remaining: 1 });
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(spend(&store, "k", 1), CreditOutcome::Spent { remaining: 2 });
+
+        // A closure that changes the credits sets them; one that removes them removes them.
+        store
+            .update("k", |r| r.credits = Some(Credits::new(9)))
+            .unwrap();
+        assert_eq!(spend(&store, "k", 9), CreditOutcome::Spent { remaining: 0 });
+        store.update("k", |r| r.credits = None).unwrap();
+        assert_eq!(spend(&store, "k", 1), CreditOutcome::NoBudget);
+        assert_eq!(spend(&store, "nope", 1), CreditOutcome::NoBudget);
+
+        // Out-of-range budgets are refused, and change nothing.
+        let too_many = Credits::new(crate::store::MAX_CREDITS + 1);
+        assert!(matches!(
+            store.update_record("k", &KeyUpdate::new().credits(Some(too_many))),
+            Err(ManageError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.issue(KeyRecord::new("k2", "o").with_credits(too_many)),
+            Err(ManageError::Invalid(_))
+        ));
+        assert!(store.get("k2").is_none());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #![doc = include_str!("../../docs/keys-and-stores.md")]
 
 mod cached;
+mod credits;
 mod invalidate;
 mod manager;
 mod memory;
@@ -13,6 +14,9 @@ mod redis;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use self::redis::RedisStore;
 pub use cached::{CachedStore, CachedStoreBuilder, Invalidator};
+pub use credits::{
+    CreditCheck, CreditOutcome, CreditStore, MAX_CREDITS, MAX_REFILL_EVERY, check_credits,
+};
 pub use invalidate::Invalidate;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

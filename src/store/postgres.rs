@@ -10,21 +10,23 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, Row};
 
+use super::credits::{check_credits, every_micros, refill_of};
 use super::manager::check_new_record;
 use super::{
-    Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, LookupResult,
-    ManageError, ManageFuture, Page, StoreError,
+    CreditCheck, CreditOutcome, CreditStore, Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore,
+    KeyUpdate, Lookup, LookupResult, ManageError, ManageFuture, Page, StoreError,
 };
-use crate::BoxError;
-use crate::key::{KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
+use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
 use crate::limits::Limits;
 use crate::outage::Chain;
+use crate::{BoxError, MaybeReady};
 
 /// The tables of a [`PostgresStore`], as SQL, with `{schema}` standing for the schema's name.
 ///
 /// [`PostgresStore::migrate`] applies it to the store's schema (replacing `{schema}`) in one
 /// transaction, under an advisory lock, so that instances starting together do not race; every
-/// statement is `IF NOT EXISTS`, so running it again changes nothing. Services that run their
+/// statement is `IF NOT EXISTS` (or checks first), so running it again changes nothing, and a
+/// database made by an earlier version gains the newer columns. Services that run their
 /// migrations with their own tool can take this text instead, with `{schema}` replaced by a
 /// plain lowercase identifier (such as `public`).
 ///
@@ -32,9 +34,13 @@ use crate::outage::Chain;
 ///
 /// - `keygate_records`: one row per record: `id` (primary key, compared byte by byte, so
 ///   pages come in the same order as in every other store), `owner` (indexed, for listing),
-///   `scopes text[]`, `quota` (a quota's text, such as `100/min`), `status` (`active`,
-///   `disabled` or `revoked`), `expires_at`, `created_at`, `revoked_at` (set when the record is
-///   revoked) and `metadata` (a JSON object of strings);
+///   `scopes text[]`, `quota` (the text of a list of limits, such as `10/s;burst=20,
+///   10000/d;fixed`), `tier`, `status` (`active`, `disabled` or `revoked`), `expires_at`,
+///   `created_at`, `revoked_at` (set when the record is revoked), `metadata` (a JSON object of
+///   strings), and the key's credits, all `NULL` when it has no budget: `credits_remaining`
+///   (as of `credits_refilled_at`), `credits_refill_amount` and `credits_refill_every_us` (the
+///   refill schedule, in microseconds; both `NULL` without one) and `credits_refilled_at` (when
+///   the credits were set or last refilled);
 /// - `keygate_digests`: one row per key: `digest` (the 32 bytes of the SHA-256 of the key,
 ///   primary key), `record_id` (deleted with its record) and `retire_at` (when a key rotated
 ///   out stops working; `NULL` for current keys).
@@ -49,8 +55,9 @@ use crate::outage::Chain;
 /// let sql = POSTGRES_MIGRATION.replace("{schema}", "public");
 /// assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "public".keygate_records"#));
 /// assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "public".keygate_digests"#));
+/// assert!(sql.contains("ADD COLUMN IF NOT EXISTS credits_remaining"));
 /// ```
-pub const POSTGRES_MIGRATION: &str = r#"-- keygate key store, schema version 1: records, and the digests of their keys.
+pub const POSTGRES_MIGRATION: &str = r#"-- keygate key store, schema version 2: records, and the digests of their keys.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{schema}') THEN
@@ -90,6 +97,35 @@ CREATE TABLE IF NOT EXISTS "{schema}".keygate_digests (
 );
 
 CREATE INDEX IF NOT EXISTS keygate_digests_record_id ON "{schema}".keygate_digests (record_id);
+
+-- Version 2: tiers and credits.
+ALTER TABLE "{schema}".keygate_records
+    ADD COLUMN IF NOT EXISTS tier                    text,
+    ADD COLUMN IF NOT EXISTS credits_remaining       bigint,
+    ADD COLUMN IF NOT EXISTS credits_refill_amount   bigint,
+    ADD COLUMN IF NOT EXISTS credits_refill_every_us bigint,
+    ADD COLUMN IF NOT EXISTS credits_refilled_at     timestamptz;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_constraint
+        WHERE conname = 'keygate_records_credits'
+          AND conrelid = '"{schema}".keygate_records'::regclass
+    ) THEN
+        ALTER TABLE "{schema}".keygate_records ADD CONSTRAINT keygate_records_credits CHECK (
+            (credits_remaining IS NULL AND credits_refilled_at IS NULL
+             AND credits_refill_amount IS NULL AND credits_refill_every_us IS NULL)
+            OR (credits_remaining IS NOT NULL AND credits_remaining >= 0
+                AND credits_refilled_at IS NOT NULL
+                AND ((credits_refill_amount IS NULL AND credits_refill_every_us IS NULL)
+                     OR (credits_refill_amount IS NOT NULL AND credits_refill_amount >= 0
+                         AND credits_refill_every_us IS NOT NULL
+                         AND credits_refill_every_us > 0)))
+        );
+    END IF;
+END
+$$;
 "#;
 
 /// The schema a store uses unless told otherwise ([`PostgresStore::schema`]).
@@ -149,6 +185,13 @@ const KEY_ATTEMPTS: usize = 8;
 /// deleted, `digest:<64 hex digits>` when a key was created. [`watch`](Self::watch) listens to
 /// them and tells a cache (an [`Invalidate`]) what to forget, so that every instance's cache
 /// sees a change made by any of them.
+///
+/// **Credits.** It is a [`CreditStore`]: a spend is one `UPDATE … RETURNING` statement that
+/// applies a refill that came due, then takes the cost away only if enough credits remain,
+/// which PostgreSQL checks again on the row as it is once it holds its lock; so spends from any
+/// number of instances never take the count below zero. Refills are timed by the database's
+/// clock. Spends and reads of the count wait at most the [`timeout`](Self::timeout), as
+/// lookups do. Counts are kept up to [`MAX_CREDITS`](super::MAX_CREDITS).
 ///
 /// Cloning is cheap: clones share the pool and the settings. `Debug` shows the settings, never
 /// the connection's credentials.
@@ -379,6 +422,9 @@ impl PostgresStore {
     ) -> Result<KeyRecord, ManageError> {
         check_new_record(&record)?;
         check_storable(&record)?;
+        if let Some(credits) = &record.credits {
+            check_credits(credits)?;
+        }
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let result = self.insert_in(&mut tx, &digest, &record).await;
         finish(tx, result).await
@@ -390,6 +436,7 @@ impl PostgresStore {
         digest: &KeyDigest,
         record: &KeyRecord,
     ) -> Result<KeyRecord, ManageError> {
+        let (remaining, amount, every) = credit_params(record.credits.as_ref());
         let row = sqlx::query(&self.sql().insert_record)
             .bind(&record.id)
             .bind(&record.owner)
@@ -399,6 +446,10 @@ impl PostgresStore {
             .bind(record.expires_at.map(to_micros))
             .bind(record.created_at.map(to_micros))
             .bind(metadata_json(&record.metadata)?)
+            .bind(record.tier.as_deref())
+            .bind(remaining)
+            .bind(amount)
+            .bind(every)
             .fetch_optional(&mut *conn)
             .await
             .map_err(unavailable)?;
@@ -507,6 +558,11 @@ impl PostgresStore {
         let mut record = self.lock_record(conn, id).await?;
         update.apply(&mut record)?;
         check_storable(&record)?;
+        let sets_credits = update.credits.is_some();
+        if sets_credits && let Some(credits) = &record.credits {
+            check_credits(credits)?;
+        }
+        let (remaining, amount, every) = credit_params(record.credits.as_ref());
         let row = sqlx::query(&self.sql().update)
             .bind(id)
             .bind(scopes_vec(&record.scopes))
@@ -514,6 +570,11 @@ impl PostgresStore {
             .bind(status_text(record.status))
             .bind(record.expires_at.map(to_micros))
             .bind(metadata_json(&record.metadata)?)
+            .bind(record.tier.as_deref())
+            .bind(sets_credits)
+            .bind(remaining)
+            .bind(amount)
+            .bind(every)
             .fetch_optional(&mut *conn)
             .await
             .map_err(unavailable)?
@@ -659,6 +720,86 @@ impl KeyStore for PostgresStore {
             }
         })
     }
+}
+
+/// Each call is one statement on the pool, within the store's [`timeout`](PostgresStore::timeout)
+/// (then [`StoreError::Timeout`]), on the database's clock.
+impl CreditStore for PostgresStore {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        if id.contains('\0') {
+            return MaybeReady::ready(Ok(CreditOutcome::NoBudget));
+        }
+        let pool = self.pool.clone();
+        let sql = self.settings.sql.clone();
+        let timeout = self.settings.timeout;
+        let id = id.to_owned();
+        MaybeReady::pending(async move {
+            let spend = async {
+                sqlx::query(&sql.spend)
+                    .bind(&id)
+                    .bind(i64::from(cost))
+                    .fetch_optional(&pool)
+                    .await
+            };
+            let row = match tokio::time::timeout(timeout, spend).await {
+                Ok(row) => row.map_err(StoreError::unavailable)?,
+                Err(_) => return Err(StoreError::Timeout),
+            };
+            spend_outcome(row.as_ref()).map_err(StoreError::Unavailable)
+        })
+    }
+
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        if id.contains('\0') {
+            return MaybeReady::ready(Ok(None));
+        }
+        let pool = self.pool.clone();
+        let sql = self.settings.sql.clone();
+        let timeout = self.settings.timeout;
+        let id = id.to_owned();
+        MaybeReady::pending(async move {
+            let read = async {
+                sqlx::query(&sql.credits)
+                    .bind(&id)
+                    .fetch_optional(&pool)
+                    .await
+            };
+            let row = match tokio::time::timeout(timeout, read).await {
+                Ok(row) => row.map_err(StoreError::unavailable)?,
+                Err(_) => return Err(StoreError::Timeout),
+            };
+            match row {
+                Some(row) => credits_from_row(&row, 0).map_err(|()| {
+                    StoreError::unavailable(format!(
+                        "record {id:?}: the credits columns are not credits"
+                    ))
+                }),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+/// What the row of a spend says: the count left when it spent, whether the key has a budget,
+/// and when the next refill comes (µs).
+fn spend_outcome(row: Option<&PgRow>) -> Result<CreditOutcome, BoxError> {
+    let Some(row) = row else {
+        return Ok(CreditOutcome::NoBudget);
+    };
+    let spent: Option<i64> = row.try_get(0)?;
+    let budget: bool = row.try_get(1)?;
+    let refill_in: Option<i64> = row.try_get(2)?;
+    Ok(match spent {
+        Some(remaining) => CreditOutcome::Spent {
+            remaining: u64::try_from(remaining)
+                .map_err(|_| "the credits column holds a negative count")?,
+        },
+        None if !budget => CreditOutcome::NoBudget,
+        None => CreditOutcome::Exhausted {
+            refill_in: refill_in
+                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0).max(1))),
+        },
+    })
 }
 
 async fn find(pool: &PgPool, sql: &str, digest: &KeyDigest) -> LookupResult {
@@ -882,6 +1023,8 @@ fn digest_payload(digest: &KeyDigest) -> String {
 struct Sql {
     migration: String,
     lookup: String,
+    spend: String,
+    credits: String,
     get: String,
     get_for_update: String,
     list: String,
@@ -901,8 +1044,19 @@ impl Sql {
         let digests = format!(r#""{schema}".keygate_digests"#);
         let expires = micros("r.expires_at");
         let created = micros("r.created_at");
+        // The credits as of now: a refill that came due applied (the stored row is brought up
+        // to date by the next spend).
+        let elapsed = "(extract(epoch FROM (now() - r.credits_refilled_at)) * 1000000)::bigint";
+        let due = format!(
+            "(r.credits_refill_every_us IS NOT NULL AND {elapsed} >= r.credits_refill_every_us)"
+        );
+        let available =
+            format!("CASE WHEN {due} THEN r.credits_refill_amount ELSE r.credits_remaining END");
+        let credits =
+            format!("r.tier, {available}, r.credits_refill_amount, r.credits_refill_every_us");
         let columns = format!(
-            "r.id, r.owner, r.scopes, r.quota, r.status, {expires}, {created}, r.metadata::text"
+            "r.id, r.owner, r.scopes, r.quota, r.status, {expires}, {created}, r.metadata::text, \
+             {credits}"
         );
         // A lookup's expiry: the record's, cut to the end of the key's grace when it is rotated
         // out (so that a cache stops serving it on time), and the epoch once the database's
@@ -911,14 +1065,45 @@ impl Sql {
         let lookup_columns = format!(
             "r.id, r.owner, r.scopes, r.quota, r.status, \
              CASE WHEN {until} <= now() THEN 0::bigint ELSE {until_us} END, \
-             {created}, r.metadata::text",
+             {created}, r.metadata::text, {credits}",
             until_us = micros(until),
+        );
+        // When the next refill comes, from the row as it is: the interval less the time into
+        // the current one.
+        let refill_in = format!(
+            "CASE WHEN {elapsed} < 0 THEN r.credits_refill_every_us - {elapsed} \
+                  ELSE r.credits_refill_every_us - {elapsed} % r.credits_refill_every_us END"
         );
         Self {
             migration: POSTGRES_MIGRATION.replace("{schema}", schema),
             lookup: format!(
                 "SELECT {lookup_columns} FROM {digests} d JOIN {records} r ON r.id = d.record_id \
                  WHERE d.digest = $1 AND (d.retire_at IS NULL OR d.retire_at > now())"
+            ),
+            // One statement: the update spends (a refill that came due applied first) when
+            // enough credits remain, re-checked on the row as it is once its lock is had; the
+            // select tells a key without a budget from one with too few credits, and when the
+            // next refill comes.
+            spend: format!(
+                "WITH spent AS ( \
+                   UPDATE {records} AS r SET \
+                     credits_remaining = {available} - $2::bigint, \
+                     credits_refilled_at = CASE WHEN {due} \
+                       THEN r.credits_refilled_at + ({elapsed} / r.credits_refill_every_us \
+                            * r.credits_refill_every_us) * interval '1 microsecond' \
+                       ELSE r.credits_refilled_at END \
+                   WHERE r.id = $1 AND r.credits_remaining IS NOT NULL \
+                     AND {available} >= $2::bigint \
+                   RETURNING r.credits_remaining) \
+                 SELECT (SELECT credits_remaining FROM spent), \
+                        r.credits_remaining IS NOT NULL, \
+                        CASE WHEN r.credits_refill_every_us IS NOT NULL \
+                              AND r.credits_refill_amount >= $2::bigint THEN {refill_in} END \
+                 FROM {records} r WHERE r.id = $1"
+            ),
+            credits: format!(
+                "SELECT {available}, r.credits_refill_amount, r.credits_refill_every_us \
+                 FROM {records} r WHERE r.id = $1"
             ),
             get: format!("SELECT {columns} FROM {records} r WHERE r.id = $1"),
             get_for_update: format!("SELECT {columns} FROM {records} r WHERE r.id = $1 FOR UPDATE"),
@@ -929,9 +1114,13 @@ impl Sql {
             ),
             insert_record: format!(
                 "INSERT INTO {records} AS r \
-                 (id, owner, scopes, quota, status, expires_at, created_at, revoked_at, metadata) \
+                 (id, owner, scopes, quota, status, expires_at, created_at, revoked_at, metadata, \
+                  tier, credits_remaining, credits_refill_amount, credits_refill_every_us, \
+                  credits_refilled_at) \
                  VALUES ($1, $2, $3, $4, $5::text, {at6}, COALESCE({at7}, now()), \
-                         CASE WHEN $5::text = 'revoked' THEN now() END, $8::jsonb) \
+                         CASE WHEN $5::text = 'revoked' THEN now() END, $8::jsonb, \
+                         $9::text, $10::bigint, $11::bigint, $12::bigint, \
+                         CASE WHEN $10::bigint IS NULL THEN NULL ELSE now() END) \
                  ON CONFLICT (id) DO NOTHING \
                  RETURNING {columns}",
                 at6 = timestamp("$6"),
@@ -945,7 +1134,16 @@ impl Sql {
                 "UPDATE {records} AS r SET scopes = $2, quota = $3, status = $4::text, \
                  expires_at = {at5}, metadata = $6::jsonb, \
                  revoked_at = CASE WHEN $4::text = 'revoked' THEN COALESCE(r.revoked_at, now()) \
-                                   ELSE r.revoked_at END \
+                                   ELSE r.revoked_at END, \
+                 tier = $7::text, \
+                 credits_remaining = CASE WHEN $8::boolean THEN $9::bigint \
+                                          ELSE r.credits_remaining END, \
+                 credits_refill_amount = CASE WHEN $8::boolean THEN $10::bigint \
+                                              ELSE r.credits_refill_amount END, \
+                 credits_refill_every_us = CASE WHEN $8::boolean THEN $11::bigint \
+                                                ELSE r.credits_refill_every_us END, \
+                 credits_refilled_at = CASE WHEN NOT $8::boolean THEN r.credits_refilled_at \
+                                            WHEN $9::bigint IS NULL THEN NULL ELSE now() END \
                  WHERE r.id = $1 RETURNING {columns}",
                 at5 = timestamp("$5"),
             ),
@@ -1031,6 +1229,9 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, BoxError> {
     let expires_at: Option<i64> = row.try_get(5)?;
     let created_at: Option<i64> = row.try_get(6)?;
     let metadata: String = row.try_get(7)?;
+    let tier: Option<String> = row.try_get(8)?;
+    let credits = credits_from_row(row, 9)
+        .map_err(|()| format!("record {id:?}: the credits columns are not credits"))?;
     let quota = match quota {
         Some(text) => Some(
             text.parse::<Limits>()
@@ -1051,10 +1252,39 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, BoxError> {
         .with_scopes(scopes)
         .with_status(status);
     record.quota = quota;
+    record.tier = tier;
+    record.credits = credits;
     record.expires_at = expires_at.map(from_micros);
     record.created_at = created_at.map(from_micros);
     record.metadata = metadata;
     Ok(record)
+}
+
+/// The credits in the columns `at` (remaining), `at + 1` (refill amount) and `at + 2` (refill
+/// interval, µs) of `row`.
+fn credits_from_row(row: &PgRow, at: usize) -> Result<Option<Credits>, ()> {
+    let remaining: Option<i64> = row.try_get(at).map_err(drop)?;
+    let amount: Option<i64> = row.try_get(at + 1).map_err(drop)?;
+    let every: Option<i64> = row.try_get(at + 2).map_err(drop)?;
+    let Some(remaining) = remaining else {
+        return Ok(None);
+    };
+    let mut credits = Credits::new(u64::try_from(remaining).map_err(drop)?);
+    credits.refill = refill_of(amount, every)?;
+    Ok(Some(credits))
+}
+
+/// The credit columns' parameters of `credits`: remaining, refill amount, refill interval (µs).
+fn credit_params(credits: Option<&Credits>) -> (Option<i64>, Option<i64>, Option<i64>) {
+    let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    match credits {
+        None => (None, None, None),
+        Some(c) => (
+            Some(count(c.remaining)),
+            c.refill.map(|r| count(r.amount)),
+            c.refill.map(|r| every_micros(r.every)),
+        ),
+    }
 }
 
 /// PostgreSQL's `text` and `jsonb` cannot hold NUL characters: a record whose scopes or
@@ -1067,6 +1297,9 @@ fn check_storable(record: &KeyRecord) -> Result<(), ManageError> {
     }
     if record.metadata.iter().any(|(k, v)| nul(k) || nul(v)) {
         return Err(ManageError::invalid("the metadata has a NUL character"));
+    }
+    if record.tier.as_deref().is_some_and(nul) {
+        return Err(ManageError::invalid("the tier has a NUL character"));
     }
     Ok(())
 }

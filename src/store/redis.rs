@@ -14,13 +14,14 @@ use ::redis::{Client, FromRedisValue, Msg, RedisError, Script, ScriptInvocation}
 use futures_core::Stream;
 use serde::{Deserialize, Serialize};
 
+use super::credits::{Ledger, check_credits, every_micros, refill_of};
 use super::manager::check_new_record;
 use super::{
-    Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore, KeyUpdate, Lookup, LookupResult,
-    ManageError, ManageFuture, Page, StoreError,
+    CreditCheck, CreditOutcome, CreditStore, Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore,
+    KeyUpdate, Lookup, LookupResult, ManageError, ManageFuture, Page, StoreError,
 };
-use crate::Limits;
-use crate::key::{KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
+use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
+use crate::{Limits, MaybeReady};
 
 /// The key prefix a [`RedisStore`] uses unless told otherwise ([`RedisStore::prefix`]).
 const DEFAULT_PREFIX: &str = "keygate:keys:";
@@ -58,7 +59,9 @@ const THOUSAND_YEARS_US: u64 = 1000 * 365 * 86_400 * 1_000_000;
 // Layout, under the prefix P (see the type's documentation):
 //   P d:{hex}    hash: id (the record's key part), retire (µs since the epoch, Redis's clock)
 //   P r:{id}     hash: id, owner, okey (the owner's key part), record (JSON), created (ns),
-//                      revoked (µs), digests (hex, newest first, space-separated), ver
+//                      revoked (µs), digests (hex, newest first, space-separated), ver, and
+//                      for a key with a budget: credits (the count as of refilled),
+//                      refilled (µs), refill_amount and refill_every (µs) when refilled
 //   P o:{owner}  sorted set of the owner's ids, all of score 0
 //   P ids        sorted set of every id, all of score 0
 //   P events     the pub/sub channel
@@ -68,23 +71,26 @@ const THOUSAND_YEARS_US: u64 = 1000 * 365 * 86_400 * 1_000_000;
 /// clock.
 const LOOKUP_LUA: &str = r"-- keygate RedisStore: look a key up.
 -- KEYS[1]: the key's digest entry. ARGV[1]: the prefix of record entries.
--- Returns {record JSON, created, retire}, or nil for an unknown or retired key.
+-- Returns {record JSON, created, retire, credits, refill_amount, refill_every, refilled, now},
+-- or nil for an unknown or retired key.
 local key = redis.call('HMGET', KEYS[1], 'id', 'retire')
 if not key[1] then return false end
-if key[2] then
-  local t = redis.call('TIME')
-  if tonumber(key[2]) <= tonumber(t[1]) * 1000000 + tonumber(t[2]) then return false end
-end
-local record = redis.call('HMGET', ARGV[1] .. key[1], 'record', 'created')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if key[2] and tonumber(key[2]) <= now then return false end
+local record = redis.call('HMGET', ARGV[1] .. key[1], 'record', 'created',
+  'credits', 'refill_amount', 'refill_every', 'refilled')
 if not record[1] then return false end
-return {record[1], record[2], key[2]}
+return {record[1], record[2], key[2], record[3], record[4], record[5], record[6],
+  string.format('%.0f', now)}
 ";
 
 /// Creates a record with one key.
 const INSERT_LUA: &str = r"-- keygate RedisStore: create a record with one key.
 -- KEYS: the record, the key's digest entry, the owner's index, the index of ids.
 -- ARGV: id, owner, owner's key part, record JSON, created (ns, or '' for now), revoked ('1' or
--- '0'), digest (hex), id's key part, channel.
+-- '0'), digest (hex), id's key part, channel, credits ('' for none), refill amount and refill
+-- interval (µs; '' for none).
 -- Returns {0, created}, {1, ''} for a taken id, {2, ''} for a taken key.
 if redis.replicate_commands then redis.replicate_commands() end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {1, ''} end
@@ -96,6 +102,12 @@ if created == '' then created = micros .. '000' end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'owner', ARGV[2], 'okey', ARGV[3],
   'record', ARGV[4], 'created', created, 'digests', ARGV[7], 'ver', 1)
 if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'revoked', micros) end
+if ARGV[10] ~= '' then
+  redis.call('HSET', KEYS[1], 'credits', ARGV[10], 'refilled', micros)
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[1], 'refill_amount', ARGV[11], 'refill_every', ARGV[12])
+  end
+end
 redis.call('HSET', KEYS[2], 'id', ARGV[8])
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
@@ -106,7 +118,8 @@ return {0, created}
 /// Replaces a record's fields if it is still the version that was read.
 const UPDATE_LUA: &str = r"-- keygate RedisStore: replace a record's fields.
 -- KEYS[1]: the record. ARGV: the version read, the new record JSON, revoked ('1' or '0'),
--- channel.
+-- channel, credits ('keep', or 'set' to set them to the next three), credits ('' for none),
+-- refill amount and refill interval (µs; '' for none).
 -- Returns 0, 1 for no such record, 2 when it changed since it was read.
 if redis.replicate_commands then redis.replicate_commands() end
 local f = redis.call('HMGET', KEYS[1], 'ver', 'id')
@@ -118,8 +131,58 @@ if ARGV[3] == '1' and redis.call('HEXISTS', KEYS[1], 'revoked') == 0 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[1], 'revoked', t[1] .. string.format('%06d', tonumber(t[2])))
 end
+if ARGV[5] == 'set' then
+  redis.call('HDEL', KEYS[1], 'credits', 'refill_amount', 'refill_every', 'refilled')
+  if ARGV[6] ~= '' then
+    local t = redis.call('TIME')
+    redis.call('HSET', KEYS[1], 'credits', ARGV[6],
+      'refilled', t[1] .. string.format('%06d', tonumber(t[2])))
+    if ARGV[7] ~= '' then
+      redis.call('HSET', KEYS[1], 'refill_amount', ARGV[7], 'refill_every', ARGV[8])
+    end
+  end
+end
 redis.call('PUBLISH', ARGV[4], 'id:' .. f[2])
 return 0
+";
+
+/// Spends a key's credits, applying a refill that came due first.
+const SPEND_LUA: &str = r"-- keygate RedisStore: spend credits.
+-- KEYS[1]: the record. ARGV[1]: the cost.
+-- Returns {0} for no budget, {1, remaining} when spent, {2, µs to the next refill or -1} when
+-- too few credits remain (nothing is spent).
+if redis.replicate_commands then redis.replicate_commands() end
+local f = redis.call('HMGET', KEYS[1], 'credits', 'refill_amount', 'refill_every', 'refilled')
+local remaining = tonumber(f[1] or '')
+if not remaining then return {0} end
+local cost = tonumber(ARGV[1])
+local amount = tonumber(f[2] or '')
+local every = tonumber(f[3] or '')
+local refilled = tonumber(f[4] or '')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local refill = amount and every and refilled and every > 0
+local due = false
+if refill and now - refilled >= every then
+  -- Whole intervals only, so that the schedule keeps its beat.
+  local k = math.floor((now - refilled) / every)
+  while k > 0 and refilled + k * every > now do k = k - 1 end
+  refilled = refilled + k * every
+  remaining = amount
+  due = true
+end
+if remaining >= cost then
+  remaining = remaining - cost
+  redis.call('HSET', KEYS[1], 'credits', string.format('%.0f', remaining))
+  if due then redis.call('HSET', KEYS[1], 'refilled', string.format('%.0f', refilled)) end
+  return {1, remaining}
+end
+if due then
+  redis.call('HSET', KEYS[1], 'credits', string.format('%.0f', remaining),
+    'refilled', string.format('%.0f', refilled))
+end
+if refill and amount >= cost then return {2, refilled + every - now} end
+return {2, -1}
 ";
 
 /// Adds a key to a record, retiring its current keys after a grace.
@@ -245,6 +308,10 @@ static UPDATE: LazyLock<Script> = LazyLock::new(|| Script::new(UPDATE_LUA));
 static ROTATE: LazyLock<Script> = LazyLock::new(|| Script::new(ROTATE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| Script::new(DELETE_LUA));
 static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_LUA));
+static SPEND: LazyLock<Script> = LazyLock::new(|| Script::new(SPEND_LUA));
+
+/// The fields of a record's entry that hold its credits, in the order [`ledger_of`] reads them.
+const CREDIT_FIELDS: [&str; 4] = ["credits", "refill_amount", "refill_every", "refilled"];
 
 /// The key store on Redis: every process that uses the same Redis (and prefix) shares the same
 /// keys, and hears of every change through pub/sub.
@@ -262,6 +329,13 @@ static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_LUA));
 /// Every change is atomic: one script, which checks that the record is still the version that
 /// was read, and tries again when another change came first.
 ///
+/// **Credits.** It is a [`CreditStore`]: a spend is one script (one round trip) that applies a
+/// refill that came due, by Redis's clock, and takes the cost away only if enough credits
+/// remain, so spends from any number of instances never take the count below zero. The count
+/// lives in fields of the record's hash of its own: a spend never rewrites the record, nor
+/// tells the watchers. Spends and reads of the count wait at most the
+/// [`timeout`](Self::timeout), as lookups do.
+///
 /// **Notifications.** Each change publishes, from inside its script, to the channel
 /// `{prefix}events` ([`channel`](Self::channel)): `id:<id>` when a record was updated, revoked,
 /// rotated, deleted or purged, and `digest:<64 hex digits>` for a newly created key (issue,
@@ -272,7 +346,7 @@ static PURGE: LazyLock<Script> = LazyLock::new(|| Script::new(PURGE_LUA));
 /// | key | type | holds |
 /// |---|---|---|
 /// | `{prefix}d:{digest in hex}` | hash | the record's id and, once rotated out, the key's retire time |
-/// | `{prefix}r:{id}` | hash | the record (JSON), its digests, created and revoked times, a version |
+/// | `{prefix}r:{id}` | hash | the record (JSON), its digests, created and revoked times, a version, its credits |
 /// | `{prefix}o:{owner}` | sorted set | the owner's ids, for [`list`](KeyManager::list) |
 /// | `{prefix}ids` | sorted set | every id, for [`purge`](KeyManager::purge) |
 ///
@@ -341,7 +415,7 @@ impl RedisStore {
             Err(_) => return Err(StoreError::Timeout),
         };
         let store = Self::new(client, conn);
-        let scripts: [&Script; 6] = [&LOOKUP, &INSERT, &UPDATE, &ROTATE, &DELETE, &PURGE];
+        let scripts: [&Script; 7] = [&LOOKUP, &INSERT, &UPDATE, &ROTATE, &DELETE, &PURGE, &SPEND];
         crate::redis_conn::load_scripts(&store.inner.conn, &scripts)
             .await
             .map_err(|e| {
@@ -567,23 +641,29 @@ impl RedisStore {
         }
     }
 
-    /// The record `id` as stored, with its version; `None` if there is none.
+    /// The record `id` as stored, with its live credits and its version; `None` if there is
+    /// none.
     async fn read(&self, id: &str) -> Result<Option<(KeyRecord, String)>, ManageError> {
         let mut conn = self.inner.conn.clone();
-        let mut cmd = ::redis::cmd("HMGET");
-        cmd.arg(self.record_key(id))
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.record_key(id))
             .arg("record")
             .arg("created")
-            .arg("ver");
-        let fields: Vec<Option<String>> = self.query(cmd.query_async(&mut conn)).await?;
-        let mut fields = fields.into_iter();
+            .arg("ver")
+            .arg(&CREDIT_FIELDS)
+            .cmd("TIME");
+        let (fields, time): (Vec<Option<String>>, (i64, i64)) =
+            self.query(pipe.query_async(&mut conn)).await?;
         let (Some(Some(json)), Some(created), Some(Some(ver))) =
-            (fields.next(), fields.next(), fields.next())
+            (fields.first(), fields.get(1), fields.get(2))
         else {
             return Ok(None);
         };
-        let record = decode(&json, created.as_deref()).map_err(ManageError::unavailable)?;
-        Ok(Some((record, ver)))
+        let mut record = decode(json, created.as_deref()).map_err(ManageError::unavailable)?;
+        record.credits = live_credits(fields.get(3..).unwrap_or_default(), time)
+            .map_err(ManageError::unavailable)?;
+        Ok(Some((record, ver.clone())))
     }
 
     async fn insert_record(
@@ -592,7 +672,11 @@ impl RedisStore {
         mut record: KeyRecord,
     ) -> Result<KeyRecord, ManageError> {
         check_new_record(&record)?;
+        if let Some(credits) = &record.credits {
+            check_credits(credits)?;
+        }
         let json = encode(&record).map_err(ManageError::unavailable)?;
+        let [remaining, amount, every] = credit_args(record.credits.as_ref());
         let created = record
             .created_at
             .map(|at| to_nanos(at).to_string())
@@ -615,7 +699,10 @@ impl RedisStore {
             })
             .arg(hex)
             .arg(&*escape(&record.id))
-            .arg(self.channel());
+            .arg(self.channel())
+            .arg(remaining)
+            .arg(amount)
+            .arg(every);
         let (code, created): (i64, String) = self.run(&invocation).await?;
         match code {
             0 => {
@@ -657,7 +744,12 @@ impl RedisStore {
             record.id.clone_from(&old.id);
             record.owner.clone_from(&old.owner);
             record.created_at = old.created_at;
+            let sets_credits = update.credits.is_some();
+            if sets_credits && let Some(credits) = &record.credits {
+                check_credits(credits)?;
+            }
             let json = encode(&record).map_err(ManageError::unavailable)?;
+            let [remaining, amount, every] = credit_args(record.credits.as_ref());
             let mut invocation = UPDATE.key(&key);
             invocation
                 .arg(ver)
@@ -667,7 +759,11 @@ impl RedisStore {
                 } else {
                     "0"
                 })
-                .arg(self.channel());
+                .arg(self.channel())
+                .arg(if sets_credits { "set" } else { "keep" })
+                .arg(remaining)
+                .arg(amount)
+                .arg(every);
             match self.run::<i64>(&invocation).await? {
                 0 => return Ok(record),
                 1 => return Err(ManageError::NotFound),
@@ -741,19 +837,32 @@ impl RedisStore {
             return Ok(KeyPage::new(Vec::new(), page.limit));
         }
         let mut pipe = ::redis::pipe();
+        pipe.cmd("TIME");
         for id in &ids {
             pipe.cmd("HMGET")
                 .arg(self.record_key(id))
                 .arg("record")
-                .arg("created");
+                .arg("created")
+                .arg(&CREDIT_FIELDS);
         }
-        let rows: Vec<Vec<Option<String>>> = self.query(pipe.query_async(&mut conn)).await?;
-        let mut records = Vec::with_capacity(rows.len());
-        for row in rows {
-            let mut fields = row.into_iter();
+        let replies: Vec<::redis::Value> = self.query(pipe.query_async(&mut conn)).await?;
+        let mut replies = replies.into_iter();
+        let time: (i64, i64) = replies
+            .next()
+            .ok_or(Malformed)
+            .and_then(|reply| ::redis::from_redis_value(reply).map_err(|_| Malformed))
+            .map_err(ManageError::unavailable)?;
+        let mut records = Vec::with_capacity(ids.len());
+        for reply in replies {
+            let fields: Vec<Option<String>> =
+                ::redis::from_redis_value(reply).map_err(ManageError::unavailable)?;
             // A record deleted since its id was read is left out.
-            if let (Some(Some(json)), created) = (fields.next(), fields.next().flatten()) {
-                records.push(decode(&json, created.as_deref()).map_err(ManageError::unavailable)?);
+            if let (Some(Some(json)), created) = (fields.first(), fields.get(1)) {
+                let mut record = decode(json, created.and_then(Option::as_deref))
+                    .map_err(ManageError::unavailable)?;
+                record.credits = live_credits(fields.get(2..).unwrap_or_default(), time)
+                    .map_err(ManageError::unavailable)?;
+                records.push(record);
             }
         }
         Ok(KeyPage::new(records, page.limit))
@@ -891,9 +1000,19 @@ fn found(reply: Option<Vec<Option<String>>>) -> LookupResult {
     };
     let created = fields.next().flatten();
     let mut record = decode(&json, created.as_deref()).map_err(StoreError::unavailable)?;
+    let retire = fields.next().flatten();
+    let credit_fields: Vec<Option<String>> = fields.by_ref().take(CREDIT_FIELDS.len()).collect();
+    let now = fields
+        .next()
+        .flatten()
+        .and_then(|now| now.parse::<i64>().ok())
+        .ok_or_else(|| StoreError::unavailable(Malformed))?;
+    record.credits = ledger_of(&credit_fields)
+        .map_err(StoreError::unavailable)?
+        .map(|ledger| ledger.at(now).credits());
     // A key in its grace carries its retire time as expiry when that comes first, so that a
     // cache in front stops serving it on time.
-    if let Some(retire) = fields.next().flatten() {
+    if let Some(retire) = retire {
         let retire = retire
             .parse::<i128>()
             .ok()
@@ -904,6 +1023,60 @@ fn found(reply: Option<Vec<Option<String>>>) -> LookupResult {
         }
     }
     Ok(Some(Arc::new(record)))
+}
+
+/// Each call is one round trip (a script for a spend, a pipeline for a read), within the store's
+/// [`timeout`](RedisStore::timeout), on Redis's clock.
+impl CreditStore for RedisStore {
+    fn spend(&self, id: &str, cost: u32) -> CreditCheck {
+        let key = self.record_key(id);
+        let mut conn = self.inner.conn.clone();
+        let timeout = self.inner.timeout;
+        MaybeReady::pending(async move {
+            let mut invocation = SPEND.key(key);
+            invocation.arg(cost);
+            let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(reply)) => spend_outcome(&reply).map_err(StoreError::unavailable),
+                Ok(Err(e)) => Err(StoreError::unavailable(e)),
+                Err(_) => Err(StoreError::Timeout),
+            }
+        })
+    }
+
+    fn credits(&self, id: &str) -> MaybeReady<Result<Option<Credits>, StoreError>> {
+        let key = self.record_key(id);
+        let mut conn = self.inner.conn.clone();
+        let timeout = self.inner.timeout;
+        MaybeReady::pending(async move {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("HMGET").arg(key).arg(&CREDIT_FIELDS).cmd("TIME");
+            let call = pipe.query_async::<(Vec<Option<String>>, (i64, i64))>(&mut conn);
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok((fields, time))) => {
+                    live_credits(&fields, time).map_err(StoreError::unavailable)
+                }
+                Ok(Err(e)) => Err(StoreError::unavailable(e)),
+                Err(_) => Err(StoreError::Timeout),
+            }
+        })
+    }
+}
+
+/// What a spend script answered.
+fn spend_outcome(reply: &[i64]) -> Result<CreditOutcome, Malformed> {
+    match reply {
+        [0] => Ok(CreditOutcome::NoBudget),
+        [1, remaining] => Ok(CreditOutcome::Spent {
+            remaining: u64::try_from(*remaining).map_err(|_| Malformed)?,
+        }),
+        [2, wait] => Ok(CreditOutcome::Exhausted {
+            refill_in: u64::try_from(*wait)
+                .ok()
+                .map(|us| Duration::from_micros(us.max(1))),
+        }),
+        _ => Err(Malformed),
+    }
 }
 
 impl KeyManager for RedisStore {
@@ -1104,7 +1277,7 @@ async fn unless_closed<T>(sink: &impl Invalidate, work: impl Future<Output = T>)
 // Encoding
 
 /// A stored record the store cannot read.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("a key record stored in Redis is malformed")]
 struct Malformed;
 
@@ -1123,6 +1296,9 @@ struct Stored {
     /// A quota's text (`100/min;burst=20`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     quota: Option<String>,
+    /// The rate-limit tier's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tier: Option<String>,
     /// Nanoseconds since the Unix epoch, in decimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
@@ -1145,6 +1321,7 @@ fn encode(record: &KeyRecord) -> Result<String, serde_json::Error> {
         owner: record.owner.clone(),
         scopes: record.scopes.iter().map(str::to_owned).collect(),
         quota: record.quota.as_ref().map(ToString::to_string),
+        tier: record.tier.clone(),
         expires_at: record.expires_at.map(|at| to_nanos(at).to_string()),
         status: match record.status {
             KeyStatus::Active => Status::Active,
@@ -1171,6 +1348,7 @@ fn decode(json: &str, created: Option<&str>) -> Result<KeyRecord, Malformed> {
     let mut record = KeyRecord::new(stored.id, stored.owner);
     record.scopes = stored.scopes.into_iter().collect::<Scopes>();
     record.quota = quota;
+    record.tier = stored.tier;
     record.expires_at = stored.expires_at.as_deref().map(time).transpose()?;
     record.status = match stored.status {
         Status::Active => KeyStatus::Active,
@@ -1180,6 +1358,47 @@ fn decode(json: &str, created: Option<&str>) -> Result<KeyRecord, Malformed> {
     record.metadata = stored.metadata;
     record.created_at = created.map(time).transpose()?;
     Ok(record)
+}
+
+/// The ledger of a record's [`CREDIT_FIELDS`]: `None` for a key without a budget.
+fn ledger_of(fields: &[Option<String>]) -> Result<Option<Ledger>, Malformed> {
+    let number = |at: usize| -> Result<Option<i64>, Malformed> {
+        match fields.get(at).and_then(Option::as_deref) {
+            Some(text) => text.parse().map(Some).map_err(|_| Malformed),
+            None => Ok(None),
+        }
+    };
+    let Some(remaining) = number(0)? else {
+        return Ok(None);
+    };
+    let refilled_at = number(3)?.ok_or(Malformed)?;
+    Ok(Some(Ledger {
+        remaining: u64::try_from(remaining).map_err(|_| Malformed)?,
+        refill: refill_of(number(1)?, number(2)?).map_err(|()| Malformed)?,
+        refilled_at,
+    }))
+}
+
+/// The credits of a record's [`CREDIT_FIELDS`] at the time `TIME` answered (seconds,
+/// microseconds).
+fn live_credits(fields: &[Option<String>], time: (i64, i64)) -> Result<Option<Credits>, Malformed> {
+    let now = time.0.saturating_mul(1_000_000).saturating_add(time.1);
+    Ok(ledger_of(fields)?.map(|ledger| ledger.at(now).credits()))
+}
+
+/// The arguments that set credits: remaining, refill amount, refill interval (µs), each `""`
+/// when missing.
+fn credit_args(credits: Option<&Credits>) -> [String; 3] {
+    match credits {
+        None => Default::default(),
+        Some(c) => [
+            c.remaining.to_string(),
+            c.refill.map(|r| r.amount.to_string()).unwrap_or_default(),
+            c.refill
+                .map(|r| every_micros(r.every).to_string())
+                .unwrap_or_default(),
+        ],
+    }
 }
 
 /// Nanoseconds since the Unix epoch (negative before it).
@@ -1241,7 +1460,12 @@ mod tests {
         let at = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
         let mut record = KeyRecord::new("id:1", "owner {x}")
             .with_scopes(["b", "a"])
-            .with_quota(crate::Quota::per_minute(100).with_burst(7))
+            .with_quota(
+                "100/min;burst=7;name=burst, 5/d;fixed;owner;shadow"
+                    .parse::<Limits>()
+                    .unwrap(),
+            )
+            .with_tier("gold")
             .with_expiry(at)
             .with_status(KeyStatus::Disabled)
             .with_metadata("plan", "pro");
@@ -1251,6 +1475,63 @@ mod tests {
         assert_eq!(decode(&json, Some(&created)).unwrap(), record);
         assert!(decode("{}", None).is_err());
         assert!(decode(&json.replace("100/min", "ten"), None).is_err());
+    }
+
+    #[test]
+    fn credit_fields_and_spend_replies() {
+        let field = |s: &str| Some(s.to_owned());
+        assert_eq!(ledger_of(&[None, None, None, None]), Ok(None));
+        assert_eq!(ledger_of(&[]), Ok(None));
+        let ledger = ledger_of(&[field("4"), field("9"), field("2000000"), field("10000000")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            ledger.credits(),
+            Credits::new(4).with_refill(crate::key::Refill::new(9, Duration::from_secs(2)))
+        );
+        assert_eq!(
+            live_credits(
+                &[field("4"), field("9"), field("2000000"), field("10000000")],
+                (12, 5)
+            ),
+            Ok(Some(Credits::new(9).with_refill(crate::key::Refill::new(
+                9,
+                Duration::from_secs(2)
+            ))))
+        );
+        for bad in [
+            [field("-1"), None, None, field("0")],
+            [field("x"), None, None, field("0")],
+            [field("1"), None, None, None],
+            [field("1"), field("2"), None, field("0")],
+            [field("1"), field("2"), field("0"), field("0")],
+        ] {
+            assert!(ledger_of(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(spend_outcome(&[0]), Ok(CreditOutcome::NoBudget));
+        assert_eq!(
+            spend_outcome(&[1, 3]),
+            Ok(CreditOutcome::Spent { remaining: 3 })
+        );
+        assert_eq!(
+            spend_outcome(&[2, -1]),
+            Ok(CreditOutcome::Exhausted { refill_in: None })
+        );
+        assert_eq!(
+            spend_outcome(&[2, 1_500_000]),
+            Ok(CreditOutcome::Exhausted {
+                refill_in: Some(Duration::from_millis(1500))
+            })
+        );
+        assert!(spend_outcome(&[1, -1]).is_err());
+        assert!(spend_outcome(&[3]).is_err());
+        assert_eq!(
+            credit_args(Some(
+                &Credits::new(5).with_refill(crate::key::Refill::new(6, Duration::from_secs(7)))
+            )),
+            ["5".to_owned(), "6".to_owned(), "7000000".to_owned()]
+        );
+        assert_eq!(credit_args(None), <[String; 3]>::default());
     }
 
     #[test]

@@ -27,14 +27,22 @@
 //!
 //! Each check is a function of its own that panics with what it expected, so a backend may also
 //! call the ones it needs.
+//!
+//! Credits have checks of their own, for stores that are also a `CreditStore`:
+//! [`credit_checks`] (spends, refills, concurrent spends on one store; about five seconds, as it
+//! waits for refills of a 2 s schedule), and [`credits_across_instances`] (two store objects on
+//! the same backend, many tasks spending on both: exactly the credits are admitted).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use keygate::Quota;
-use keygate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus};
-use keygate::store::{IssuedKey, KeyManager, KeyStore, KeyUpdate, ManageError, Page};
+use keygate::key::{ApiKey, Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Refill};
+use keygate::store::{
+    CreditOutcome, CreditStore, IssuedKey, KeyManager, KeyStore, KeyUpdate, MAX_CREDITS,
+    ManageError, Page, StoreError,
+};
+use keygate::{Limits, Quota};
 
 /// The grace of the rotations whose end the suite waits for.
 pub const GRACE: Duration = Duration::from_secs(3);
@@ -67,6 +75,19 @@ pub async fn run<S: KeyManager + KeyStore + Clone>(store: &S) {
     concurrent_creations_of_one_id_or_key_make_one_record(store).await;
     rotation_keeps_the_old_keys_for_the_grace(store).await;
     a_later_rotation_cuts_a_grace_short_and_never_lengthens_it(store).await;
+    tiers_limits_and_credits_round_trip(store).await;
+    out_of_range_credits_are_refused(store).await;
+}
+
+/// Every credit check that is safe on a store other tests use at the same time.
+pub async fn credit_checks<S>(store: &S)
+where
+    S: KeyManager + KeyStore + CreditStore + Clone,
+{
+    spends_reach_exactly_zero_and_never_go_below(store).await;
+    updates_leave_the_count_alone_and_setting_credits_sets_it(store).await;
+    concurrent_spends_admit_exactly_the_credits(store, store).await;
+    credits_are_refilled_on_their_schedule(store).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -416,6 +437,10 @@ pub async fn issue_and_insert_keep_every_field<S: KeyManager + KeyStore>(store: 
         KeyRecord::new(id, &owner)
             .with_scopes(["b:write", "a:read", "a:read", "weather:read"])
             .with_quota(quota)
+            .with_tier("gold")
+            .with_credits(
+                Credits::new(1234).with_refill(Refill::new(5000, Duration::from_secs(86_400))),
+            )
             .with_expiry(expires)
             .with_status(status)
             .with_metadata("plan", "pro")
@@ -1805,4 +1830,654 @@ pub async fn purge_checks<S: KeyManager + KeyStore>(store: &S) {
     kept.push(reused);
     let kept: Vec<&str> = kept.iter().map(String::as_str).collect();
     clean(store, &kept).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tiers, limits and credits
+
+/// How long a [`credits_are_refilled_on_their_schedule`] refill may come late or early, as
+/// measured here: a round trip, a loaded machine, a server's clock resolution.
+const REFILL_SLACK: Duration = Duration::from_millis(400);
+/// How far off the beat of its schedule a refill may be found, beyond what the duration of the
+/// calls that measure it allows: a server's clock resolution and rounding.
+const BEAT_SLACK: Duration = Duration::from_millis(100);
+
+/// A list of limits with every part of the text form: burst, fixed window, names, owner-wide
+/// and shadow items.
+fn rich_limits() -> Limits {
+    "10/s;burst=20;name=burst, 10000/d;fixed;name=daily, 5/min;owner;shadow, 250/100ms"
+        .parse()
+        .expect("a valid list of limits")
+}
+
+/// The value of a spend or read of credits, which must succeed.
+fn answered<T>(result: Result<T, StoreError>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: the credit store failed: {e:?}"))
+}
+
+async fn spend<S: CreditStore>(store: &S, id: &str, cost: u32, what: &str) -> CreditOutcome {
+    answered(store.spend(id, cost).await, what)
+}
+
+async fn credits_of<S: CreditStore>(store: &S, id: &str, what: &str) -> Option<Credits> {
+    answered(store.credits(id).await, what)
+}
+
+/// A tier, a list of limits (each item's name, owner-wide and shadow flags included) and
+/// credits with a refill schedule come back as given through `issue`, `insert`, `get`, `list`
+/// and `lookup`; updates replace and remove each, and keep the others.
+pub async fn tiers_limits_and_credits_round_trip<S: KeyManager + KeyStore>(store: &S) {
+    let owner = unique("owner");
+    let limits = rich_limits();
+    let credits = Credits::new(40).with_refill(Refill::new(100, Duration::from_secs(3600)));
+    let want = |id: &str| {
+        KeyRecord::new(id, &owner)
+            .with_quota(limits.clone())
+            .with_tier("enterprise plan ✓")
+            .with_credits(credits)
+            .with_created_at(UNIX_EPOCH + Duration::from_secs(1_650_000_000))
+    };
+
+    let id1 = unique("tiers");
+    let issued = ok(
+        store.issue(want(&id1)).await,
+        "issue with a tier, limits and credits",
+    );
+    assert_eq!(
+        issued.record,
+        want(&id1),
+        "issue keeps tier, limits and credits"
+    );
+    let quota = issued.record.quota.as_ref().expect("the limits");
+    assert_eq!(quota.to_string(), limits.to_string(), "the limits' text");
+    assert_eq!(quota.len(), 4, "every item of the list");
+    assert_eq!(
+        found(
+            store,
+            &issued.key,
+            "lookup of a record with tier and credits"
+        )
+        .await,
+        want(&id1),
+        "lookup keeps tier, limits and credits"
+    );
+    assert_eq!(get(store, &id1, "get").await, want(&id1), "get keeps them");
+
+    let id2 = unique("tiers");
+    let legacy = legacy_key();
+    let mut plain = want(&id2);
+    plain.credits = Some(Credits::new(0));
+    let inserted = ok(
+        store.insert(legacy.digest(), plain.clone()).await,
+        "insert with credits and no refill",
+    );
+    assert_eq!(inserted, plain, "insert keeps a budget of 0 without refill");
+    assert_eq!(
+        found(store, &legacy, "lookup of the inserted record").await,
+        plain
+    );
+    let page = ok(store.list(&owner, Page::first(10)).await, "list");
+    let mut want_page = vec![want(&id1), plain.clone()];
+    want_page.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        page.records, want_page,
+        "list shows tiers, limits and credits"
+    );
+
+    // Replacing each.
+    let other_limits: Limits = "3/s, 100/h;fixed".parse().expect("valid limits");
+    let other_credits = Credits::new(7).with_refill(Refill::new(9, Duration::from_secs(90)));
+    let changed = ok(
+        store
+            .update(
+                &id1,
+                KeyUpdate::new()
+                    .tier(Some("free"))
+                    .quota(Some(other_limits.clone()))
+                    .credits(Some(other_credits)),
+            )
+            .await,
+        "update of tier, limits and credits",
+    );
+    let mut now = want(&id1);
+    now.tier = Some("free".into());
+    now.quota = Some(other_limits);
+    now.credits = Some(other_credits);
+    assert_eq!(changed, now, "update of tier, limits and credits");
+    assert_eq!(get(store, &id1, "get after the update").await, now);
+    assert_eq!(
+        found(store, &issued.key, "lookup after the update").await,
+        now
+    );
+
+    // Other updates keep them.
+    let changed = ok(
+        store.update(&id1, KeyUpdate::new().scopes(["s"])).await,
+        "an update of the scopes",
+    );
+    now.scopes = ["s"].into_iter().collect();
+    assert_eq!(
+        changed, now,
+        "an update of the scopes keeps tier, limits and credits"
+    );
+
+    // Removing each.
+    let changed = ok(
+        store
+            .update(
+                &id1,
+                KeyUpdate::new()
+                    .tier(None::<String>)
+                    .quota(None::<Limits>)
+                    .credits(None),
+            )
+            .await,
+        "update removing tier, limits and credits",
+    );
+    now.tier = None;
+    now.quota = None;
+    now.credits = None;
+    assert_eq!(changed, now, "update removing tier, limits and credits");
+    assert_eq!(get(store, &id1, "get after the removal").await, now);
+    assert_eq!(
+        found(store, &issued.key, "lookup after the removal").await,
+        now
+    );
+    clean(store, &[&id1, &id2]).await;
+}
+
+/// Counts beyond `MAX_CREDITS` and refill intervals out of range are `Invalid`, on create and
+/// update, and change nothing.
+pub async fn out_of_range_credits_are_refused<S: KeyManager + KeyStore>(store: &S) {
+    let owner = unique("owner");
+    let mut zero_every = Refill::new(1, Duration::from_secs(1));
+    zero_every.every = Duration::from_millis(500);
+    let mut huge_amount = Refill::new(1, Duration::from_secs(1));
+    huge_amount.amount = MAX_CREDITS + 1;
+    let bad = [
+        Credits::new(MAX_CREDITS + 1),
+        Credits::new(1).with_refill(zero_every),
+        Credits::new(1).with_refill(huge_amount),
+        Credits::new(1).with_refill(Refill::new(1, Duration::from_secs(101 * 365 * 86_400))),
+    ];
+    let id = unique("credits-range");
+    for credits in bad {
+        let what = format!("issue with {credits:?}");
+        fails(
+            store
+                .issue(KeyRecord::new(&id, &owner).with_credits(credits))
+                .await,
+            Want::Invalid,
+            &what,
+        );
+        absent(store, &id, &what).await;
+    }
+    let max = Credits::new(MAX_CREDITS).with_refill(Refill::new(
+        MAX_CREDITS,
+        Duration::from_secs(100 * 365 * 86_400),
+    ));
+    let issued = ok(
+        store
+            .issue(KeyRecord::new(&id, &owner).with_credits(max))
+            .await,
+        "issue with the largest budget",
+    );
+    assert_eq!(
+        issued.record.credits,
+        Some(max),
+        "the largest budget is kept exactly"
+    );
+    assert_eq!(
+        get(store, &id, "get of the largest budget").await.credits,
+        Some(max)
+    );
+    for credits in bad {
+        let what = format!("update to {credits:?}");
+        fails(
+            store
+                .update(&id, KeyUpdate::new().credits(Some(credits)))
+                .await,
+            Want::Invalid,
+            &what,
+        );
+        assert_eq!(get(store, &id, &what).await.credits, Some(max), "{what}");
+    }
+    clean(store, &[&id]).await;
+}
+
+/// A spend takes exactly its cost while enough credits remain; one larger than what remains is
+/// refused and spends nothing; the count reaches exactly 0. A key without a budget, and an
+/// unknown id, answer `NoBudget`.
+pub async fn spends_reach_exactly_zero_and_never_go_below<S>(store: &S)
+where
+    S: KeyManager + KeyStore + CreditStore,
+{
+    let owner = unique("owner");
+    let id = unique("spend");
+    let issued = ok(
+        store
+            .issue(KeyRecord::new(&id, &owner).with_credits(Credits::new(5)))
+            .await,
+        "issue with 5 credits",
+    );
+    let what = "spends of 5 credits";
+    assert_eq!(
+        spend(store, &id, 2, what).await,
+        CreditOutcome::Spent { remaining: 3 }
+    );
+    assert_eq!(
+        spend(store, &id, 4, what).await,
+        CreditOutcome::Exhausted { refill_in: None },
+        "{what}: a spend of more than remains is refused"
+    );
+    assert_eq!(
+        credits_of(store, &id, what).await,
+        Some(Credits::new(3)),
+        "{what}: a refused spend spends nothing"
+    );
+    assert_eq!(get(store, &id, what).await.credits, Some(Credits::new(3)));
+    assert_eq!(
+        spend(store, &id, 3, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    assert_eq!(
+        spend(store, &id, 1, what).await,
+        CreditOutcome::Exhausted { refill_in: None },
+        "{what}: at 0, every spend is refused"
+    );
+    assert_eq!(
+        spend(store, &id, u32::MAX, what).await,
+        CreditOutcome::Exhausted { refill_in: None }
+    );
+    assert_eq!(
+        spend(store, &id, 0, what).await,
+        CreditOutcome::Spent { remaining: 0 },
+        "{what}: a cost of 0 spends nothing and succeeds"
+    );
+    assert_eq!(credits_of(store, &id, what).await, Some(Credits::new(0)));
+    let page = ok(store.list(&owner, Page::first(10)).await, what);
+    assert_eq!(
+        page.records[0].credits,
+        Some(Credits::new(0)),
+        "{what}: list shows the count"
+    );
+    assert!(
+        found(store, &issued.key, what).await.credits.is_some(),
+        "{what}: the lookup shows the key has a budget"
+    );
+
+    let free = unique("spend-free");
+    ok(
+        store.issue(KeyRecord::new(&free, &owner)).await,
+        "issue without credits",
+    );
+    assert_eq!(
+        spend(store, &free, 1, "a key without credits").await,
+        CreditOutcome::NoBudget
+    );
+    assert_eq!(
+        credits_of(store, &free, "a key without credits").await,
+        None
+    );
+    let unknown = unique("spend-unknown");
+    assert_eq!(
+        spend(store, &unknown, 1, "an unknown id").await,
+        CreditOutcome::NoBudget
+    );
+    assert_eq!(credits_of(store, &unknown, "an unknown id").await, None);
+    assert_eq!(
+        spend(store, "with:colon{and}%25", 1, "an odd unknown id").await,
+        CreditOutcome::NoBudget
+    );
+    clean(store, &[&id, &free]).await;
+    assert_eq!(
+        spend(store, &id, 1, "a deleted key").await,
+        CreditOutcome::NoBudget,
+        "a deleted key's credits are gone with it"
+    );
+}
+
+/// An update that does not set the credits keeps the live count; one that sets them sets the
+/// count (even to what the record showed) and one that removes them removes the budget.
+pub async fn updates_leave_the_count_alone_and_setting_credits_sets_it<S>(store: &S)
+where
+    S: KeyManager + KeyStore + CreditStore,
+{
+    let owner = unique("owner");
+    let id = unique("credits-update");
+    let issued = ok(
+        store
+            .issue(KeyRecord::new(&id, &owner).with_credits(Credits::new(10)))
+            .await,
+        "issue with 10 credits",
+    );
+    let what = "updates and the count";
+    assert_eq!(
+        spend(store, &id, 4, what).await,
+        CreditOutcome::Spent { remaining: 6 }
+    );
+    let changed = ok(
+        store
+            .update(
+                &id,
+                KeyUpdate::new()
+                    .scopes(["x"])
+                    .tier(Some("t"))
+                    .quota(Some(Quota::per_second(3)))
+                    .metadata(BTreeMap::from([("k".to_owned(), "v".to_owned())])),
+            )
+            .await,
+        "an update of everything but the credits",
+    );
+    assert_eq!(
+        changed.credits,
+        Some(Credits::new(6)),
+        "{what}: the updated record shows the live count"
+    );
+    assert_eq!(
+        spend(store, &id, 1, what).await,
+        CreditOutcome::Spent { remaining: 5 }
+    );
+    ok(
+        store
+            .update(&id, KeyUpdate::new().status(KeyStatus::Disabled))
+            .await,
+        what,
+    );
+    ok(
+        store
+            .update(&id, KeyUpdate::new().status(KeyStatus::Active))
+            .await,
+        what,
+    );
+    let rotated = ok(store.rotate(&id, LONG_GRACE).await, "rotate");
+    assert_eq!(
+        rotated.record.credits,
+        Some(Credits::new(5)),
+        "{what}: a rotation keeps the count"
+    );
+    assert_eq!(
+        spend(store, &id, 1, what).await,
+        CreditOutcome::Spent { remaining: 4 }
+    );
+
+    let set = ok(
+        store
+            .update(&id, KeyUpdate::new().credits(Some(Credits::new(4))))
+            .await,
+        "setting the credits to what remains",
+    );
+    assert_eq!(set.credits, Some(Credits::new(4)));
+    let set = ok(
+        store
+            .update(&id, KeyUpdate::new().credits(Some(Credits::new(2))))
+            .await,
+        "setting the credits",
+    );
+    assert_eq!(set.credits, Some(Credits::new(2)));
+    assert_eq!(credits_of(store, &id, what).await, Some(Credits::new(2)));
+    assert_eq!(
+        spend(store, &id, 2, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    let set = ok(
+        store
+            .update(&id, KeyUpdate::new().credits(Some(Credits::new(3))))
+            .await,
+        "setting the credits of an exhausted key",
+    );
+    assert_eq!(set.credits, Some(Credits::new(3)));
+    assert_eq!(
+        spend(store, &id, 3, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+
+    let removed = ok(
+        store.update(&id, KeyUpdate::new().credits(None)).await,
+        "removing the credits",
+    );
+    assert_eq!(removed.credits, None);
+    assert_eq!(spend(store, &id, 1, what).await, CreditOutcome::NoBudget);
+    assert_eq!(credits_of(store, &id, what).await, None);
+    for key in [&issued.key, &rotated.key] {
+        assert_eq!(
+            found(store, key, what).await.credits,
+            None,
+            "{what}: lookup"
+        );
+    }
+    let again = ok(
+        store
+            .update(&id, KeyUpdate::new().credits(Some(Credits::new(1))))
+            .await,
+        "giving the key credits again",
+    );
+    assert_eq!(again.credits, Some(Credits::new(1)));
+    assert_eq!(
+        spend(store, &id, 1, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    clean(store, &[&id]).await;
+}
+
+/// Many tasks spending on `a` and `b` (two store objects on the same backend, or one store
+/// twice) admit exactly as many credits as the key had, never more; the count ends at exactly
+/// 0, as both see.
+pub async fn concurrent_spends_admit_exactly_the_credits<A, B>(a: &A, b: &B)
+where
+    A: KeyManager + CreditStore + Clone,
+    B: KeyManager + CreditStore + Clone,
+{
+    const CREDITS: u64 = 120;
+    const TASKS: usize = 12;
+    let owner = unique("owner");
+    let id = unique("credits-race");
+    ok(
+        a.issue(KeyRecord::new(&id, &owner).with_credits(Credits::new(CREDITS)))
+            .await,
+        "issue of the raced key",
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..TASKS {
+        // Costs of 1, 2 and 3: the tasks of cost 1 drain what the others cannot spend.
+        let cost = u32::try_from(i % 3 + 1).expect("a small cost");
+        let id = id.clone();
+        let (a, b) = (a.clone(), b.clone());
+        tasks.spawn(async move {
+            let mut spent = 0u64;
+            let mut last = None;
+            for round in 0..=CREDITS {
+                let outcome = if (i + usize::try_from(round).unwrap_or(0)) % 2 == 0 {
+                    a.spend(&id, cost).await
+                } else {
+                    b.spend(&id, cost).await
+                };
+                match outcome {
+                    Ok(CreditOutcome::Spent { remaining }) => {
+                        assert!(remaining < CREDITS, "a spend left {remaining} credits");
+                        spent += u64::from(cost);
+                        last = Some(remaining);
+                    }
+                    Ok(CreditOutcome::Exhausted { refill_in: None }) => return (spent, last),
+                    Ok(other) => panic!("a racing spend: unexpected {other:?}"),
+                    Err(e) => panic!("a racing spend failed: {e:?}"),
+                }
+            }
+            panic!("a task spent more rounds than there are credits");
+        });
+    }
+    let mut admitted = 0u64;
+    let mut zero_seen = false;
+    while let Some(joined) = tasks.join_next().await {
+        let (spent, last) = joined.expect("a spending task panicked");
+        admitted += spent;
+        zero_seen |= last == Some(0);
+    }
+    assert_eq!(
+        admitted, CREDITS,
+        "concurrent spends on two instances must admit exactly the credits ({CREDITS}), \
+         admitted {admitted}"
+    );
+    assert!(zero_seen, "one spend must have left exactly 0");
+    for (name, credits) in [
+        ("a", answered(a.credits(&id).await, "a's count")),
+        ("b", answered(b.credits(&id).await, "b's count")),
+    ] {
+        assert_eq!(credits, Some(Credits::new(0)), "{name} sees exactly 0 left");
+    }
+    assert_eq!(
+        ok(b.get(&id).await, "get through b")
+            .expect("the raced record")
+            .credits,
+        Some(Credits::new(0))
+    );
+    clean(a, &[&id]).await;
+}
+
+/// The instances of [`concurrent_spends_admit_exactly_the_credits`], and what one of them sets
+/// the other sees: the credits, the tier and the limits.
+pub async fn credits_across_instances<A, B>(a: &A, b: &B)
+where
+    A: KeyManager + CreditStore + Clone,
+    B: KeyManager + CreditStore + Clone,
+{
+    concurrent_spends_admit_exactly_the_credits(a, b).await;
+    let owner = unique("owner");
+    let id = unique("credits-shared");
+    ok(
+        a.issue(KeyRecord::new(&id, &owner).with_credits(Credits::new(2)))
+            .await,
+        "issue through a",
+    );
+    assert_eq!(
+        spend(b, &id, 1, "b spends").await,
+        CreditOutcome::Spent { remaining: 1 }
+    );
+    assert_eq!(
+        spend(a, &id, 1, "a spends").await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    let limits = rich_limits();
+    ok(
+        b.update(
+            &id,
+            KeyUpdate::new()
+                .credits(Some(Credits::new(5)))
+                .tier(Some("gold"))
+                .quota(Some(limits.clone())),
+        )
+        .await,
+        "b sets the credits",
+    );
+    assert_eq!(
+        spend(a, &id, 5, "a spends what b set").await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    let seen = ok(a.get(&id).await, "get through a").expect("the shared record");
+    assert_eq!(seen.tier.as_deref(), Some("gold"));
+    assert_eq!(seen.quota, Some(limits));
+    assert_eq!(seen.credits, Some(Credits::new(0)));
+    clean(a, &[&id]).await;
+}
+
+/// A spend of 1 at 0 credits, which must say when the next refill comes: that time, and when it
+/// falls on this process's clock (between two bounds: the store computed it sometime during
+/// the call).
+async fn when_refilled<S: CreditStore>(
+    store: &S,
+    id: &str,
+    what: &str,
+) -> (Duration, (tokio::time::Instant, tokio::time::Instant)) {
+    let before = tokio::time::Instant::now();
+    let outcome = spend(store, id, 1, what).await;
+    let after = tokio::time::Instant::now();
+    match outcome {
+        CreditOutcome::Exhausted {
+            refill_in: Some(wait),
+        } if !wait.is_zero() => (wait, (before + wait, after + wait)),
+        other => panic!(
+            "{what}: at 0 with a refill scheduled, a spend must be refused with the time to the \
+             next refill; got {other:?}"
+        ),
+    }
+}
+
+/// With a refill of 3 every 2 s: at 0, a spend is refused with the time to the next refill
+/// (when the refill covers the cost); after it, the count is 3 again (not 3 more); and the
+/// schedule keeps its beat: a key left unused for several intervals is refilled on the
+/// multiples of the interval from when its credits were set, never from when it was next used.
+pub async fn credits_are_refilled_on_their_schedule<S>(store: &S)
+where
+    S: KeyManager + KeyStore + CreditStore,
+{
+    const EVERY: Duration = Duration::from_secs(2);
+    let refill = Refill::new(3, EVERY);
+    let owner = unique("owner");
+    let id = unique("refill");
+    ok(
+        store
+            .issue(KeyRecord::new(&id, &owner).with_credits(Credits::new(2).with_refill(refill)))
+            .await,
+        "issue with a refill",
+    );
+    let what = "refills";
+    assert_eq!(
+        spend(store, &id, 2, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    let (first, beat) = when_refilled(store, &id, what).await;
+    assert!(
+        first <= EVERY,
+        "{what}: the next refill is within the interval, not in {first:?}"
+    );
+    assert_eq!(
+        spend(store, &id, 4, what).await,
+        CreditOutcome::Exhausted { refill_in: None },
+        "{what}: a refill that cannot cover the cost is no reason to wait"
+    );
+    assert_eq!(
+        credits_of(store, &id, what).await,
+        Some(Credits::new(0).with_refill(refill))
+    );
+
+    tokio::time::sleep_until(beat.1 + REFILL_SLACK).await;
+    assert_eq!(
+        credits_of(store, &id, what).await,
+        Some(Credits::new(3).with_refill(refill)),
+        "{what}: after the interval, the count is the refill's amount"
+    );
+    assert_eq!(
+        spend(store, &id, 1, what).await,
+        CreditOutcome::Spent { remaining: 2 },
+        "{what}: the refill sets the count to its amount"
+    );
+
+    // Unused for one and a half intervals more: a refill came due (setting the count to 3,
+    // not adding to it), on the beat.
+    tokio::time::sleep_until(beat.1 + EVERY + EVERY / 2).await;
+    assert_eq!(
+        credits_of(store, &id, what).await,
+        Some(Credits::new(3).with_refill(refill)),
+        "{what}: unused credits do not pile up"
+    );
+    assert_eq!(
+        spend(store, &id, 3, what).await,
+        CreditOutcome::Spent { remaining: 0 }
+    );
+    let (_, at) = when_refilled(store, &id, what).await;
+    // The next refill is on the beat: a whole number of intervals after the first one, give or
+    // take what the two measures allow.
+    let earliest = at.0.saturating_duration_since(beat.1);
+    let latest = at.1.saturating_duration_since(beat.0);
+    let on_beat = (1..10u32).any(|k| {
+        let multiple = EVERY * k;
+        multiple + BEAT_SLACK >= earliest && multiple <= latest + BEAT_SLACK
+    });
+    assert!(
+        on_beat,
+        "{what}: refills keep the schedule's beat: the next refill comes {earliest:?} to \
+         {latest:?} after the first, not a whole number of {EVERY:?} (a store that restarts the \
+         schedule when it refills is half an interval off)"
+    );
+    clean(store, &[&id]).await;
 }

@@ -223,6 +223,18 @@ pub fn limiter() -> (MemoryLimiter, ManualClock) {
     (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
 }
 
+/// A `MemoryLimiter` on a `ManualClock` set to `at`: for fixed-window caps, whose figures
+/// depend on where in its (UTC-aligned) window the clock stands.
+pub fn limiter_at(at: std::time::SystemTime) -> (MemoryLimiter, ManualClock) {
+    let clock = ManualClock::at(at);
+    (MemoryLimiter::builder().clock(clock.clone()).build(), clock)
+}
+
+/// The problem `type` of a 429 (RFC 9457's quota-exceeded).
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+/// The problem `title` of a 429.
+pub const QUOTA_TITLE: &str = "Request cannot be satisfied as assigned quota has been exceeded";
+
 /// The 500 detail of a route that needs a `Principal` but has no `AuthLayer` in front of it.
 pub const NO_PRINCIPAL: &str = "The server's authentication is misconfigured: no Principal in the \
                                 request; is keygate's AuthLayer applied to this route?";

@@ -373,7 +373,7 @@ async fn rate_limited_is_resource_exhausted_with_the_headers() {
     assert!((1..=30).contains(&retry_after), "{retry_after}");
     assert_eq!(
         status.message(),
-        format!("Too many requests; retry in {retry_after} s.")
+        format!("Too many requests: the \"default\" limit is spent; retry in {retry_after} s.")
     );
     let ratelimit = metadata.get("ratelimit").expect("ratelimit metadata");
     assert!(
