@@ -37,7 +37,9 @@ use http_body::Frame;
 use keygate::auth::AuthLayer;
 use keygate::clock::ManualClock;
 use keygate::key::{ApiKey, Credits, KeyRecord, Refill};
-use keygate::ratelimit::{HeaderStyle, LimitKey, MemoryLimiter, Overrides, RateLimitLayer};
+use keygate::ratelimit::{
+    HeaderStyle, LimitKey, MemoryLimiter, Overrides, RateLimitLayer, Usage, UsageTracker,
+};
 use keygate::store::{CreditStore, MemoryStore};
 use keygate::{LimitBy, Limits, Principal, Quota};
 use tower::ServiceBuilder;
@@ -1026,6 +1028,67 @@ async fn a_request_the_limits_deny_spends_no_credit() {
         Some(Credits::new(9))
     );
     assert_eq!(hits.get(), 1);
+}
+
+#[tokio::test]
+async fn credits_are_spent_by_cost_and_a_credits_denial_is_counted_and_reported() {
+    let (limiter, _clock) = limiter();
+    let store = MemoryStore::new();
+    let key = store
+        .issue(KeyRecord::new("metered", "acme").with_credits(Credits::new(5)))
+        .expect("a fresh id");
+    let usage = UsageTracker::new(100);
+    let layer = RateLimitLayer::new(limiter, limits("100/min;name=rate"))
+        .credits(store.clone())
+        .cost(|_| 2)
+        .track_usage(usage.clone());
+    let hits = Hits::default();
+    let app = app(store.clone(), layer, &hits);
+
+    for left in [3, 1] {
+        let reply = send(app.clone(), with_key(key.expose_secret())).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            store.credits("metered").await.expect("the store answers"),
+            Some(Credits::new(left))
+        );
+    }
+    // One credit left, a cost of two: denied, nothing spent, the limits' headers on the 429.
+    let reply = send(app.clone(), with_key(key.expose_secret())).await;
+    assert_quota_problem(&reply, "The key's credits are used up.", None);
+    assert_eq!(reply.header("ratelimit-policy"), Some("\"rate\";q=100;w=60"));
+    assert!(reply.header("ratelimit").is_some_and(|v| v.starts_with("\"rate\";r=")));
+    assert_eq!(
+        store.credits("metered").await.expect("the store answers"),
+        Some(Credits::new(1))
+    );
+    // The usage counts the denial as limited, not as allowed.
+    assert_eq!(usage.get("metered"), Some(Usage { allowed: 2, limited: 1 }));
+    assert_eq!(hits.get(), 2);
+}
+
+#[tokio::test]
+async fn a_shadow_layer_lets_a_key_without_credits_through() {
+    let (limiter, _clock) = limiter();
+    let store = MemoryStore::new();
+    let key = store
+        .issue(KeyRecord::new("metered", "acme").with_credits(Credits::new(1)))
+        .expect("a fresh id");
+    let layer = RateLimitLayer::new(limiter, limits("100/min"))
+        .credits(store.clone())
+        .shadow(true);
+    let hits = Hits::default();
+    let app = app(store.clone(), layer, &hits);
+    for _ in 0..3 {
+        let reply = send(app.clone(), with_key(key.expose_secret())).await;
+        assert_eq!(reply.status, StatusCode::OK);
+    }
+    assert_eq!(
+        store.credits("metered").await.expect("the store answers"),
+        Some(Credits::new(0)),
+        "spent down to 0, never below"
+    );
+    assert_eq!(hits.get(), 3);
 }
 
 // ---------------------------------------------------------------------------------------------

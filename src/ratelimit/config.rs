@@ -156,12 +156,14 @@ impl Config {
     }
 
     /// What the limiter's answer for `subject` means for the request: admitted with this
-    /// verdict (its headers go on the response), or turned away with this error.
+    /// verdict (its headers go on the response), or turned away with this error. With
+    /// `credits_next`, an admitted request is counted in the usage once its credits are spent.
     pub(crate) fn outcome(
         &self,
         subject: Subject<'_>,
         which: &Which,
         answer: Result<Verdict, RateLimitError>,
+        credits_next: bool,
     ) -> Result<Verdict, AuthError> {
         let verdict = match answer {
             Ok(verdict) => verdict,
@@ -173,7 +175,9 @@ impl Config {
             }
         };
         info_recovered!(self.outage, "rate limiter");
-        if let Some(usage) = &self.usage {
+        if let Some(usage) = &self.usage
+            && !(credits_next && verdict.allowed())
+        {
             usage.record(subject.key, verdict.allowed());
         }
         let policies = self.policies(which);
@@ -223,6 +227,9 @@ impl Config {
             return Ok(None);
         }
         tracing::debug!(target: "keygate", principal = subject.key, outcome = "concurrency_limited");
+        if let Some(usage) = &self.usage {
+            usage.record(subject.key, false);
+        }
         Err(AuthError::RateLimited(Box::new(
             RateLimited::new(Duration::from_secs(1), HeaderMap::new()).with_detail(format!(
                 "Too many requests in flight: at most {max} at once."
@@ -230,16 +237,25 @@ impl Config {
         )))
     }
 
-    /// What a spend of the caller's credits means for the request.
+    /// What a spend of the caller's credits means for the request the limits admitted with
+    /// `verdict`.
     pub(crate) fn credit_outcome(
         &self,
         key: &str,
+        which: &Which,
+        verdict: &Verdict,
         answer: Result<CreditOutcome, StoreError>,
     ) -> Result<(), AuthError> {
+        let record = |allowed| {
+            if let Some(usage) = &self.usage {
+                usage.record(key, allowed);
+            }
+        };
         let refill_in = match answer {
             Ok(CreditOutcome::Exhausted { refill_in }) => refill_in,
             Ok(_) => {
                 info_recovered!(self.outage, "credit store");
+                record(true);
                 return Ok(());
             }
             Err(e) => {
@@ -257,8 +273,10 @@ impl Config {
                     "rate limit exceeded (shadow)"
                 );
             }
+            record(true);
             return Ok(());
         }
+        record(false);
         tracing::debug!(target: "keygate", principal = key, outcome = "credits_exhausted");
         let (retry_after, detail) = match refill_in {
             Some(wait) => {
@@ -271,8 +289,10 @@ impl Config {
             }
             None => (Duration::ZERO, "The key's credits are used up.".to_owned()),
         };
+        let mut headers = HeaderMap::new();
+        self.policies(which).write(&mut headers, verdict, self.style);
         Err(AuthError::RateLimited(Box::new(
-            RateLimited::new(retry_after, HeaderMap::new()).with_detail(detail),
+            RateLimited::new(retry_after, headers).with_detail(detail),
         )))
     }
 

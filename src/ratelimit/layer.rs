@@ -129,7 +129,7 @@ impl RateLimitLayer {
     /// Lets each caller (the key the limits count by) have at most `max` requests in flight;
     /// one more gets 429 with a problem `detail` saying so and `Retry-After: 1`. A request
     /// counts until its response body has been sent or dropped (a client that disconnects
-    /// frees its place). Counted in memory, per process.
+    /// frees its place). Counted in memory, per process. A `max` of 0 is taken as 1.
     ///
     /// ```
     /// use keygate::ratelimit::{MemoryLimiter, RateLimitLayer};
@@ -191,7 +191,8 @@ impl RateLimitLayer {
 
     /// What each limit that applies to `principal` has left now, spending nothing: for a
     /// "quota" endpoint or a dashboard. One entry per limit, in order, with the policy names of
-    /// the headers.
+    /// the headers. It reads the principal's limits (override, own quota, tier, default), as a
+    /// layer without [`key_by`](Self::key_by) applies them.
     ///
     /// ```
     /// use keygate::ratelimit::{MemoryLimiter, RateLimitLayer};

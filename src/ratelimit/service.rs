@@ -94,7 +94,7 @@ where
             let wait = LimitWait::limits(check, subject, spender, cost, which, permit, config);
             return ResponseFuture::new(Deferred::waiting(wait, &mut self.inner, req));
         };
-        let verdict = match config.outcome(subject, &which, answer) {
+        let verdict = match config.outcome(subject, &which, answer, spender.is_some()) {
             Ok(verdict) => verdict,
             Err(error) => {
                 let response = config.rendering.render(&error, &req);
@@ -105,7 +105,7 @@ where
             let mut spend = credits.spend(id, cost);
             match spend.take_ready() {
                 Some(answer) => {
-                    if let Err(error) = config.credit_outcome(id, answer) {
+                    if let Err(error) = config.credit_outcome(id, &which, &verdict, answer) {
                         let response = config.rendering.render(&error, &req);
                         return ResponseFuture::new(Deferred::answered(response));
                     }
