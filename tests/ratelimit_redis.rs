@@ -661,6 +661,122 @@ async fn shadow_limits_decide_but_never_deny_and_spend_only_what_they_admit() {
     .await;
 }
 
+/// A call of a list scenario: its cost, and the expected outcome (`None` admitted, `Some(i)`
+/// denied by limit `i`).
+type Call = (u32, Option<usize>);
+
+/// Asserts that two decisions of one limit agree: `allowed` and `remaining` exactly, the times
+/// within `slack` (the Redis clock runs on while the in-memory one stands still).
+fn assert_same_decision(r: &Decision, m: &Decision, slack: Duration, context: &str) {
+    assert_eq!(
+        (r.allowed, r.remaining),
+        (m.allowed, m.remaining),
+        "{context}: Redis {r:?}, memory {m:?}"
+    );
+    for (a, b) in [
+        (r.reset_after, m.reset_after),
+        (r.retry_after, m.retry_after),
+    ] {
+        assert!(
+            a.abs_diff(b) <= slack,
+            "{context}: Redis {r:?}, memory {m:?}"
+        );
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs KEYGATE_TEST_REDIS_URL"]
+async fn list_verdicts_match_the_memory_limiter_admitted_or_denied() {
+    let url = redis_url();
+    bounded(async {
+        let redis = limiter(&url, "list-twin").await;
+        // The reference, its clock standing still at the test's start; every quota is long
+        // enough (hours, a 365-day cap) that the test's run changes no whole figure.
+        let memory = MemoryLimiter::builder().clock(ManualClock::new()).build();
+        let started = Instant::now();
+        let list = |items: Vec<Limit>| Limits::new(items).unwrap();
+        let rate = |text: &str| text.parse::<Limit>().unwrap();
+        // Each scenario: a subject, a list, and its calls.
+        let scenarios: Vec<(Subject<'_>, Limits, Vec<Call>)> = vec![
+            // Admitted, then denied by the cap: the rate reports what it has left (1 of 2, half
+            // an hour to reset), not what a spend would have left it.
+            (
+                Subject::new("cap"),
+                list(vec![rate("2/h"), yearly_cap(1)]),
+                vec![(1, None), (1, Some(1)), (1, Some(1))],
+            ),
+            // Denied by the rate: the cap and the wider rate report their state unspent.
+            (
+                Subject::new("rate"),
+                list(vec![rate("1/h"), yearly_cap(5), rate("10/h")]),
+                vec![(1, None), (1, Some(0)), (1, Some(0))],
+            ),
+            // A cost the tight rate cannot take, on fresh states.
+            (
+                Subject::new("cost"),
+                list(vec![rate("5/h"), yearly_cap(100), rate("1000/h")]),
+                vec![(6, Some(0)), (2, None), (4, Some(0))],
+            ),
+            // A shadow limit that denies, and one that would admit, while an enforced limit
+            // denies: the one that denies reports its denial, the other its state unspent.
+            (
+                Subject::new("shadow"),
+                list(vec![
+                    rate("1/h;shadow"),
+                    rate("2/h"),
+                    rate("5/h;shadow"),
+                    yearly_cap(10),
+                ]),
+                vec![(1, None), (1, None), (1, Some(1)), (1, Some(1))],
+            ),
+            // Limits per owner and per caller together.
+            (
+                Subject::with_owner("owned", Some("acme")),
+                list(vec![rate("3/h;owner"), rate("1/h"), yearly_cap(4)]),
+                vec![(1, None), (1, Some(1)), (1, Some(1))],
+            ),
+        ];
+        for (subject, limits, calls) in &scenarios {
+            for (n, &(cost, denied_by)) in calls.iter().enumerate() {
+                let r = redis.check_all(*subject, limits, cost).await.unwrap();
+                let m = memory.check_all(*subject, limits, cost).await.unwrap();
+                let slack = started.elapsed() + Duration::from_millis(5);
+                let context = format!("{subject:?} {limits} call {n} (cost {cost})");
+                assert_eq!(r.denied_by(), denied_by, "{context}: {r:?}");
+                assert_eq!(r.allowed(), m.allowed(), "{context}");
+                assert_eq!(
+                    r.shadow_denials().collect::<Vec<_>>(),
+                    m.shadow_denials().collect::<Vec<_>>(),
+                    "{context}"
+                );
+                assert_eq!(r.decisions().len(), limits.len(), "{context}");
+                for (i, (rd, md)) in r.decisions().iter().zip(m.decisions()).enumerate() {
+                    assert_same_decision(rd, md, slack, &format!("{context}, limit {i}"));
+                }
+            }
+            // And both read the same state afterwards.
+            let r = peek(&redis, *subject, limits).await;
+            let m = peek(&memory, *subject, limits).await;
+            let slack = started.elapsed() + Duration::from_millis(5);
+            for (i, (rd, md)) in r.decisions().iter().zip(m.decisions()).enumerate() {
+                assert_same_decision(rd, md, slack, &format!("{subject:?} {limits} peek {i}"));
+            }
+        }
+        // The case the two once disagreed on, spelled out: denied by the cap, the rate of 2 an
+        // hour has one left and half an hour to reset.
+        let (subject, limits, _) = &scenarios[0];
+        let v = redis.check_all(*subject, limits, 1).await.unwrap();
+        let d = v.decisions()[0];
+        assert!(d.allowed && d.remaining == 1, "{d:?}");
+        assert!(
+            d.reset_after <= Duration::from_secs(1800)
+                && d.reset_after > Duration::from_secs(1800) - started.elapsed() - SLACK,
+            "{d:?}"
+        );
+    })
+    .await;
+}
+
 #[tokio::test]
 #[ignore = "needs KEYGATE_TEST_REDIS_URL"]
 async fn peek_spends_nothing() {

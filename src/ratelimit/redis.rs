@@ -106,14 +106,15 @@ const LIST_LUA: &str = r"-- keygate limits: one decision for a list of limits, a
 -- Nothing is written unless every limit not in shadow admits; then every limit that admits
 -- is spent, and a shadow limit that denies is not.
 -- Returns four numbers per limit: allowed (1 or 0), remaining, reset_after, retry_after;
--- durations in units for a rate, in microseconds for a cap.
+-- durations in units for a rate, in microseconds for a cap. When spending and the request is
+-- denied, a limit that would have admitted it replies what it has now (nothing was spent).
 if redis.replicate_commands then redis.replicate_commands() end
 local spend = ARGV[1] == '1'
 local cost = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
-local function rate(stored, t, tau, unit)
+local function rate(stored, cost, t, tau, unit)
   local used = 0
   if stored and #stored > 3 then
     local us = tonumber(string.sub(stored, 1, -4))
@@ -152,7 +153,7 @@ local function rate(stored, t, tau, unit)
   return 1, math.floor((tau - ahead) / t), ahead, 0, value, ttl
 end
 
-local function cap(stored, limit, window)
+local function cap(stored, cost, limit, window)
   local span = window * 1000000
   local id = math.floor(now / span)
   local count = 0
@@ -171,21 +172,24 @@ local function cap(stored, limit, window)
   return 1, limit - count - cost, left, 0, value, math.ceil(left / 1000)
 end
 
+local function decide(i, stored, c)
+  local a = 2 + (i - 1) * 5
+  if ARGV[a + 1] == 'f' then
+    return cap(stored, c, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
+  end
+  return rate(stored, c, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
+end
+
 local out = {}
+local states = {}
 local writes = {}
 local admit = true
 for i = 1, #KEYS do
-  local a = 2 + (i - 1) * 5
   local stored = redis.call('GET', KEYS[i])
-  local allowed, remaining, reset, retry, value, ttl
-  if ARGV[a + 1] == 'f' then
-    allowed, remaining, reset, retry, value, ttl =
-      cap(stored, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]))
-  else
-    allowed, remaining, reset, retry, value, ttl =
-      rate(stored, tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]))
-  end
-  if allowed == 0 and ARGV[a + 2] ~= '1' then admit = false end
+  states[i] = stored
+  local allowed, remaining, reset, retry, value, ttl = decide(i, stored, cost)
+  local shadow = ARGV[2 + (i - 1) * 5 + 2] == '1'
+  if allowed == 0 and not shadow then admit = false end
   if value then writes[#writes + 1] = {KEYS[i], value, ttl} end
   out[#out + 1] = allowed
   out[#out + 1] = remaining
@@ -195,6 +199,14 @@ end
 if spend and admit then
   for _, w in ipairs(writes) do
     redis.call('SET', w[1], w[2], 'PX', w[3])
+  end
+elseif spend then
+  -- Denied: nothing was spent, so a limit that would have admitted replies its state as it is.
+  for i = 1, #KEYS do
+    local o = (i - 1) * 4
+    if out[o + 1] == 1 then
+      out[o + 1], out[o + 2], out[o + 3], out[o + 4] = decide(i, states[i], 0)
+    end
   end
 end
 return out
@@ -348,7 +360,9 @@ impl RedisLimiter {
     /// (else `0`), and for a rate the emission interval, the tolerance and the nanoseconds per
     /// unit of those two, as for [`SCRIPT`](Self::SCRIPT), for a cap its limit, its window in
     /// seconds and `0`. It answers four integers per limit: admitted (`1` or `0`), remaining,
-    /// time to reset and time to wait, in the rate's units or, for a cap, in microseconds.
+    /// time to reset and time to wait, in the rate's units or, for a cap, in microseconds. When
+    /// a spending call is denied, each limit that would have admitted it answers what it has
+    /// now, as nothing was spent (as [`MemoryLimiter`] does).
     ///
     /// ```
     /// use keygate::ratelimit::RedisLimiter;
@@ -1062,11 +1076,11 @@ mod tests {
         // As for `SCRIPT`: preloaded by hash, so a change must be a deliberate one.
         assert_eq!(
             ::redis::Script::new(RedisLimiter::LIST_SCRIPT).get_hash(),
-            "a2e2d9ad3940e59bef933d2f406a8edfd26f4612"
+            "f5dd258ec347209349068bf0690f7059972b0e49"
         );
         assert_eq!(
             LIST_SCRIPT.get_hash(),
-            "a2e2d9ad3940e59bef933d2f406a8edfd26f4612"
+            "f5dd258ec347209349068bf0690f7059972b0e49"
         );
     }
 
