@@ -1056,14 +1056,27 @@ async fn credits_are_spent_by_cost_and_a_credits_denial_is_counted_and_reported(
     // One credit left, a cost of two: denied, nothing spent, the limits' headers on the 429.
     let reply = send(app.clone(), with_key(key.expose_secret())).await;
     assert_quota_problem(&reply, "The key's credits are used up.", None);
-    assert_eq!(reply.header("ratelimit-policy"), Some("\"rate\";q=100;w=60"));
-    assert!(reply.header("ratelimit").is_some_and(|v| v.starts_with("\"rate\";r=")));
+    assert_eq!(
+        reply.header("ratelimit-policy"),
+        Some("\"rate\";q=100;w=60")
+    );
+    assert!(
+        reply
+            .header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"rate\";r="))
+    );
     assert_eq!(
         store.credits("metered").await.expect("the store answers"),
         Some(Credits::new(1))
     );
     // The usage counts the denial as limited, not as allowed.
-    assert_eq!(usage.get("metered"), Some(Usage { allowed: 2, limited: 1 }));
+    assert_eq!(
+        usage.get("metered"),
+        Some(Usage {
+            allowed: 2,
+            limited: 1
+        })
+    );
     assert_eq!(hits.get(), 2);
 }
 

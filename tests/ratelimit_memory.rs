@@ -445,6 +445,54 @@ fn lists_of_callers_and_owners_across_shards_stay_exact_and_never_deadlock() {
     assert_eq!(limiter.len(), KEYS + OWNERS);
 }
 
+#[test]
+fn readers_never_see_half_of_a_lists_writes() {
+    let _g = serial();
+    let (limiter, _clock) = list_limiter();
+    // A rate and a cap of the same size, spent together: any consistent reading shows both
+    // with as much left. A reading of one after a write and the other before would not.
+    let limits: Limits = "100000/h, 100000/h;fixed".parse().unwrap();
+    let key = Subject::new("key");
+    assert!(decide_all(&limiter, key, &limits).allowed());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let admitted = std::thread::scope(|s| {
+        let writers: Vec<_> = (0..THREADS - 2)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..5000)
+                        .filter(|_| decide_all(&limiter, key, &limits).allowed())
+                        .count()
+                })
+            })
+            .collect();
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut readings = 0;
+                    while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                        let now = peek_all(&limiter, key, &limits);
+                        let [rate, cap] = [0, 1].map(|i| now.decisions()[i].remaining);
+                        assert_eq!(rate, cap, "a torn reading");
+                        readings += 1;
+                    }
+                    readings
+                })
+            })
+            .collect();
+        let admitted: usize = writers.into_iter().map(|w| w.join().unwrap()).sum();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        admitted
+    });
+    assert_eq!(admitted, 5000 * (THREADS - 2));
+    let left = 100_000 - 1 - u32::try_from(admitted).unwrap();
+    let now = peek_all(&limiter, key, &limits);
+    assert_eq!(now.decisions()[0].remaining, left - 1);
+    assert_eq!(now.decisions()[1].remaining, left - 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Memory
 

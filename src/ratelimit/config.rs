@@ -290,7 +290,8 @@ impl Config {
             None => (Duration::ZERO, "The key's credits are used up.".to_owned()),
         };
         let mut headers = HeaderMap::new();
-        self.policies(which).write(&mut headers, verdict, self.style);
+        self.policies(which)
+            .write(&mut headers, verdict, self.style);
         Err(AuthError::RateLimited(Box::new(
             RateLimited::new(retry_after, headers).with_detail(detail),
         )))

@@ -29,9 +29,14 @@ pub(crate) fn unix_nanos(at: SystemTime) -> u64 {
 
 /// The length of the quota's window in nanoseconds (at least 1; a fixed window is a whole
 /// number of seconds of at most a year, so it always fits).
+#[inline]
 pub(crate) fn window_nanos(quota: &Quota) -> u64 {
-    u64::try_from(quota.window().as_nanos())
-        .unwrap_or(u64::MAX)
+    let window = quota.window();
+    // At most a year: the product cannot overflow.
+    window
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(window.subsec_nanos()))
         .max(1)
 }
 

@@ -97,8 +97,7 @@ impl<B> crate::future::Wait<B> for LimitWait {
                     let config = self.config.clone();
                     let subject = Subject::with_owner(&self.key, self.owner.as_deref());
                     let credits_next = self.spender.is_some() && config.credits.is_some();
-                    let verdict = match config.outcome(subject, &self.which, answer, credits_next)
-                    {
+                    let verdict = match config.outcome(subject, &self.which, answer, credits_next) {
                         Ok(verdict) => verdict,
                         Err(error) => {
                             self.stage = Stage::Done;
@@ -123,10 +122,12 @@ impl<B> crate::future::Wait<B> for LimitWait {
                     };
                     let config = self.config.clone();
                     let id = self.spender.as_deref().unwrap_or_default();
-                    return Poll::Ready(match config.credit_outcome(id, &self.which, &verdict, answer) {
-                        Ok(()) => Ok(self.admit(verdict)),
-                        Err(error) => Err(config.rendering.render(&error, request)),
-                    });
+                    return Poll::Ready(
+                        match config.credit_outcome(id, &self.which, &verdict, answer) {
+                            Ok(()) => Ok(self.admit(verdict)),
+                            Err(error) => Err(config.rendering.render(&error, request)),
+                        },
+                    );
                 }
                 Stage::Done => return Poll::Pending,
             }

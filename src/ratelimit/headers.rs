@@ -110,7 +110,10 @@ impl Policies {
             }
         }
         if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both)
-            && let Some((i, d)) = decisions.iter().enumerate().min_by_key(|(_, d)| d.remaining)
+            && let Some((i, d)) = decisions
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, d)| d.remaining)
         {
             let outer_remaining = headers
                 .get(&X_REMAINING)
@@ -208,7 +211,10 @@ mod tests {
             h["ratelimit-policy"],
             "\"burst\";q=20;w=1, \"daily\";q=10000;w=86400"
         );
-        assert_eq!(h["ratelimit"], "\"burst\";r=19;t=1, \"daily\";r=9999;t=51234");
+        assert_eq!(
+            h["ratelimit"],
+            "\"burst\";r=19;t=1, \"daily\";r=9999;t=51234"
+        );
         assert_eq!(h["x-ratelimit-limit"], "20");
         assert_eq!(h["x-ratelimit-remaining"], "19");
         // An outer layer appends its policy; the legacy set keeps the lower remaining.

@@ -215,7 +215,9 @@ impl RateLimitLayer {
         let config = self.config.clone();
         let which = config.which(principal);
         let subject = Subject::with_owner(principal.id(), principal.owner());
-        let check = config.limiter.peek(subject, &config.policies(&which).limits);
+        let check = config
+            .limiter
+            .peek(subject, &config.policies(&which).limits);
         async move {
             let verdict = check.await?;
             let policies = config.policies(&which);
@@ -229,10 +231,14 @@ impl RateLimitLayer {
                     let quota = limit.quota();
                     let (remaining, reset) = match (decision.allowed, quota.is_fixed()) {
                         (false, _) => (decision.remaining, decision.reset_after),
-                        (true, true) => (decision.remaining.saturating_add(1), decision.reset_after),
+                        (true, true) => {
+                            (decision.remaining.saturating_add(1), decision.reset_after)
+                        }
                         (true, false) => (
                             decision.remaining.saturating_add(1),
-                            decision.reset_after.saturating_sub(quota.emission_interval()),
+                            decision
+                                .reset_after
+                                .saturating_sub(quota.emission_interval()),
                         ),
                     };
                     PolicyStatus {

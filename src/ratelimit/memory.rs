@@ -1,8 +1,9 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU32, fence};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use hashbrown::HashTable;
@@ -27,16 +28,20 @@ const DEFAULT_MAX_KEYS: usize = 4_000_000;
 ///
 /// **Lists of limits.** [`RateLimiter::check_all`] with a single rate counted per caller is the
 /// atomic path above, at the cost of [`check`](RateLimiter::check). Any other list keeps the
-/// states of its items in one entry per caller (a few words per item, behind a mutex of the
-/// entry's own) and, for the items counted by owner, one entry per owner: all items are decided
-/// under the entries' locks, so a request denied by one enforced limit spends nothing from the
-/// others. Owners' entries are kept apart from callers' (an owner named `x` and a caller `x`
-/// share nothing); a caller without an owner counts its owner-wide limits under its own key,
-/// like its other limits. Each item's state is kept by its quota (`"10/s"` and `"100/d;fixed"`
-/// of one caller are two states; two items of one list with the same quota share one), so a
-/// changed list starts its changed items afresh, and a list's state is apart from the state
-/// the single-rate path keeps for the same caller. Fixed windows are aligned to UTC and read the
-/// clock's wall time ([`Clock::now`]); rates read its monotonic time.
+/// states of its items in one entry per caller (a few words per item) and, for the items
+/// counted by owner, one entry per owner. All items are decided on one consistent reading of
+/// the entries and written together, with one compare-and-swap per entry on the entry's
+/// version (a sequence lock: a denial writes nothing and takes nothing), so a request denied by
+/// one enforced limit spends nothing from the others, and no request ever sees half of
+/// another's writes. Owners' entries are kept apart from callers' (an owner named `x` and a
+/// caller `x` share nothing); a caller without an owner counts its owner-wide limits under its
+/// own key, like its other limits. Each item's state is kept by its quota (`"10/s"` and
+/// `"100/d;fixed"` of one caller are two states; two items of one list with the same quota
+/// share one), so a changed list starts its changed items afresh, and a list's state is apart
+/// from the state the single-rate path keeps for the same caller. Fixed windows are aligned to
+/// UTC and read the clock's wall time ([`Clock::now`]; the system clock's is read once a
+/// millisecond and carried forward by its monotonic time in between, so a window's boundary is
+/// off by microseconds at most); rates read its monotonic time.
 ///
 /// **Memory stays bounded, and so does the work of every decision.** An entry whose theoretical
 /// arrival time has passed holds no information (it is the same as no entry), so it can be
@@ -83,7 +88,7 @@ const DEFAULT_MAX_KEYS: usize = 4_000_000;
 /// let denied = check("key_2"); // the owner's fourth of the day
 /// assert_eq!(denied.denied_by(), Some(1));
 /// // Nothing was spent: key_2 still has its whole burst but for the one it made.
-/// let now = RateLimiter::peek(&limiter, Subject::with_owner("key_2", Some("acme")), &limits);
+/// let mut now = RateLimiter::peek(&limiter, Subject::with_owner("key_2", Some("acme")), &limits);
 /// assert_eq!(now.take_ready().unwrap().unwrap().decisions()[0].remaining, 3);
 /// # Ok::<(), keygate::QuotaError>(())
 /// ```
@@ -134,16 +139,25 @@ struct Entry {
 
 /// The states of a caller's (or an owner's) items of lists of limits.
 ///
-/// Laid out in the order a decision reads it, on two cache lines: the hash, the namespace and
-/// the lock, the key, then the states.
-#[repr(C, align(64))]
+/// A decision reads the states without a lock and checks `version` before and after (a
+/// sequence lock): even while the states are at rest, odd while a decision that admitted a
+/// request writes them. That decision takes the entry by moving `version` from the even value
+/// it read to the next odd one (one compare-and-swap, which fails if anything was written
+/// since), writes, and moves it on to the next even value. So an admitted request costs one
+/// compare-and-swap, like the single-rate path, and a denied one none. The slots themselves
+/// (which quotas have a state) change only under the shard's write lock.
+///
+/// Laid out in the order a decision reads it, on one pair of cache lines (128 bytes, aligned,
+/// which processors fetch together): what a lookup compares (the hash, the key, the namespace),
+/// the version, then the states.
+#[repr(C, align(128))]
 struct ListEntry {
     hash: u64,
+    key: StoredKey,
     /// Whether this is an owner's entry (else a caller's).
     owner: bool,
-    /// Taken only under the shard's read lock, so that its write lock excludes every holder.
-    slots: Mutex<Slots>,
-    key: StoredKey,
+    version: AtomicU64,
+    slots: Slots,
 }
 
 /// The states of one entry's items, one per distinct quota. Two inline: a caller's rate and cap.
@@ -191,38 +205,71 @@ impl SlotKey {
     }
 }
 
-/// One item's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One item's state: the quota it is for (fixed while the entry lives) and the state, written
+/// under the entry's version (see [`ListEntry`]).
+#[derive(Debug)]
 struct Slot {
     key: SlotKey,
     /// A rate's theoretical arrival time (monotonic nanoseconds), or a cap's window number.
-    state: u64,
+    state: AtomicU64,
     /// What a cap spent in its window (0 for a rate).
-    count: u32,
+    count: AtomicU32,
 }
 
 impl Slot {
-    fn window(&self) -> Window {
-        Window {
-            id: self.state,
-            count: u64::from(self.count),
+    fn new(key: SlotKey, (state, count): (u64, u32)) -> Self {
+        Self {
+            key,
+            state: AtomicU64::new(state),
+            count: AtomicU32::new(count),
         }
+    }
+
+    #[inline]
+    fn get(&self) -> (u64, u32) {
+        (
+            self.state.load(Ordering::Relaxed),
+            self.count.load(Ordering::Relaxed),
+        )
+    }
+
+    #[inline]
+    fn set(&self, (state, count): (u64, u32)) {
+        self.state.store(state, Ordering::Relaxed);
+        self.count.store(count, Ordering::Relaxed);
     }
 
     /// Whether the state holds no information at these times (monotonic, wall-clock).
     fn is_idle(&self, mono: u64, wall: u64) -> bool {
-        if self.key.is_fixed() {
-            fixed::is_idle(self.window(), wall, self.key.window_nanos())
-        } else {
-            self.state <= mono
-        }
+        idle(self.key, self.get(), mono, wall)
+    }
+}
+
+/// Whether a state of `key` holds no information at these times (monotonic, wall-clock).
+fn idle(key: SlotKey, (state, count): (u64, u32), mono: u64, wall: u64) -> bool {
+    if key.is_fixed() {
+        let window = Window {
+            id: state,
+            count: u64::from(count),
+        };
+        fixed::is_idle(window, wall, key.window_nanos())
+    } else {
+        state <= mono
     }
 }
 
 impl ListEntry {
-    fn is_idle(&mut self, mono: u64, wall: u64) -> bool {
-        let slots = self.slots.get_mut().unwrap_or_else(PoisonError::into_inner);
-        slots.iter().all(|s| s.is_idle(mono, wall))
+    fn is_idle(&self, mono: u64, wall: u64) -> bool {
+        self.slots.iter().all(|s| s.is_idle(mono, wall))
+    }
+
+    /// Moves the version from `version` (even, as read) to the next odd value: the entry is
+    /// this decision's to write, and nothing was written since `version` was read.
+    #[inline]
+    fn take(&self, version: u64) -> bool {
+        self.version
+            .compare_exchange(version, version + 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     #[inline]
@@ -276,17 +323,14 @@ fn step_ring<T: Hashed>(
         let Some(hash) = ring.pop_front() else {
             break;
         };
-        match table.find_entry(hash, |e| e.hash() == hash) {
-            Ok(mut entry) => {
-                if idle(entry.get_mut()) {
-                    entry.remove();
-                    removed += 1;
-                } else {
-                    ring.push_back(hash);
-                }
+        // A hash without its entry was dropped by a full sweep.
+        if let Ok(mut entry) = table.find_entry(hash, |e| e.hash() == hash) {
+            if idle(entry.get_mut()) {
+                entry.remove();
+                removed += 1;
+            } else {
+                ring.push_back(hash);
             }
-            // Already dropped by a full sweep.
-            Err(_) => {}
         }
     }
     // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
@@ -482,33 +526,47 @@ impl Outcome {
             if plan.target_of(i) != target {
                 continue;
             }
-            let (state, count) = self.states[i];
-            match slots.get_mut(usize::from(self.index[i])) {
-                Some(slot) => (slot.state, slot.count) = (state, count),
+            match slots.get(usize::from(self.index[i])) {
+                Some(slot) => slot.set(self.states[i]),
                 None => new |= 1 << i,
             }
         }
         while new != 0 {
             let i = new.trailing_zeros() as usize;
             new &= new - 1;
-            let (state, count) = self.states[i];
             // An equal quota earlier in the list may have made the slot already.
             let key = SlotKey::of(plan.items[i].quota());
-            if let Some(slot) = slots.iter_mut().find(|s| s.key == key) {
-                (slot.state, slot.count) = (state, count);
+            if let Some(slot) = slots.iter().find(|s| s.key == key) {
+                slot.set(self.states[i]);
                 continue;
             }
             if slots.len() >= MAX_SLOTS {
                 let (mono, wall) = now.both(inner);
                 slots.retain(|s| !s.is_idle(mono, wall));
             }
-            slots.push(Slot { key, state, count });
+            slots.push(Slot::new(key, self.states[i]));
+        }
+    }
+
+    /// Writes the states of the items kept in `target` to the slots they were found in (every
+    /// one was: `missing[target]` is 0).
+    #[inline]
+    fn write_found(&self, plan: &Plan<'_>, target: usize, slots: &[Slot]) {
+        let mut writes = self.writes;
+        while writes != 0 {
+            let i = writes.trailing_zeros() as usize;
+            writes &= writes - 1;
+            if plan.target_of(i) == target
+                && let Some(slot) = slots.get(usize::from(self.index[i]))
+            {
+                slot.set(self.states[i]);
+            }
         }
     }
 
     /// Whether `slots` has room for the new states of `target` ([`MAX_SLOTS`], counting
     /// only live states).
-    fn fits(&self, target: usize, slots: &Slots, now: &mut Now, inner: &Inner) -> bool {
+    fn fits(&self, target: usize, slots: &[Slot], now: &mut Now, inner: &Inner) -> bool {
         let missing = usize::from(self.missing[target]);
         if slots.len() + missing <= MAX_SLOTS {
             return true;
@@ -542,13 +600,7 @@ fn decide_items(plan: &Plan<'_>, slots: [&[Slot]; 2], spend: bool, out: &mut Out
         };
         if let Some(at) = found {
             out.index[i] = u8::try_from(at).unwrap_or(NO_SLOT);
-        } else if !(Slot {
-            key,
-            state: write.0,
-            count: write.1,
-        })
-        .is_idle(plan.mono, plan.wall)
-        {
+        } else if !idle(key, write, plan.mono, plan.wall) {
             out.index[i] = NO_SLOT;
             out.missing[target] += 1;
         } else {
@@ -579,13 +631,19 @@ fn decide_item(
     cost: u32,
 ) -> (Decision, Option<(u64, u32)>) {
     if fixed {
-        let state = found.map_or(Window::default(), Slot::window);
+        let state = found.map_or(Window::default(), |s| {
+            let (id, count) = s.get();
+            Window {
+                id,
+                count: u64::from(count),
+            }
+        });
         let (decision, new) = fixed::decide(state, plan.wall, quota, cost);
         // A count is at most the limit, a u32.
         let write = new.map(|w| (w.id, u32::try_from(w.count).unwrap_or(u32::MAX)));
         (decision, write)
     } else {
-        let tat = found.map_or(0, |s| s.state);
+        let tat = found.map_or(0, |s| s.state.load(Ordering::Relaxed));
         let (decision, new) = gcra::decide(tat, plan.mono, quota, cost);
         (decision, new.map(|tat| (tat, 0)))
     }
@@ -748,14 +806,24 @@ fn write(lock: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// An entry's states, locked.
-fn lock(entry: &ListEntry) -> MutexGuard<'_, Slots> {
-    entry.slots.lock().unwrap_or_else(PoisonError::into_inner)
+/// Waits a moment for a decision that is writing an entry's states (a few stores long): spins,
+/// then lets other threads run, in case that decision's thread was preempted.
+#[cold]
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
-/// The states behind an entry's lock, or none.
-fn view<'g>(guard: &'g Option<MutexGuard<'_, Slots>>) -> &'g [Slot] {
-    guard.as_deref().map_or(&[], |s| s.as_slice())
+/// Of the one or two shards read-locked or write-locked for a list, the one at `index`.
+fn pick_ref<'g>(lo: usize, first: &'g Shard, second: Option<&'g Shard>, index: usize) -> &'g Shard {
+    match second {
+        Some(second) if index != lo => second,
+        _ => first,
+    }
 }
 
 /// Of the one or two shards locked for a list, the one at `index`.
@@ -766,7 +834,7 @@ fn pick<'g>(
     index: usize,
 ) -> &'g mut Shard {
     match second {
-        Some(second) if index != lo => &mut **second,
+        Some(second) if index != lo => second,
         _ => first,
     }
 }
@@ -962,9 +1030,10 @@ impl Inner {
         self.list_new(&plan, shards, out)
     }
 
-    /// A list kept in one entry that exists, under its shard's read lock and its own lock;
-    /// `None` when the entry does not exist. The path of most decisions, so it decides in one
-    /// pass over the items and writes in a second, with nothing in between but the checks.
+    /// A list kept in one entry that exists, under its shard's read lock; `None` when the entry
+    /// does not exist, or admitting the request needs a slot it does not have yet (nothing was
+    /// written then). The path of most decisions: read the states, decide, check that nothing
+    /// was written meanwhile, then take the entry and write (see [`ListEntry`]).
     #[inline]
     fn list_in_one(
         &self,
@@ -975,36 +1044,41 @@ impl Inner {
     ) -> Option<Result<(), RateLimitError>> {
         let shard = read(&self.shards[target.shard]);
         let entry = shard.lists.find(target.hash, |e| e.matches(target))?;
-        let mut slots = lock(entry);
         let t = if target.owner { OWNER } else { CALLER };
         let mut views: [&[Slot]; 2] = [&[], &[]];
-        views[t] = &slots;
-        decide_items(plan, views, spend, out);
-        if !spend || !out.allowed || out.writes == 0 {
-            return Some(Ok(()));
-        }
-        if out.missing[t] == 0 {
-            // Every state has its slot: write them where they were found.
-            let mut writes = out.writes;
-            while writes != 0 {
-                let i = writes.trailing_zeros() as usize;
-                writes &= writes - 1;
-                if let Some(slot) = slots.get_mut(usize::from(out.index[i])) {
-                    (slot.state, slot.count) = out.states[i];
-                }
+        views[t] = &entry.slots;
+        let mut spins = 0;
+        loop {
+            let version = entry.version.load(Ordering::Acquire);
+            if version & 1 != 0 {
+                backoff(&mut spins);
+                continue;
             }
+            decide_items(plan, views, spend, out);
+            fence(Ordering::Acquire);
+            if entry.version.load(Ordering::Relaxed) != version {
+                continue; // written meanwhile: decide again
+            }
+            if !spend || !out.allowed || out.writes == 0 {
+                return Some(Ok(()));
+            }
+            if out.missing[t] > 0 {
+                return None;
+            }
+            if !entry.take(version) {
+                continue;
+            }
+            // The odd version is seen before any of the states written next.
+            fence(Ordering::Release);
+            out.write_found(plan, t, &entry.slots);
+            entry.version.store(version + 2, Ordering::Release);
             return Some(Ok(()));
         }
-        let mut now = plan.now();
-        if !out.fits(t, &slots, &mut now, self) {
-            return Some(Err(RateLimitError::Full));
-        }
-        out.commit(plan, t, &mut slots, &mut now, self);
-        Some(Ok(()))
     }
 
-    /// The list on entries that exist, under the shards' read locks; `None` when spending
-    /// needs an entry that does not exist yet.
+    /// The list on entries that exist (one or two: the caller's and the owner's), under the
+    /// shards' read locks, by the same protocol as [`list_in_one`](Self::list_in_one); `None`
+    /// when spending needs an entry or a slot that does not exist yet (nothing was written).
     fn list_known(
         &self,
         plan: &Plan<'_>,
@@ -1014,56 +1088,75 @@ impl Inner {
     ) -> Option<Result<(), RateLimitError>> {
         let first = read(&self.shards[lo]);
         let second = hi.map(|s| read(&self.shards[s]));
-        let shard_of = |t: &Target<'_>| -> &Shard {
-            match &second {
-                Some(second) if t.shard != lo => second,
-                _ => &first,
-            }
-        };
         let mut entries: [Option<&ListEntry>; 2] = [None, None];
         for (entry, target) in entries.iter_mut().zip(&plan.targets) {
             let Some(target) = target else {
                 continue;
             };
-            *entry = shard_of(target)
+            *entry = pick_ref(lo, &first, second.as_deref(), target.shard)
                 .lists
                 .find(target.hash, |e| e.matches(target));
             if entry.is_none() && spend {
                 return None;
             }
         }
-        // The entries' locks in one order, the caller's before the owner's; at most one of
-        // each kind is held at once, so no two decisions wait for each other.
-        let caller = entries[CALLER].map(lock);
-        let owner = entries[OWNER].map(lock);
-        let mut guards = [caller, owner];
-        decide_items(
-            plan,
-            [view(&guards[CALLER]), view(&guards[OWNER])],
-            spend,
-            out,
-        );
-        if !spend || !out.allowed || out.writes == 0 {
+        let views = entries.map(|e| e.map_or(&[][..], |e| e.slots.as_slice()));
+        let mut spins = 0;
+        loop {
+            let versions = entries.map(|e| e.map_or(0, |e| e.version.load(Ordering::Acquire)));
+            if versions.iter().any(|v| v & 1 != 0) {
+                backoff(&mut spins);
+                continue;
+            }
+            decide_items(plan, views, spend, out);
+            fence(Ordering::Acquire);
+            let changed = entries
+                .iter()
+                .zip(versions)
+                .any(|(e, v)| e.is_some_and(|e| e.version.load(Ordering::Relaxed) != v));
+            if changed {
+                continue;
+            }
+            if !spend || !out.allowed || out.writes == 0 {
+                return Some(Ok(()));
+            }
+            if out.missing != [0; 2] {
+                return None;
+            }
+            // Take the entries in one order, the caller's before the owner's; one that cannot
+            // be taken gives back the other, so no decision ever waits holding an entry.
+            let [caller, owner] = entries;
+            if let Some(e) = caller
+                && !e.take(versions[CALLER])
+            {
+                continue;
+            }
+            if let Some(e) = owner
+                && !e.take(versions[OWNER])
+            {
+                if let Some(e) = caller {
+                    e.version.store(versions[CALLER], Ordering::Release);
+                }
+                continue;
+            }
+            fence(Ordering::Release);
+            for (t, e) in entries.iter().enumerate() {
+                if let Some(e) = e {
+                    out.write_found(plan, t, &e.slots);
+                }
+            }
+            for (t, e) in entries.iter().enumerate() {
+                if let Some(e) = e {
+                    e.version.store(versions[t] + 2, Ordering::Release);
+                }
+            }
             return Some(Ok(()));
         }
-        let mut now = plan.now();
-        for (target, guard) in guards.iter().enumerate() {
-            if let Some(slots) = guard
-                && !out.fits(target, slots, &mut now, self)
-            {
-                return Some(Err(RateLimitError::Full));
-            }
-        }
-        for (target, guard) in guards.iter_mut().enumerate() {
-            if let Some(slots) = guard {
-                out.commit(plan, target, slots, &mut now, self);
-            }
-        }
-        Some(Ok(()))
     }
 
-    /// The list when one of its entries does not exist yet: under the shards' write locks,
-    /// taken in the limiter's one order (lower index first).
+    /// The list when an entry or a slot it needs does not exist yet: under the shards' write
+    /// locks, taken in the limiter's one order (lower index first), so that no decision reads
+    /// the entries meanwhile.
     fn list_new(
         &self,
         plan: &Plan<'_>,
@@ -1072,34 +1165,31 @@ impl Inner {
     ) -> Result<(), RateLimitError> {
         let mut first = write(&self.shards[lo]);
         let mut second = hi.map(|s| write(&self.shards[s]));
-        // Copies of the entries' states: sweeping below may drop an entry found here (one that
-        // holds nothing), and the states are written back, or into a new entry, at the end.
-        let mut copies: [Slots; 2] = Default::default();
-        for (copy, target) in copies.iter_mut().zip(&plan.targets) {
-            let Some(target) = target else {
-                continue;
-            };
-            let shard = pick(lo, &mut first, &mut second, target.shard);
-            if let Some(entry) = shard.lists.find_mut(target.hash, |e| e.matches(target)) {
-                copy.clone_from(
-                    entry
-                        .slots
-                        .get_mut()
-                        .unwrap_or_else(PoisonError::into_inner),
-                );
+        let writes = {
+            let views = plan.targets.map(|target| {
+                target
+                    .and_then(|target| {
+                        pick_ref(lo, &first, second.as_deref(), target.shard)
+                            .lists
+                            .find(target.hash, |e| e.matches(&target))
+                    })
+                    .map_or(&[][..], |e| e.slots.as_slice())
+            });
+            decide_items(plan, views, true, out);
+            let writes =
+                [CALLER, OWNER].map(|t| plan.targets[t].is_some() && out.writes_to(plan, t));
+            let mut now = plan.now();
+            for t in [CALLER, OWNER] {
+                if writes[t] && !out.fits(t, views[t], &mut now, self) {
+                    return Err(RateLimitError::Full);
+                }
             }
-        }
-        decide_items(plan, [&copies[CALLER], &copies[OWNER]], true, out);
-        let writes = [CALLER, OWNER].map(|t| plan.targets[t].is_some() && out.writes_to(plan, t));
+            writes
+        };
         if writes == [false; 2] {
             return Ok(());
         }
         let mut now = plan.now();
-        for (target, copy) in copies.iter().enumerate() {
-            if writes[target] && !out.fits(target, copy, &mut now, self) {
-                return Err(RateLimitError::Full);
-            }
-        }
         let present = |first: &mut Shard, second: &mut Option<RwLockWriteGuard<'_, Shard>>| {
             [CALLER, OWNER].map(|t| {
                 plan.targets[t].is_some_and(|target| {
@@ -1110,7 +1200,9 @@ impl Inner {
                 })
             })
         };
-        // A new key looks for idle entries in its shard, as on the single-rate path.
+        // A new key looks for idle entries in its shard, as on the single-rate path. Sweeping
+        // drops only entries that hold nothing: one found above and dropped here decided as
+        // no entry would have, and is made anew below.
         let mut exists = present(&mut first, &mut second);
         let mut swept = [usize::MAX; 2];
         for t in [CALLER, OWNER] {
@@ -1137,26 +1229,26 @@ impl Inner {
                 return Err(RateLimitError::Full);
             }
         }
-        for (t, mut copy) in copies.into_iter().enumerate() {
+        for t in [CALLER, OWNER] {
             let Some(target) = plan.targets[t].filter(|_| writes[t]) else {
                 continue;
             };
-            out.commit(plan, t, &mut copy, &mut now, self);
             let shard = pick(lo, &mut first, &mut second, target.shard);
             if let Some(entry) = shard.lists.find_mut(target.hash, |e| e.matches(&target)) {
-                *entry
-                    .slots
-                    .get_mut()
-                    .unwrap_or_else(PoisonError::into_inner) = copy;
+                out.commit(plan, t, &mut entry.slots, &mut now, self);
                 continue;
             }
+            // A new entry (any slot a state was found in went with the old one).
+            let mut slots = Slots::new();
+            out.commit(plan, t, &mut slots, &mut now, self);
             shard.lists.insert_unique(
                 target.hash,
                 ListEntry {
-                    key: StoredKey::new(target.key),
                     hash: target.hash,
+                    version: AtomicU64::new(0),
                     owner: target.owner,
-                    slots: Mutex::new(copy),
+                    slots,
+                    key: StoredKey::new(target.key),
                 },
                 |e| e.hash,
             );
@@ -1744,6 +1836,38 @@ mod tests {
         assert_eq!(l.sweep(), 2);
         assert!(all(&l, b, &limits).allowed());
         assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn a_list_entry_is_one_pair_of_cache_lines() {
+        // Two states inline (a caller's rate and cap), the key inline up to 22 bytes.
+        assert_eq!(std::mem::size_of::<ListEntry>(), 128);
+        assert_eq!(std::mem::size_of::<Slot>(), 32);
+    }
+
+    #[test]
+    fn the_system_clocks_wall_time_is_carried_forward_and_stays_close() {
+        assert!(MemoryLimiter::new().inner.system_clock);
+        assert!(
+            MemoryLimiter::builder()
+                .clock(SystemClock)
+                .build()
+                .inner
+                .system_clock
+        );
+        let manual = MemoryLimiter::builder().clock(ManualClock::new()).build();
+        assert!(
+            !manual.inner.system_clock,
+            "any other clock is read every time"
+        );
+        let l = MemoryLimiter::new();
+        for _ in 0..20 {
+            let derived = l.inner.wall_nanos(None);
+            let read = fixed::unix_nanos(std::time::SystemTime::now());
+            // Both read within moments of each other; the drift in a millisecond is tiny.
+            assert!(derived.abs_diff(read) < 50_000_000, "{derived} vs {read}");
+            std::thread::sleep(Duration::from_micros(700));
+        }
     }
 
     #[test]
