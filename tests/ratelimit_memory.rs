@@ -442,7 +442,14 @@ fn lists_of_callers_and_owners_across_shards_stay_exact_and_never_deadlock() {
         }
         assert!(!now.decisions()[1].allowed, "{}", keys[k]);
     }
-    assert_eq!(limiter.len(), KEYS + OWNERS);
+    // Every owner and every caller that was admitted holds an entry; a caller whose every
+    // request its owner's cap denied may have none (a denial need not remember anything).
+    let admitted_callers = admitted.iter().filter(|&&n| n > 0).count();
+    assert!(
+        (admitted_callers + OWNERS..=KEYS + OWNERS).contains(&limiter.len()),
+        "{} entries, {admitted_callers} callers admitted",
+        limiter.len()
+    );
 }
 
 #[test]
