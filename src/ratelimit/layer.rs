@@ -40,7 +40,7 @@ pub const ANONYMOUS_KEY: &str = "anonymous";
 /// use keygate::Quota;
 ///
 /// let usage = UsageTracker::new(100_000);
-/// let layer = RateLimitLayer::new(MemoryLimiter::new(), "100/min".parse().unwrap())
+/// let layer = RateLimitLayer::new(MemoryLimiter::new(), "100/min".parse::<Quota>().unwrap())
 ///     .tier("gold", Quota::per_minute(10_000))
 ///     .cost(|head| if head.method == "POST" { 5 } else { 1 })
 ///     .headers(HeaderStyle::Both)

@@ -24,7 +24,7 @@ use crate::Limits;
 /// let overrides = Overrides::new();
 /// let layer = RateLimitLayer::new(MemoryLimiter::new(), Quota::per_minute(60))
 ///     .overrides(overrides.clone());
-/// overrides.set("user-42", "600/min, 100000/d;fixed".parse()?);
+/// overrides.set("user-42", "600/min, 100000/d;fixed".parse::<keygate::Limits>()?);
 /// assert_eq!(overrides.get("user-42").unwrap().len(), 2);
 /// overrides.remove("user-42");
 /// assert!(overrides.get("user-42").is_none());
