@@ -67,6 +67,28 @@ pub enum Unavailable {
     JwtKeys,
 }
 
+/// Why an authenticated caller is refused (403) for something other than a missing scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Forbidden {
+    /// The key may not be used from the client's address (its record lists the networks it
+    /// may be used from, and the address is in none of them).
+    AddressNotAllowed,
+    /// A check of the caller's claims failed; the text is the problem's `detail` (no secrets:
+    /// the client reads it).
+    Denied(Cow<'static, str>),
+}
+
+impl Forbidden {
+    /// A short, fixed name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::AddressNotAllowed => "address_not_allowed",
+            Self::Denied(_) => "forbidden",
+        }
+    }
+}
+
 /// A gRPC status code keygate answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -150,6 +172,9 @@ pub enum AuthError {
     /// The caller lacks a scope: 403 `insufficient_scope`.
     #[error("the credential lacks the scope {0:?}")]
     InsufficientScope(Cow<'static, str>),
+    /// The caller is authenticated but refused: 403.
+    #[error("the caller is refused ({})", .0.as_str())]
+    Forbidden(Forbidden),
     /// Too many requests: 429.
     #[error("rate limited")]
     RateLimited(Box<RateLimited>),
@@ -174,7 +199,7 @@ impl AuthError {
         match self {
             Self::MissingCredential | Self::InvalidCredential(_) => StatusCode::UNAUTHORIZED,
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
+            Self::InsufficientScope(_) | Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MissingLayer | Self::ClaimsType(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -187,7 +212,7 @@ impl AuthError {
             Self::MissingCredential | Self::InvalidRequest(_) | Self::InvalidCredential(_) => {
                 GrpcCode::Unauthenticated
             }
-            Self::InsufficientScope(_) => GrpcCode::PermissionDenied,
+            Self::InsufficientScope(_) | Self::Forbidden(_) => GrpcCode::PermissionDenied,
             Self::RateLimited(_) => GrpcCode::ResourceExhausted,
             Self::Unavailable(_) => GrpcCode::Unavailable,
             Self::MissingLayer | Self::ClaimsType(_) => GrpcCode::Internal,
@@ -201,6 +226,7 @@ impl AuthError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidCredential(c) => c.as_str(),
             Self::InsufficientScope(_) => "insufficient_scope",
+            Self::Forbidden(f) => f.as_str(),
             Self::RateLimited(_) => "rate_limited",
             Self::Unavailable(_) => "unavailable",
             Self::MissingLayer => "missing_layer",
@@ -218,6 +244,10 @@ impl AuthError {
             }
             Self::InvalidCredential(_) => "The credential is not valid.".into(),
             Self::InsufficientScope(s) => format!("The credential lacks the scope \"{s}\".").into(),
+            Self::Forbidden(Forbidden::AddressNotAllowed) => {
+                "The client's address is not allowed for this key.".into()
+            }
+            Self::Forbidden(Forbidden::Denied(detail)) => detail.clone(),
             Self::RateLimited(r) => match &r.detail {
                 Some(detail) => detail.clone().into(),
                 None => format!(
@@ -251,6 +281,11 @@ impl AuthError {
                 "Bearer realm={realm}, error=\"insufficient_scope\", scope={}",
                 quote(s)
             ),
+            // A failed claims check asks for a token with other claims; an address cannot be
+            // fixed by another credential, so it gets no challenge.
+            Self::Forbidden(Forbidden::Denied(_)) => {
+                format!("Bearer realm={realm}, error=\"insufficient_scope\"")
+            }
             _ => return None,
         };
         HeaderValue::from_str(&value).ok()
