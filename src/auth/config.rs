@@ -42,7 +42,7 @@ pub(crate) struct AuthConfig {
     pub(crate) sources: Vec<CredentialSource>,
     pub(crate) keys: Option<KeyAuth>,
     #[cfg(feature = "jwt")]
-    pub(crate) jwt: Option<crate::jwt::JwtVerifier>,
+    pub(crate) jwt: Option<crate::jwt::JwtIssuers>,
     pub(crate) optional: bool,
     pub(crate) rendering: Rendering,
     pub(crate) clock: SharedClock,
@@ -93,6 +93,17 @@ pub(crate) fn token_error(error: crate::jwt::VerifyError) -> AuthError {
 }
 
 impl AuthConfig {
+    /// Accepts the tokens of `issuers` too.
+    #[cfg(feature = "jwt")]
+    pub(crate) fn add_jwt(&mut self, issuers: crate::jwt::JwtIssuers) {
+        self.jwt = Some(match self.jwt.take() {
+            None => issuers,
+            Some(current) => current
+                .with(issuers)
+                .unwrap_or_else(|e| panic!("AuthLayer::jwt: {e}")),
+        });
+    }
+
     fn max_credential_len(&self) -> usize {
         let keys = self.keys.as_ref().map_or(0, |k| k.max_len);
         #[cfg(feature = "jwt")]

@@ -143,11 +143,20 @@ impl AuthLayer<WithKeys> {
     }
 
     /// Also accepts JWT bearer tokens: a credential shaped like a compact JWS goes to
-    /// `verifier`, anything else is looked up as an API key.
+    /// `verifier` (a [`JwtVerifier`](crate::jwt::JwtVerifier), or
+    /// [`JwtIssuers`](crate::jwt::JwtIssuers) for several issuers), anything else is looked up
+    /// as an API key. Called again, it adds the issuers of `verifier` to those accepted: each
+    /// token is then verified by the verifier of its `iss` (see `JwtIssuers`).
+    ///
+    /// # Panics
+    ///
+    /// If the verifiers cannot be told apart by issuer ([`IssuersError`](crate::jwt::IssuersError):
+    /// two accept the same `iss`, or two have no issuer rule). Build a `JwtIssuers` to get that
+    /// as an error.
     #[cfg(feature = "jwt")]
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-    pub fn jwt(mut self, verifier: crate::jwt::JwtVerifier) -> Self {
-        self.config().jwt = Some(verifier);
+    pub fn jwt(mut self, verifier: impl Into<crate::jwt::JwtIssuers>) -> Self {
+        self.config().add_jwt(verifier.into());
         self
     }
 
@@ -177,10 +186,21 @@ impl AuthLayer<JwtOnly> {
     /// A layer that accepts JWT bearer tokens only: every other credential is refused as an
     /// unknown key.
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
-    pub fn jwt_only(verifier: crate::jwt::JwtVerifier) -> Self {
+    pub fn jwt_only(verifier: impl Into<crate::jwt::JwtIssuers>) -> Self {
         let mut layer = Self::with(None);
-        layer.config().jwt = Some(verifier);
+        layer.config().add_jwt(verifier.into());
         layer
+    }
+
+    /// Also accepts tokens of the issuers of `verifier`, as [`AuthLayer::jwt`] does.
+    ///
+    /// # Panics
+    ///
+    /// As [`AuthLayer::jwt`].
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub fn jwt(mut self, verifier: impl Into<crate::jwt::JwtIssuers>) -> Self {
+        self.config().add_jwt(verifier.into());
+        self
     }
 }
 

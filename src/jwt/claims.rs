@@ -9,7 +9,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 use serde::Deserialize;
 
 /// The claim names a verifier reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClaimNames {
     pub(crate) subject: Box<str>,
     pub(crate) tier: Option<Box<str>>,
@@ -170,6 +170,33 @@ const KNOWN: [&str; 9] = [
     "scp",
     "permissions",
 ];
+
+/// The `iss` of a payload (the first, if named twice: the verifier it is routed to refuses
+/// such a payload anyway), reading nothing else.
+pub(crate) fn issuer_of(payload: &[u8]) -> Result<Option<String>, serde_json::Error> {
+    struct Iss;
+    impl<'de> Visitor<'de> for Iss {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object of claims")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+            let mut iss = None;
+            while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                if &*key == "iss" && iss.is_none() {
+                    iss = Some(map.next_value::<String>()?);
+                } else {
+                    map.next_value::<Skip>()?;
+                }
+            }
+            Ok(iss)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let iss = de.deserialize_map(Iss)?;
+    de.end()?;
+    Ok(iss)
+}
 
 /// Skips a value like `IgnoredAny`, but through `deserialize_any`, so the JSON parser's nesting
 /// limit applies: a payload nested a thousand levels deep is refused, not walked.

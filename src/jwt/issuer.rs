@@ -82,6 +82,7 @@ pub struct TokenIssuer {
     key: EncodingKey,
     alg: Algorithm,
     kid: Option<String>,
+    typ: Option<String>,
     iss: Option<String>,
     aud: Option<String>,
     subject_claim: Option<String>,
@@ -123,6 +124,7 @@ impl TokenIssuer {
             key,
             alg,
             kid: None,
+            typ: None,
             iss: None,
             aud: None,
             subject_claim: None,
@@ -138,6 +140,14 @@ impl TokenIssuer {
     /// Puts `kid` in the header.
     pub fn kid(mut self, kid: impl Into<String>) -> Self {
         self.kid = Some(kid.into());
+        self
+    }
+
+    /// The header's `typ` (default `JWT`), such as `at+jwt` for OAuth access tokens (RFC 9068),
+    /// which a verifier can require with
+    /// [`JwtVerifier::require_typ`](super::JwtVerifier::require_typ).
+    pub fn typ(mut self, typ: impl Into<String>) -> Self {
+        self.typ = Some(typ.into());
         self
     }
 
@@ -380,6 +390,9 @@ impl TokenIssuer {
             .join(" ");
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
+        if let Some(typ) = &self.typ {
+            header.typ = Some(typ.clone());
+        }
         let exp = now.saturating_add(self.ttl.as_secs()).min(MAX_NUMERIC_DATE);
         let claims = Registered {
             sub: subject,

@@ -2,6 +2,7 @@
 
 mod claims;
 mod issuer;
+mod issuers;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod keys;
@@ -12,6 +13,7 @@ mod source;
 mod verifier;
 
 pub use issuer::{IssueError, IssuedToken, TokenIssuer};
+pub use issuers::{IssuersError, JwtIssuers};
 pub use jsonwebtoken::Algorithm;
 #[cfg(feature = "jwks")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]

@@ -22,7 +22,7 @@ use crate::principal::{Principal, PrincipalKind};
 /// The default limit on a token's length, in bytes.
 const DEFAULT_MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The default number of verified tokens kept in the cache.
-const DEFAULT_CACHE_ENTRIES: usize = 50_000;
+pub(crate) const DEFAULT_CACHE_ENTRIES: usize = 50_000;
 
 /// Why a token was not accepted.
 ///
@@ -72,6 +72,9 @@ pub enum VerifyError {
     /// The key source has no keys at all (a JWKS that could not be fetched yet).
     #[error("no keys to verify the token with")]
     KeysUnavailable,
+    /// The header's `typ` is not one the verifier accepts (see [`JwtVerifier::require_typ`]).
+    #[error("the token is of another type")]
+    WrongType,
 }
 
 impl VerifyError {
@@ -91,6 +94,7 @@ impl VerifyError {
             Self::ClaimsType => "claims_type",
             Self::Revoked => "revoked",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::WrongType => "wrong_type",
         }
     }
 }
@@ -132,7 +136,10 @@ pub(crate) struct Verified {
     nbf: Option<u64>,
     iat: Option<u64>,
     jti: Option<Box<str>>,
-    generation: u64,
+    pub(crate) generation: u64,
+    /// Which verifier of a [`JwtIssuers`](super::JwtIssuers) verified it (0 for a lone
+    /// verifier).
+    pub(crate) route: usize,
 }
 
 /// The outcome of checking a token without waiting.
@@ -180,6 +187,8 @@ pub struct JwtVerifier {
 struct Config {
     source: Arc<dyn KeySource>,
     issuers: Option<Vec<String>>,
+    /// The one `typ` accepted (lower case, without `application/`); `None`: lenient.
+    typ: Option<Box<str>>,
     audiences: Option<Vec<String>>,
     leeway: u64,
     require_exp: bool,
@@ -197,7 +206,7 @@ struct Config {
 /// The hash key is random per process, so a client cannot steer a guessed token into a
 /// comparison with a cached one; that is why the comparison may be a plain (fast) one, and why
 /// no SHA-256 of the token is needed on the cached path.
-struct Cache {
+pub(crate) struct Cache {
     map: DashMap<u64, (Box<str>, Arc<Verified>), std::hash::BuildHasherDefault<DigestHasher>>,
     hasher: foldhash::quality::RandomState,
     max: usize,
@@ -210,6 +219,8 @@ struct Header<'a> {
     alg: Cow<'a, str>,
     #[serde(default, borrow)]
     kid: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    typ: Option<Cow<'a, str>>,
     /// `Some` whenever the member is there, even as `null`.
     #[serde(default, deserialize_with = "present")]
     crit: Option<IgnoredAny>,
@@ -247,6 +258,7 @@ impl JwtVerifier {
             inner: Arc::new(Config {
                 source: Arc::new(source),
                 issuers: None,
+                typ: None,
                 audiences: None,
                 leeway: 60,
                 require_exp: true,
@@ -295,6 +307,36 @@ impl JwtVerifier {
     /// Accepts only tokens whose `iss` is one of these.
     pub fn issuer<S: Into<String>>(mut self, issuers: impl IntoIterator<Item = S>) -> Self {
         self.rules().issuers = Some(issuers.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Accepts only tokens whose header's `typ` is `typ` (RFC 8725 §3.11 explicit typing), such
+    /// as `"at+jwt"` for OAuth access tokens (RFC 9068): a token without `typ`, or of another
+    /// type (an ID token, a logout token), is refused. The comparison ignores case and an
+    /// `application/` prefix (RFC 7515 §4.1.9).
+    ///
+    /// Without it the verifier is lenient: a token without `typ`, or with `JWT` or `at+jwt`,
+    /// is accepted; a token that says it is something else (`logout+jwt`, `secevent+jwt`,
+    /// `dpop+jwt`, ...) is meant for another purpose and is refused.
+    ///
+    /// ```
+    /// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer, VerifyError};
+    ///
+    /// let secret = b"a secret of at least 32 bytes, please!";
+    /// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)]).require_typ("at+jwt");
+    /// let access = TokenIssuer::hmac(secret).typ("at+jwt").issue("u1", ["a"]).unwrap();
+    /// let plain = TokenIssuer::hmac(secret).issue("u1", ["a"]).unwrap(); // typ JWT
+    /// assert!(verifier.verify(&access.access_token).is_ok());
+    /// assert_eq!(verifier.verify(&plain.access_token).unwrap_err(), VerifyError::WrongType);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `typ` is empty.
+    pub fn require_typ(mut self, typ: &str) -> Self {
+        let typ = normalise_typ(typ);
+        assert!(!typ.is_empty(), "require_typ with an empty type");
+        self.rules().typ = Some(typ.into());
         self
     }
 
@@ -431,18 +473,13 @@ impl JwtVerifier {
             .map_or(0, |d| d.as_secs());
         let hash = c.cache.as_ref().map(|cache| cache.hasher.hash_one(token));
         if let (Some(cache), Some(hash)) = (&c.cache, hash) {
-            let hit = cache
-                .map
-                .get(&hash)
-                .filter(|e| &*e.0 == token)
-                .map(|e| e.1.clone());
-            if let Some(hit) = hit
+            if let Some(hit) = cache.get(hash, token)
                 && hit.generation == c.source.current_generation()
             {
                 return Outcome::Done(self.still_valid(hit, now));
             }
         }
-        let verified = match self.verify_fully(token, unknown_kid) {
+        let verified = match self.verify_fully(token, unknown_kid, None) {
             Ok(v) => Arc::new(v),
             Err(outcome) => return outcome,
         };
@@ -475,7 +512,12 @@ impl JwtVerifier {
         Ok(v)
     }
 
-    fn verify_fully(&self, token: &str, unknown_kid: UnknownKid) -> Result<Verified, Outcome> {
+    fn verify_fully(
+        &self,
+        token: &str,
+        unknown_kid: UnknownKid,
+        pre: Option<Payload>,
+    ) -> Result<Verified, Outcome> {
         let c = &*self.inner;
         let refuse = |why| Outcome::Done(Err(why));
         let fail = || refuse(VerifyError::Malformed);
@@ -502,6 +544,9 @@ impl JwtVerifier {
         let kid = header.kid.as_deref();
         if kid.is_some_and(|k| k.len() > MAX_KID_LEN) {
             return Err(fail());
+        }
+        if !typ_accepted(c.typ.as_deref(), header.typ.as_deref()) {
+            return Err(refuse(VerifyError::WrongType));
         }
         let keys = c.source.current();
         if let Some(kid) = kid
@@ -532,8 +577,17 @@ impl JwtVerifier {
                 VerifyError::BadSignature
             }));
         }
-        let payload = URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| fail())?;
-        let r = Registered::parse(&payload, &c.names).map_err(|_| fail())?;
+        let (payload, parsed) = match pre {
+            Some(pre) => (pre.bytes, pre.registered),
+            None => (
+                URL_SAFE_NO_PAD.decode(payload_b64).map_err(|_| fail())?,
+                None,
+            ),
+        };
+        let r = match parsed {
+            Some(r) => r,
+            None => Registered::parse(&payload, &c.names).map_err(|_| fail())?,
+        };
         if c.require_exp && r.exp.is_none() {
             return Err(refuse(VerifyError::MissingExpiry));
         }
@@ -580,12 +634,100 @@ impl JwtVerifier {
             iat: r.iat,
             jti: r.jti.map(Into::into),
             generation: keys.generation,
+            route: 0,
         })
     }
 }
 
+/// A token's payload, decoded (and parsed, when the claim names are known) before its issuer's
+/// verifier was chosen, so that it is not decoded twice.
+pub(crate) struct Payload {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) registered: Option<Registered>,
+}
+
+/// `typ` without an `application/` prefix (RFC 7515 §4.1.9).
+fn media_subtype(typ: &str) -> &str {
+    match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") => &typ[12..],
+        _ => typ,
+    }
+}
+
+/// `typ` as a rule keeps it: lower case, without an `application/` prefix.
+fn normalise_typ(typ: &str) -> String {
+    media_subtype(typ.trim()).to_ascii_lowercase()
+}
+
+/// Whether a header's `typ` passes the verifier's rule: `required` (normalised), or, when
+/// `None`, the lenient default.
+fn typ_accepted(required: Option<&str>, typ: Option<&str>) -> bool {
+    let same = |typ: &str, want: &str| media_subtype(typ).eq_ignore_ascii_case(want);
+    match (required, typ) {
+        (Some(want), Some(typ)) => same(typ, want),
+        (Some(_), None) => false,
+        (None, None) => true,
+        (None, Some(typ)) => same(typ, "jwt") || same(typ, "at+jwt"),
+    }
+}
+
+/// What a [`JwtIssuers`](super::JwtIssuers) needs of its verifiers.
+impl JwtVerifier {
+    /// The issuers this verifier accepts, if it checks them.
+    pub(crate) fn issuer_rule(&self) -> Option<&[String]> {
+        self.inner.issuers.as_deref()
+    }
+
+    /// The claim names it reads.
+    pub(crate) fn names(&self) -> &ClaimNames {
+        &self.inner.names
+    }
+
+    /// The current generation of its keys.
+    pub(crate) fn generation(&self) -> u64 {
+        self.inner.source.current_generation()
+    }
+
+    /// Its leeway, in seconds.
+    pub(crate) fn leeway_secs(&self) -> u64 {
+        self.inner.leeway
+    }
+
+    /// Now, by its clock, in whole seconds since the epoch.
+    pub(crate) fn now_secs(&self) -> u64 {
+        self.inner
+            .clock
+            .now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    /// Checks a token routed to it, whose payload was decoded already; no cache.
+    pub(crate) fn check_routed(
+        &self,
+        token: &str,
+        unknown_kid: UnknownKid,
+        payload: Payload,
+        route: usize,
+        now: u64,
+    ) -> Result<Arc<Verified>, Outcome> {
+        if token.len() > self.inner.max_len {
+            return Err(Outcome::Done(Err(VerifyError::TooLong)));
+        }
+        let mut verified = self.verify_fully(token, unknown_kid, Some(payload))?;
+        verified.route = route;
+        self.still_valid(Arc::new(verified), now)
+            .map_err(|e| Outcome::Done(Err(e)))
+    }
+
+    /// The checks made on every use of a cached verdict.
+    pub(crate) fn recheck(&self, v: Arc<Verified>, now: u64) -> Result<Arc<Verified>, VerifyError> {
+        self.still_valid(v, now)
+    }
+}
+
 impl Cache {
-    fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         Self {
             map: DashMap::default(),
             hasher: foldhash::quality::RandomState::default(),
@@ -594,7 +736,25 @@ impl Cache {
         }
     }
 
-    fn insert(&self, hash: u64, token: &str, v: Arc<Verified>, now: u64, leeway: u64) {
+    /// The verdict cached for `token` (whose hash is `hash`), if any.
+    pub(crate) fn get(&self, hash: u64, token: &str) -> Option<Arc<Verified>> {
+        self.map
+            .get(&hash)
+            .filter(|e| &*e.0 == token)
+            .map(|e| e.1.clone())
+    }
+
+    /// The hash a token is cached by.
+    pub(crate) fn hash(&self, token: &str) -> u64 {
+        self.hasher.hash_one(token)
+    }
+
+    /// How many verdicts it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub(crate) fn insert(&self, hash: u64, token: &str, v: Arc<Verified>, now: u64, leeway: u64) {
         if self.map.len() >= self.max {
             // At most one sweep a second: a cache full of live tokens is not swept in a loop.
             let last = self.last_sweep.load(Ordering::Relaxed);
@@ -620,6 +780,7 @@ impl fmt::Debug for JwtVerifier {
         let c = &*self.inner;
         f.debug_struct("JwtVerifier")
             .field("issuers", &c.issuers)
+            .field("typ", &c.typ)
             .field("audiences", &c.audiences)
             .field("leeway", &c.leeway)
             .field("require_exp", &c.require_exp)
@@ -736,6 +897,48 @@ mod tests {
         assert_eq!(
             verifier.verify(&"a".repeat(9000)).unwrap_err(),
             VerifyError::TooLong
+        );
+    }
+
+    #[test]
+    fn typ_rules() {
+        // Lenient: absent, JWT, at+jwt, with or without `application/`, in any case.
+        for typ in [
+            None,
+            Some("JWT"),
+            Some("jwt"),
+            Some("at+jwt"),
+            Some("application/AT+JWT"),
+        ] {
+            assert!(typ_accepted(None, typ), "{typ:?}");
+        }
+        for typ in [
+            "logout+jwt",
+            "secevent+jwt",
+            "dpop+jwt",
+            "JOSE+JSON",
+            "",
+            "application/",
+        ] {
+            assert!(!typ_accepted(None, Some(typ)), "{typ:?}");
+        }
+        let want = normalise_typ(" Application/At+JWT ");
+        assert_eq!(want, "at+jwt");
+        assert!(typ_accepted(Some(&want), Some("at+jwt")));
+        assert!(typ_accepted(Some(&want), Some("application/at+jwt")));
+        assert!(!typ_accepted(Some(&want), Some("JWT")));
+        assert!(!typ_accepted(Some(&want), None));
+        // A multi-byte character where the prefix would end is no prefix, not a panic.
+        assert!(!typ_accepted(Some(&want), Some("applicatio\u{e9}at+jwt")));
+
+        let issuer = TokenIssuer::hmac(SECRET);
+        let verifier = JwtVerifier::with_keys([JwtKey::hmac(SECRET)]).require_typ("at+jwt");
+        let typed = issuer.clone().typ("at+jwt").issue("u", ["a"]).unwrap();
+        assert!(verifier.verify(&typed.access_token).is_ok());
+        let plain = issuer.issue("u", ["a"]).unwrap();
+        assert_eq!(
+            verifier.verify(&plain.access_token).unwrap_err(),
+            VerifyError::WrongType
         );
     }
 
