@@ -95,7 +95,9 @@ pub enum JwksError {
 ///   [`max_body`](RemoteJwksBuilder::max_body), not a JWK set, no usable key), the last good
 ///   set stays in use. A key removed from the set stops verifying at the next fetch, even for
 ///   tokens in the verifier's cache.
-/// - The URL is fixed here; nothing in a token (`jku`, `x5u`, `iss`, ...) can change it.
+/// - The URL is fixed here; nothing in a token (`jku`, `x5u`, `iss`, ...) can change it. (An
+///   [`OidcProvider`](super::OidcProvider) changes it when its issuer's discovery document
+///   names a new `jwks_uri`.)
 ///
 /// Every key's algorithm comes from its JWK (`alg`, or its family's usual one); keys marked
 /// `"use": "enc"` and keys that cannot be read are skipped, and so are HMAC secrets unless
@@ -164,7 +166,7 @@ struct Options {
 
 /// Shared by the handles and the refresh task.
 struct State {
-    url: reqwest::Url,
+    url: RwLock<reqwest::Url>,
     client: reqwest::Client,
     options: Options,
     keys: RwLock<Arc<KeySet>>,
@@ -194,9 +196,9 @@ struct Schedule {
     last: Result<(), JwksError>,
 }
 
-struct Fetched {
-    body: Vec<u8>,
-    max_age: Option<Duration>,
+pub(crate) struct Fetched {
+    pub(crate) body: Vec<u8>,
+    pub(crate) max_age: Option<Duration>,
 }
 
 impl RemoteJwks {
@@ -242,6 +244,29 @@ impl RemoteJwks {
         Err(JwksError::NotLoaded {
             last: state.schedule().last.clone().err().map(Box::new),
         })
+    }
+
+    /// Fetches from `url` from now on (a discovery document named a new `jwks_uri`), starting
+    /// with a fetch at once; the current set stays in use until it succeeds.
+    pub(crate) fn set_url(&self, url: reqwest::Url) {
+        let state = &self.handle.state;
+        {
+            let mut current = state.url.write().unwrap_or_else(PoisonError::into_inner);
+            if *current == url {
+                return;
+            }
+            *current = url;
+        }
+        let mut s = state.schedule();
+        let target = s.started + 1;
+        s.request(target);
+        drop(s);
+        state.wake.notify_one();
+    }
+
+    /// The URL the set is fetched from, without credentials or query.
+    pub(crate) fn shown_url(&self) -> String {
+        redacted(&self.handle.state.url())
     }
 
     /// Fetches the set now (not throttled; a fetch under way is finished first), and returns
@@ -355,7 +380,7 @@ impl RemoteJwksBuilder {
             None => default_client()?,
         };
         let state = Arc::new(State {
-            url,
+            url: RwLock::new(url),
             client,
             options: self.options,
             keys: RwLock::new(Arc::new(KeySet::new([]))),
@@ -386,7 +411,7 @@ impl RemoteJwksBuilder {
     }
 }
 
-fn default_client() -> Result<reqwest::Client, JwksError> {
+pub(crate) fn default_client() -> Result<reqwest::Client, JwksError> {
     let policy = reqwest::redirect::Policy::custom(|attempt| {
         let downgrade = attempt.url().scheme() != "https"
             && attempt.previous().iter().any(|u| u.scheme() == "https");
@@ -443,38 +468,21 @@ impl State {
 
     /// One GET of the URL, within the timeout and the body limit.
     async fn fetch(&self) -> Result<Fetched, JwksError> {
-        let max = self.options.max_body;
-        let fetch = async {
-            let request_error = |e: reqwest::Error| JwksError::Request(Arc::new(e.without_url()));
-            let mut response = self
-                .client
-                .get(self.url.clone())
-                .header(ACCEPT, "application/jwk-set+json, application/json")
-                .send()
-                .await
-                .map_err(request_error)?;
-            if response.status() != http::StatusCode::OK {
-                return Err(JwksError::Status(response.status().as_u16()));
-            }
-            if response
-                .content_length()
-                .is_some_and(|len| len > max as u64)
-            {
-                return Err(JwksError::TooLarge(max));
-            }
-            let max_age = max_age(response.headers());
-            let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-                if body.len() + chunk.len() > max {
-                    return Err(JwksError::TooLarge(max));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            Ok(Fetched { body, max_age })
-        };
-        tokio::time::timeout(self.options.timeout, fetch)
+        let url = self.url().clone();
+        let accept = "application/jwk-set+json, application/json";
+        let o = &self.options;
+        get_limited(&self.client, url, accept, o.timeout, o.max_body)
             .await
-            .unwrap_or(Err(JwksError::Timeout))
+            .map_err(|e| match e {
+                GetError::Request(e) => JwksError::Request(e),
+                GetError::Status(status) => JwksError::Status(status),
+                GetError::TooLarge(max) => JwksError::TooLarge(max),
+                GetError::Timeout => JwksError::Timeout,
+            })
+    }
+
+    fn url(&self) -> std::sync::RwLockReadGuard<'_, reqwest::Url> {
+        self.url.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes a fetched body the current set if it is a usable JWK set; returns the delay
@@ -563,6 +571,54 @@ impl State {
         self.finished.send_replace(number);
         delay
     }
+}
+
+/// Why a GET failed.
+pub(crate) enum GetError {
+    Request(Arc<dyn std::error::Error + Send + Sync>),
+    Status(u16),
+    TooLarge(usize),
+    Timeout,
+}
+
+/// One GET of `url` answered 200, its body no larger than `max` bytes, all within `timeout`.
+pub(crate) async fn get_limited(
+    client: &reqwest::Client,
+    url: reqwest::Url,
+    accept: &'static str,
+    timeout: Duration,
+    max: usize,
+) -> Result<Fetched, GetError> {
+    let fetch = async {
+        let request_error = |e: reqwest::Error| GetError::Request(Arc::new(e.without_url()));
+        let mut response = client
+            .get(url)
+            .header(ACCEPT, accept)
+            .send()
+            .await
+            .map_err(request_error)?;
+        if response.status() != http::StatusCode::OK {
+            return Err(GetError::Status(response.status().as_u16()));
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > max as u64)
+        {
+            return Err(GetError::TooLarge(max));
+        }
+        let max_age = max_age(response.headers());
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > max {
+                return Err(GetError::TooLarge(max));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched { body, max_age })
+    };
+    tokio::time::timeout(timeout, fetch)
+        .await
+        .unwrap_or(Err(GetError::Timeout))
 }
 
 /// The freshness a response declares: `max-age` less `Age`; zero for `no-cache`/`no-store`.
@@ -654,7 +710,7 @@ impl KeySource for RemoteJwks {
 }
 
 /// The URL without user info or query, which may hold credentials.
-fn redacted(url: &reqwest::Url) -> String {
+pub(crate) fn redacted(url: &reqwest::Url) -> String {
     let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
     if let Some(port) = url.port() {
         shown.push_str(&format!(":{port}"));
@@ -672,7 +728,7 @@ impl fmt::Debug for RemoteJwks {
         let keys = self.current();
         let last = state.schedule().last.clone();
         f.debug_struct("RemoteJwks")
-            .field("url", &redacted(&state.url))
+            .field("url", &redacted(&state.url()))
             .field("keys", &keys.keys())
             .field("generation", &keys.generation)
             .field("last_fetch", &last)

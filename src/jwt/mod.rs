@@ -6,6 +6,8 @@ mod issuers;
 #[cfg(feature = "jwks")]
 mod jwks;
 mod keys;
+#[cfg(feature = "jwks")]
+mod oidc;
 mod revocation;
 #[cfg(feature = "redis")]
 mod shared;
@@ -19,6 +21,9 @@ pub use jsonwebtoken::Algorithm;
 #[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
 pub use jwks::{JwksError, RemoteJwks, RemoteJwksBuilder};
 pub use keys::{JwtKey, JwtKeyError, KeySet};
+#[cfg(feature = "jwks")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwks")))]
+pub use oidc::{DiscoveryError, OidcBuilder, OidcProvider};
 pub use revocation::{
     MemoryRevocations, Revocations, RevokeFuture, RevokeMintedTokens, SubjectRevoker, TokenInfo,
 };
