@@ -35,12 +35,18 @@
 //! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (tokens minted elsewhere often use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
 //! | `JWT_KID` | `weather-1` | the `kid` header of minted tokens; accepted tokens that name a key must name this one |
+//! | `JWT_REQUIRE_TYP` | unset: absent, `JWT` or `at+jwt` | the `typ` header every accepted token must carry, such as `at+jwt` (minted tokens carry it) |
+//! | `OIDC_ISSUERS` | unset: none | space-separated issuer URLs of OpenID providers whose tokens are accepted too, each discovered at start (`{issuer}/.well-known/openid-configuration`, whose `issuer` must be the same, then its keys); needs `--features jwks` |
+//! | `OIDC_AUDIENCE` | required with `OIDC_ISSUERS` | the `aud` tokens of those issuers must carry |
+//! | `OIDC_ALLOW_HTTP` | `0` | `1`: `http://` issuers and key sets are allowed (for tests on 127.0.0.1; never in production) |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota or an item of a list of them, which the error names,
 //! a `RATE_LIMIT_SHADOW` other than `0` or `1`, a `CONCURRENCY_LIMIT` that is not a positive
 //! number, a `LIMIT_BY` other than `owner`, an empty `JWT_SECRET`, a `JWT_SUBJECT_CLAIM` such as
-//! `exp` that tokens use for something else, a key that could never be accepted) stops the
+//! `exp` that tokens use for something else, a key that could never be accepted, an
+//! `OIDC_ISSUERS` issuer that cannot be discovered, or names the issuer another already does)
+//! stops the
 //! service at start with `error: ...` and exit status 1. So does `REDIS_URL` in a build without
 //! the `redis` feature: an operator who asks for one limit shared by several instances must not
 //! silently get one limit per instance. With the feature, a Redis that does
@@ -132,8 +138,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use keygate::QuotaError;
 use keygate::jwt::{
-    IssueError, IssuedToken, JwtKey, JwtVerifier, MemoryRevocations, RevokeMintedTokens,
-    TokenIssuer,
+    IssueError, IssuedToken, JwtIssuers, JwtKey, JwtVerifier, MemoryRevocations,
+    RevokeMintedTokens, TokenIssuer,
 };
 use keygate::key::{ApiKey, KeyFormat, KeyRecord};
 use keygate::ratelimit::{
@@ -238,6 +244,14 @@ pub struct Config {
     pub jwt_audience: Option<String>,
     /// The `kid` of minted tokens and of the key that verifies them (`JWT_KID`).
     pub jwt_kid: String,
+    /// The `typ` every accepted token must carry, and minted tokens carry (`JWT_REQUIRE_TYP`).
+    pub jwt_require_typ: Option<String>,
+    /// OpenID providers whose tokens are accepted too (`OIDC_ISSUERS`).
+    pub oidc_issuers: Vec<String>,
+    /// The audience their tokens must carry (`OIDC_AUDIENCE`).
+    pub oidc_audience: Option<String>,
+    /// Whether `http://` issuers are allowed (`OIDC_ALLOW_HTTP`).
+    pub oidc_allow_http: bool,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -267,6 +281,10 @@ impl std::fmt::Debug for Config {
             .field("jwt_issuer", &self.jwt_issuer)
             .field("jwt_audience", &self.jwt_audience)
             .field("jwt_kid", &self.jwt_kid)
+            .field("jwt_require_typ", &self.jwt_require_typ)
+            .field("oidc_issuers", &self.oidc_issuers)
+            .field("oidc_audience", &self.oidc_audience)
+            .field("oidc_allow_http", &self.oidc_allow_http)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -328,6 +346,29 @@ pub enum ConfigError {
     /// `JWT_SUBJECT_CLAIM` names a claim the token issuer sets itself.
     #[error("JWT_SUBJECT_CLAIM={0:?} names a claim tokens use for something else")]
     SubjectClaim(String),
+    /// `OIDC_ISSUERS` is set without `OIDC_AUDIENCE`: tokens minted for any service of those
+    /// providers would be accepted.
+    #[error(
+        "OIDC_ISSUERS is set, but OIDC_AUDIENCE is not: set the audience their tokens must carry"
+    )]
+    OidcAudience,
+    /// `OIDC_ISSUERS` names one issuer twice, or `JWT_ISSUER`.
+    #[error("OIDC_ISSUERS names the issuer {0:?} twice (or JWT_ISSUER does too)")]
+    OidcDuplicate(String),
+    /// An issuer of `OIDC_ISSUERS` cannot be discovered.
+    #[error("OIDC_ISSUERS: {0}")]
+    Oidc(String),
+    /// `OIDC_ISSUERS` is set, but this build cannot fetch discovery documents.
+    #[error(
+        "OIDC_ISSUERS is set, but this build cannot discover issuers: run with `--features jwks`"
+    )]
+    OidcFeature,
+    /// `OIDC_ALLOW_HTTP` is neither on nor off.
+    #[error("OIDC_ALLOW_HTTP={0:?} is not 1 (allow http:// issuers) or 0")]
+    OidcAllowHttp(String),
+    /// `JWT_REQUIRE_TYP` is not a media type such as `at+jwt`.
+    #[error("JWT_REQUIRE_TYP={0:?} is not a token type such as at+jwt")]
+    RequireTyp(String),
     /// `KEY_STORE` is neither `memory` nor a PostgreSQL or Redis URL.
     #[error("KEY_STORE is not `memory`, a postgres://... URL or a redis://... URL")]
     KeyStore,
@@ -473,6 +514,41 @@ impl Config {
         {
             return Err(ConfigError::SubjectClaim(claim.clone()));
         }
+        let oidc_issuers: Vec<String> = set("OIDC_ISSUERS")
+            .unwrap_or_default()
+            .split_ascii_whitespace()
+            .map(str::to_owned)
+            .collect();
+        for (i, iss) in oidc_issuers.iter().enumerate() {
+            if oidc_issuers[..i].contains(iss) || set("JWT_ISSUER").as_deref() == Some(iss.as_str())
+            {
+                return Err(ConfigError::OidcDuplicate(iss.clone()));
+            }
+        }
+        let oidc_audience = set("OIDC_AUDIENCE").map(|a| a.trim().to_owned());
+        if !oidc_issuers.is_empty() {
+            if cfg!(not(feature = "jwks")) {
+                return Err(ConfigError::OidcFeature);
+            }
+            if oidc_audience.is_none() {
+                return Err(ConfigError::OidcAudience);
+            }
+        }
+        let oidc_allow_http = match set("OIDC_ALLOW_HTTP").as_deref().map(str::trim) {
+            None | Some("0") => false,
+            Some("1") => true,
+            Some(other) => return Err(ConfigError::OidcAllowHttp(other.to_owned())),
+        };
+        let jwt_require_typ = match set("JWT_REQUIRE_TYP").map(|t| t.trim().to_owned()) {
+            Some(typ)
+                if !typ
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+            {
+                return Err(ConfigError::RequireTyp(typ));
+            }
+            typ => typ,
+        };
         Ok(Self {
             addr,
             api_keys,
@@ -495,6 +571,10 @@ impl Config {
             jwt_kid: set("JWT_KID")
                 .map(|k| k.trim().to_owned())
                 .unwrap_or_else(|| DEFAULT_JWT_KID.to_owned()),
+            jwt_require_typ,
+            oidc_issuers,
+            oidc_audience,
+            oidc_allow_http,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -788,8 +868,11 @@ pub enum LimiterBackend {
 pub struct Services {
     /// The API keys.
     pub keys: Keys,
-    /// Verifies bearer JWTs (HS256, `JWT_SECRET`).
+    /// Verifies this service's own bearer JWTs (HS256, `JWT_SECRET`).
     pub verifier: JwtVerifier,
+    /// Verifies every accepted token: this service's own, and those of the `OIDC_ISSUERS`,
+    /// each by its issuer's verifier.
+    pub issuers: JwtIssuers,
     /// Mints tokens the verifier accepts.
     pub tokens: Tokens,
     /// Decides, per caller, whether a request may go on.
@@ -871,6 +954,10 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         verifier = verifier.audience([aud.clone()]);
         issuer = issuer.audience(aud.clone());
     }
+    if let Some(typ) = &config.jwt_require_typ {
+        verifier = verifier.require_typ(typ);
+        issuer = issuer.typ(typ.clone());
+    }
 
     let (limiter, backend): (Arc<dyn RateLimiter>, _) = match &config.redis_url {
         None => (Arc::new(MemoryLimiter::new()), LimiterBackend::Memory),
@@ -888,6 +975,12 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
     };
 
     let (verifier, manager, usage_store) = shared_state(config, &keys, verifier).await?;
+    let mut issuers = JwtIssuers::from(verifier.clone());
+    for oidc in oidc_verifiers(config).await? {
+        issuers = issuers
+            .with(oidc)
+            .map_err(|e| ConfigError::Oidc(e.to_string()))?;
+    }
     let usage = UsageTracker::new(100_000);
     let (flush, flushing) = usage.flush_every(usage_store.clone(), USAGE_FLUSH);
     tokio::spawn(flushing);
@@ -895,6 +988,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
     Ok(Services {
         keys,
         verifier,
+        issuers,
         tokens: Tokens { issuer },
         limiter,
         backend,
@@ -908,6 +1002,46 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         admin_key: config.admin_api_key.clone(),
         usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
+}
+
+/// A verifier per issuer of `OIDC_ISSUERS`, each discovered now (its document fetched and
+/// checked, its keys loaded): tokens with its `iss`, `OIDC_AUDIENCE` and, with
+/// `JWT_REQUIRE_TYP`, that `typ`; scopes from `scope` or `scp`.
+#[cfg(feature = "jwks")]
+async fn oidc_verifiers(config: &Config) -> Result<Vec<JwtVerifier>, ConfigError> {
+    let mut verifiers = Vec::new();
+    for iss in &config.oidc_issuers {
+        let fail = |e: &dyn std::fmt::Display| ConfigError::Oidc(format!("{iss}: {e}"));
+        let provider = keygate::jwt::OidcProvider::builder(iss.as_str())
+            .allow_http(config.oidc_allow_http)
+            .discover()
+            .await
+            .map_err(|e| fail(&e))?;
+        // Serve only once the provider's keys are here: a token of it must not get 503.
+        provider
+            .jwks()
+            .wait_ready(Duration::from_secs(10))
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut verifier = provider.verifier();
+        if let Some(aud) = &config.oidc_audience {
+            verifier = verifier.audience([aud.clone()]);
+        }
+        if let Some(typ) = &config.jwt_require_typ {
+            verifier = verifier.require_typ(typ);
+        }
+        verifiers.push(verifier);
+    }
+    Ok(verifiers)
+}
+
+/// Without the `jwks` feature there are none (`Config::from_vars` refuses `OIDC_ISSUERS`).
+#[cfg(not(feature = "jwks"))]
+async fn oidc_verifiers(config: &Config) -> Result<Vec<JwtVerifier>, ConfigError> {
+    match config.oidc_issuers.is_empty() {
+        true => Ok(Vec::new()),
+        false => Err(ConfigError::OidcFeature),
+    }
 }
 
 /// The JWT verifier checking revocations, the key manager that revokes a key's minted tokens
@@ -980,7 +1114,7 @@ pub fn app(services: &Services) -> Router {
     let auth = AuthLayer::new(services.keys.store.clone())
         .key_format(key_format())
         .max_key_len(MAX_KEY_LEN)
-        .jwt(services.verifier.clone())
+        .jwt(services.issuers.clone())
         .realm(REALM);
     let limit = rate_limit_layer(services);
     let state = Api {
