@@ -59,10 +59,10 @@
 //!
 //! | Route | Body | Answer |
 //! |---|---|---|
-//! | `POST /keys` | `{"owner", "scopes", "id"?, "quota"?, "tier"?, "credits"?, "expires_in"?, "metadata"?}` | 201 `{"key", "record"}` |
+//! | `POST /keys` | `{"owner", "scopes", "id"?, "quota"?, "tier"?, "credits"?, "allowed_ips"?, "expires_in"?, "metadata"?}` | 201 `{"key", "record"}` |
 //! | `GET /keys?owner=O&limit=N&after=ID` | | 200 `{"keys": [RECORD], "next"?}` |
 //! | `GET /keys/{id}` | | 200 RECORD |
-//! | `PATCH /keys/{id}` | `{"scopes"?, "quota"?, "tier"?, "credits"?, "status"?, "metadata"?}` | 200 RECORD |
+//! | `PATCH /keys/{id}` | `{"scopes"?, "quota"?, "tier"?, "credits"?, "allowed_ips"?, "status"?, "metadata"?}` | 200 RECORD |
 //! | `POST /keys/{id}/revoke` | | 200 RECORD |
 //! | `POST /keys/{id}/rotate` | `{"grace_seconds"}` | 200 `{"key", "record"}` |
 //! | `DELETE /keys/{id}` | | 204 |
@@ -75,6 +75,7 @@
 //!   "id": "key_1", "owner": "acme", "scopes": ["weather:read"], "status": "active",
 //!   "quota": "10/s;burst=20, 10000/d;fixed", "tier": "pro",
 //!   "credits": {"remaining": 950, "refill": {"amount": 1000, "every": "1d"}},
+//!   "allowed_ips": ["203.0.113.0/24", "2001:db8::/32"],
 //!   "expires_at": "2026-12-02T05:59:00Z", "created_at": "2025-06-01T12:00:00Z",
 //!   "metadata": {"plan": "pro"}
 //! }
@@ -88,6 +89,9 @@
 //!   count (a refill that came due applied), `refill` the schedule (`null`: never refilled),
 //!   which sets the count back to `amount` every `every` (see
 //!   [`CreditStore`](crate::store::CreditStore));
+//! - `allowed_ips` lists the networks the key may be used from, in CIDR notation (a single
+//!   address as `/32` or `/128`), or is `null` when it may be used from anywhere (see
+//!   [IP allowlists](crate::store#ip-allowlists));
 //! - `expires_at` (`null`: never) and `created_at` are RFC 3339 times in UTC, to the second
 //!   (times past the year 9999 are written as `9999-12-31T23:59:59Z`);
 //! - it never holds a key, nor a key's digest. A plaintext key is in the answers of `POST /keys`
@@ -105,8 +109,12 @@
 //! (or `null`) for a budget that is never refilled; counts are whole numbers up to
 //! 2<sup>53</sup> − 1, and `every` is a whole number of `s`, `min`, `h` or `d` (`"30s"`,
 //! `"15min"`, `"12h"`, `"1d"`), from 1 second to 100 years. (A refill interval set otherwise,
-//! not in whole seconds, is shown in `ms` or `us`.) `expires_in` is a number of seconds (1 to
-//! 100 years) from now. `metadata` is an object of strings.
+//! not in whole seconds, is shown in `ms` or `us`.) `allowed_ips` lists the networks the key may
+//! be used from: 1 to 100 IPv4 or IPv6 networks in CIDR notation (`"203.0.113.0/24"`,
+//! `"2001:db8::/32"`) or single addresses (`"198.51.100.7"`); each is kept as the network it
+//! names (`"203.0.113.7/24"` is shown as `"203.0.113.0/24"`; the list sorted, without
+//! duplicates), and left out (or `null`), the key may be used from anywhere. `expires_in` is a number of seconds (1 to 100 years) from now.
+//! `metadata` is an object of strings.
 //!
 //! ## Listing: `GET /keys`
 //!
@@ -117,7 +125,8 @@
 //! ## Changing: `PATCH /keys/{id}`
 //!
 //! Each field given replaces the record's; the others are kept. `"quota": null` removes the
-//! key's own quota, `"tier": null` its tier, `"credits": null` its budget. `credits` sets the
+//! key's own quota, `"tier": null` its tier, `"credits": null` its budget, `"allowed_ips": null`
+//! its allowlist (the key may then be used from anywhere). `credits` sets the
 //! count and the refill schedule as given, and the schedule starts anew then; a change that
 //! leaves `credits` out leaves the live count alone. `status` is `active` or `disabled`:
 //! revoking has its own route, and `"revoked"` is refused with 400.
@@ -138,9 +147,10 @@
 //! authentication errors, `{"type": "about:blank", "title", "status", "detail"}`:
 //!
 //! - **400**: a body that is not JSON, not sent as `application/json`, with an unknown or
-//!   missing field or a value of the wrong type; a malformed quota, tier or credits; an id or
-//!   owner that is
-//!   blank, longer than 256 bytes or has control characters; more than 100 scopes, or a scope
+//!   missing field or a value of the wrong type; a malformed quota, tier or credits; an
+//!   `allowed_ips` that is empty, has more than 100 entries, or an entry that is not an address
+//!   or a network (named by its place, `allowed_ips[2]`); an id or owner that is blank, longer
+//!   than 256 bytes or has control characters; more than 100 scopes, or a scope
 //!   that is not 1 to 256 printable ASCII characters without space, `"` or `\`; metadata of
 //!   more than 100 entries or 16 KiB; a bad `limit`; `"status": "revoked"` in a `PATCH`;
 //! - **404**: no record has this id;
@@ -174,6 +184,7 @@ use serde::de::value::MapAccessDeserializer;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::client_addr::{Networks, parse_network};
 use crate::clock::{self, Clock, SharedClock};
 use crate::key::{Credits, KeyRecord, KeyStatus, Refill, Scopes};
 use crate::limits::Limits;
@@ -204,6 +215,8 @@ const GENERATED_ID_TRIES: usize = 3;
 const MAX_DETAIL_LEN: usize = 512;
 /// The longest tier name, in bytes.
 const MAX_TIER_LEN: usize = 64;
+/// The most networks a key's allowlist may be given.
+const MAX_ALLOWED_IPS: usize = 100;
 
 /// The admin router with its defaults: no usage store (the usage route answers 404). The same
 /// as `Admin::new(manager).into_router()`.
@@ -466,6 +479,7 @@ struct RecordView<'a> {
     quota: Option<String>,
     tier: Option<&'a str>,
     credits: Option<CreditsView>,
+    allowed_ips: Option<&'a Networks>,
     expires_at: Option<String>,
     created_at: Option<String>,
     metadata: &'a BTreeMap<String, String>,
@@ -505,6 +519,7 @@ impl<'a> RecordView<'a> {
             quota: record.quota.as_ref().map(ToString::to_string),
             tier: record.tier.as_deref(),
             credits: record.credits.as_ref().map(CreditsView::of),
+            allowed_ips: record.allowed_ips.as_ref(),
             expires_at: record.expires_at.map(rfc3339),
             created_at: record.created_at.map(rfc3339),
             metadata: &record.metadata,
@@ -559,6 +574,8 @@ struct CreateBody {
     #[serde(default)]
     credits: Option<Object<CreditsBody>>,
     #[serde(default)]
+    allowed_ips: Option<Vec<String>>,
+    #[serde(default)]
     expires_in: Option<u64>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, String>>,
@@ -578,6 +595,9 @@ struct PatchBody {
     /// `Some(None)`: `"credits": null`, remove the key's budget.
     #[serde(default, deserialize_with = "present")]
     credits: Option<Option<Object<CreditsBody>>>,
+    /// `Some(None)`: `"allowed_ips": null`, let the key be used from anywhere.
+    #[serde(default, deserialize_with = "present")]
+    allowed_ips: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
     status: Option<StatusField>,
     #[serde(default, deserialize_with = "present")]
@@ -711,6 +731,34 @@ fn check_tier(tier: String) -> Result<String, Problem> {
     Ok(tier)
 }
 
+/// An allowlist: 1 to [`MAX_ALLOWED_IPS`] networks. A bad entry is named by its place, not
+/// echoed.
+fn parse_allowed_ips(entries: Vec<String>) -> Result<Networks, Problem> {
+    if entries.is_empty() {
+        return Err(Problem::bad_request(
+            "The field `allowed_ips` lists at least one network; `null` lets the key be used \
+             from anywhere.",
+        ));
+    }
+    if entries.len() > MAX_ALLOWED_IPS {
+        return Err(Problem::bad_request(format!(
+            "The field `allowed_ips` lists at most {MAX_ALLOWED_IPS} networks."
+        )));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            parse_network(entry).map_err(|_| {
+                Problem::bad_request(format!(
+                    "The entry at allowed_ips[{i}] is not an IP address or a network in CIDR \
+                     notation (such as \"203.0.113.0/24\" or \"2001:db8::/32\")."
+                ))
+            })
+        })
+        .collect()
+}
+
 fn parse_credits(body: CreditsBody) -> Result<Credits, Problem> {
     let mut credits = Credits::new(body.remaining);
     if let Some(Object(refill)) = body.refill {
@@ -825,6 +873,7 @@ async fn create(
         .credits
         .map(|Object(credits)| parse_credits(credits))
         .transpose()?;
+    let allowed_ips = body.allowed_ips.map(parse_allowed_ips).transpose()?;
     let metadata = body.metadata.unwrap_or_default();
     check_metadata(&metadata)?;
     let expires_at = match body.expires_in {
@@ -858,6 +907,7 @@ async fn create(
         record.quota.clone_from(&quota);
         record.tier.clone_from(&tier);
         record.credits = credits;
+        record.allowed_ips.clone_from(&allowed_ips);
         record.expires_at = expires_at;
         record.metadata = metadata.clone();
         crate::store::check_new_record(&record)
@@ -948,6 +998,9 @@ async fn change(
                 .map(|Object(credits)| parse_credits(credits))
                 .transpose()?,
         );
+    }
+    if let Some(allowed_ips) = body.allowed_ips {
+        update.allowed_ips = Some(allowed_ips.map(parse_allowed_ips).transpose()?);
     }
     match body.status {
         Some(StatusField::Active) => update.status = Some(KeyStatus::Active),

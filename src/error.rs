@@ -89,6 +89,175 @@ impl Forbidden {
     }
 }
 
+/// What a caller refused with 403 `insufficient_scope` lacks: the scopes the route requires
+/// (all of them, or any one), and which of them the caller does not have.
+///
+/// The `scope` attribute of `WWW-Authenticate` (RFC 6750 §3) lists the required scopes,
+/// space-separated; the problem's `detail` names the missing ones, or, when any one would do,
+/// says so. It displays as the same sentence for logs.
+///
+/// ```
+/// use keygate::error::{AuthError, InsufficientScope};
+///
+/// let one = AuthError::InsufficientScope(InsufficientScope::new("weather:read"));
+/// assert_eq!(one.detail(), r#"The credential lacks the scope "weather:read"."#);
+///
+/// let all = InsufficientScope::all_of(["weather:read", "forecast:read"], ["forecast:read"]);
+/// let all = AuthError::InsufficientScope(all);
+/// assert_eq!(all.detail(), r#"The credential lacks the scope "forecast:read"."#);
+/// assert_eq!(
+///     all.www_authenticate("api").unwrap(),
+///     r#"Bearer realm="api", error="insufficient_scope", scope="weather:read forecast:read""#
+/// );
+///
+/// let any = AuthError::InsufficientScope(InsufficientScope::any_of(["alerts:read", "weather:admin"]));
+/// assert_eq!(
+///     any.detail(),
+///     r#"The credential needs any of the scopes "alerts:read" or "weather:admin"."#
+/// );
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsufficientScope {
+    required: Arc<[Arc<str>]>,
+    /// The required scopes the caller lacks, when it needs all of them; `None` when any one of
+    /// them would do (and so the caller lacks them all).
+    missing: Option<Box<[Arc<str>]>>,
+}
+
+impl InsufficientScope {
+    /// The caller lacks `scope`, the one the route requires.
+    pub fn new(scope: impl Into<Arc<str>>) -> Self {
+        let scope = scope.into();
+        Self {
+            required: Arc::from([scope.clone()]),
+            missing: Some(Box::new([scope])),
+        }
+    }
+
+    /// The route requires every scope of `required`; the caller lacks those of `missing`
+    /// (when `missing` is empty: all of them).
+    pub fn all_of<S: Into<Arc<str>>, M: Into<Arc<str>>>(
+        required: impl IntoIterator<Item = S>,
+        missing: impl IntoIterator<Item = M>,
+    ) -> Self {
+        Self::from_parts(
+            required.into_iter().map(Into::into).collect(),
+            Some(missing.into_iter().map(Into::into).collect()),
+        )
+    }
+
+    /// The route requires any one scope of `required`, and the caller has none of them.
+    pub fn any_of<S: Into<Arc<str>>>(required: impl IntoIterator<Item = S>) -> Self {
+        Self::from_parts(required.into_iter().map(Into::into).collect(), None)
+    }
+
+    /// `missing`: as the field. Any one of a single scope is that scope.
+    pub(crate) fn from_parts(required: Arc<[Arc<str>]>, missing: Option<Box<[Arc<str>]>>) -> Self {
+        let missing = match missing {
+            Some(m) if m.is_empty() => Some(required.iter().cloned().collect()),
+            None if required.len() == 1 => Some(required.iter().cloned().collect()),
+            m => m,
+        };
+        Self { required, missing }
+    }
+
+    /// The scopes the route requires, in the order it names them.
+    pub fn required(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.required.iter().map(|s| &**s)
+    }
+
+    /// The required scopes the caller lacks: for [`any_of`](Self::any_of), all of them.
+    pub fn missing(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.missing
+            .as_deref()
+            .unwrap_or(&self.required)
+            .iter()
+            .map(|s| &**s)
+    }
+
+    /// Whether any one of the [`required`](Self::required) scopes would do.
+    pub fn is_any_of(&self) -> bool {
+        self.missing.is_none() && self.required.len() > 1
+    }
+
+    /// The problem's `detail`.
+    fn detail(&self) -> String {
+        struct Detail<'a>(&'a InsufficientScope);
+        impl fmt::Display for Detail<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.write_sentence(f, "The")?;
+                f.write_str(".")
+            }
+        }
+        Detail(self).to_string()
+    }
+
+    /// The `scope` attribute of the challenge: the required scopes, space-separated.
+    fn scope_attribute(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.required().enumerate() {
+            if i > 0 {
+                out.push(' ');
+            }
+            out.push_str(s);
+        }
+        out
+    }
+
+    /// The sentence of [`detail`](AuthError::detail) and `Display`, without its capital and
+    /// full stop.
+    fn write_sentence(&self, f: &mut fmt::Formatter<'_>, first: &str) -> fmt::Result {
+        let (verb, list, conjunction): (_, &[Arc<str>], _) = if self.is_any_of() {
+            ("needs any of", &self.required, "or")
+        } else {
+            (
+                "lacks",
+                self.missing.as_deref().unwrap_or(&self.required),
+                "and",
+            )
+        };
+        let noun = match list.len() {
+            0 => return write!(f, "{first} credential lacks a scope"),
+            1 => "scope",
+            _ => "scopes",
+        };
+        write!(f, "{first} credential {verb} the {noun} ")?;
+        for (i, s) in list.iter().enumerate() {
+            match i {
+                0 => {}
+                i if i + 1 == list.len() => write!(f, " {conjunction} ")?,
+                _ => f.write_str(", ")?,
+            }
+            write!(f, "\"{s}\"")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for InsufficientScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_sentence(f, "the")
+    }
+}
+
+impl From<&str> for InsufficientScope {
+    fn from(scope: &str) -> Self {
+        Self::new(scope)
+    }
+}
+
+impl From<String> for InsufficientScope {
+    fn from(scope: String) -> Self {
+        Self::new(scope)
+    }
+}
+
+impl From<Arc<str>> for InsufficientScope {
+    fn from(scope: Arc<str>) -> Self {
+        Self::new(scope)
+    }
+}
+
 /// A gRPC status code keygate answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -170,8 +339,8 @@ pub enum AuthError {
     #[error("the credential is not valid ({})", .0.as_str())]
     InvalidCredential(InvalidCredential),
     /// The caller lacks a scope: 403 `insufficient_scope`.
-    #[error("the credential lacks the scope {0:?}")]
-    InsufficientScope(Cow<'static, str>),
+    #[error("{0}")]
+    InsufficientScope(InsufficientScope),
     /// The caller is authenticated but refused: 403.
     #[error("the caller is refused ({})", .0.as_str())]
     Forbidden(Forbidden),
@@ -243,7 +412,7 @@ impl AuthError {
                 "The token has expired.".into()
             }
             Self::InvalidCredential(_) => "The credential is not valid.".into(),
-            Self::InsufficientScope(s) => format!("The credential lacks the scope \"{s}\".").into(),
+            Self::InsufficientScope(s) => s.detail().into(),
             Self::Forbidden(Forbidden::AddressNotAllowed) => {
                 "The client's address is not allowed for this key.".into()
             }
@@ -269,8 +438,20 @@ impl AuthError {
 
     /// The `WWW-Authenticate` value (RFC 6750 §3) for this error, if it has one.
     pub fn www_authenticate(&self, realm: &str) -> Option<HeaderValue> {
+        self.www_authenticate_with(realm, None)
+    }
+
+    /// [`www_authenticate`](Self::www_authenticate), and when `resource_metadata` is given,
+    /// with a `resource_metadata` parameter pointing to the resource's metadata (RFC 9728
+    /// §5.1), such as a [`ProtectedResource`](crate::resource::ProtectedResource)'s
+    /// `metadata_url()`.
+    pub fn www_authenticate_with(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+    ) -> Option<HeaderValue> {
         let realm = quote(realm);
-        let value = match self {
+        let mut value = match self {
             Self::MissingCredential => format!("Bearer realm={realm}"),
             Self::InvalidRequest(_) => format!("Bearer realm={realm}, error=\"invalid_request\""),
             Self::InvalidCredential(InvalidCredential::TokenExpired) => format!(
@@ -279,7 +460,7 @@ impl AuthError {
             Self::InvalidCredential(_) => format!("Bearer realm={realm}, error=\"invalid_token\""),
             Self::InsufficientScope(s) => format!(
                 "Bearer realm={realm}, error=\"insufficient_scope\", scope={}",
-                quote(s)
+                quote(&s.scope_attribute())
             ),
             // A failed claims check asks for a token with other claims; an address cannot be
             // fixed by another credential, so it gets no challenge.
@@ -288,11 +469,27 @@ impl AuthError {
             }
             _ => return None,
         };
+        if let Some(url) = resource_metadata {
+            value.push_str(", resource_metadata=");
+            value.push_str(&quote(url));
+        }
         HeaderValue::from_str(&value).ok()
     }
 
     /// The standard HTTP response: status, headers, `application/problem+json` body.
     pub fn to_http_response(&self, realm: &str) -> Response<Bytes> {
+        self.http_response(realm, None)
+    }
+
+    /// The standard HTTP response in `ctx`: with its realm, and its
+    /// [`resource_metadata`](ErrorContext::resource_metadata) in the challenge when the layers
+    /// have one. What the [`DefaultResponder`] sends; a responder that changes only the body
+    /// starts from it.
+    pub fn to_http_response_for(&self, ctx: &ErrorContext<'_>) -> Response<Bytes> {
+        self.http_response(ctx.realm, ctx.resource_metadata)
+    }
+
+    fn http_response(&self, realm: &str, resource_metadata: Option<&str>) -> Response<Bytes> {
         let status = self.status();
         let (problem_type, title) = match self {
             Self::RateLimited(_) => (
@@ -314,7 +511,7 @@ impl AuthError {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Some(v) = self.www_authenticate(realm) {
+        if let Some(v) = self.www_authenticate_with(realm, resource_metadata) {
             headers.insert(WWW_AUTHENTICATE, v);
         }
         match self {
@@ -421,12 +618,26 @@ pub struct ErrorContext<'a> {
     pub realm: &'a str,
     /// The request's head.
     pub head: RequestHead<'a>,
+    /// The URL of the protected-resource metadata (RFC 9728) that challenges point to, if the
+    /// layers were given one: the layer's own, else that of the `AuthLayer` the request passed.
+    pub resource_metadata: Option<&'a str>,
 }
 
 impl<'a> ErrorContext<'a> {
-    /// A context for a request with this head in this realm.
+    /// A context for a request with this head in this realm, with no resource metadata.
     pub fn new(realm: &'a str, head: RequestHead<'a>) -> Self {
-        Self { realm, head }
+        Self {
+            realm,
+            head,
+            resource_metadata: None,
+        }
+    }
+
+    /// The same context, with challenges pointing to the resource metadata at `url`.
+    #[must_use]
+    pub fn with_resource_metadata(mut self, url: &'a str) -> Self {
+        self.resource_metadata = Some(url);
+        self
     }
 }
 
@@ -445,7 +656,7 @@ impl ErrorResponder for DefaultResponder {
         if ctx.head.is_grpc() {
             error.to_grpc_response()
         } else {
-            error.to_http_response(ctx.realm)
+            error.to_http_response_for(ctx)
         }
     }
 }
@@ -453,21 +664,34 @@ impl ErrorResponder for DefaultResponder {
 /// The realm and responder used when neither a layer nor the request names one.
 const DEFAULT_REALM: &str = "api";
 
-/// How a layer renders errors: the realm and responder it was given, if any. Cheap to clone
-/// (at most two reference counts; none for a layer left at the defaults).
+/// How a layer renders errors: the realm, responder and resource-metadata URL it was given, if
+/// any. Cheap to clone (at most three reference counts; none for a layer left at the defaults).
 ///
 /// [`AuthLayer`](crate::auth::AuthLayer) puts its own into every request it lets through
-/// ([`Passed`]), so the layers and extractors behind it render with the same realm and
-/// responder unless they were given their own.
+/// ([`Passed`]), so the layers and extractors behind it render with the same settings unless
+/// they were given their own.
 #[derive(Clone, Default)]
 pub(crate) struct Rendering {
     realm: Option<Arc<str>>,
     responder: Option<Arc<dyn ErrorResponder>>,
+    resource_metadata: Option<Arc<str>>,
 }
 
 impl Rendering {
     pub(crate) fn set_realm(&mut self, realm: impl Into<Arc<str>>) {
         self.realm = Some(realm.into());
+    }
+
+    /// # Panics
+    ///
+    /// If `url` is not an absolute `https` or `http` URL without fragment, made of the
+    /// characters a URL holds unencoded: a configuration mistake, found at start.
+    pub(crate) fn set_resource_metadata(&mut self, url: impl Into<Arc<str>>) {
+        let url = url.into();
+        if let Err(e) = crate::resource::check_url(&url) {
+            panic!("invalid resource_metadata URL {url:?}: {e}");
+        }
+        self.resource_metadata = Some(url);
     }
 
     pub(crate) fn set_responder(&mut self, responder: impl ErrorResponder) {
@@ -482,8 +706,15 @@ impl Rendering {
             .unwrap_or(DEFAULT_REALM)
     }
 
-    /// The response for `error`: this layer's realm and responder, else those the request
-    /// carries from its `AuthLayer`, else the defaults.
+    /// The resource-metadata URL in effect for a request that carries `carried`.
+    fn resource_metadata<'a>(&'a self, carried: Option<&'a Self>) -> Option<&'a str> {
+        self.resource_metadata
+            .as_deref()
+            .or_else(|| carried.and_then(|c| c.resource_metadata.as_deref()))
+    }
+
+    /// The response for `error`: this layer's realm, responder and resource metadata, else
+    /// those the request carries from its `AuthLayer`, else the defaults.
     pub(crate) fn render_head(&self, error: &AuthError, head: RequestHead<'_>) -> Response<Bytes> {
         let carried = head.extensions.get::<Passed>().map(|p| &p.rendering);
         let responder: &dyn ErrorResponder = match &self.responder {
@@ -493,7 +724,12 @@ impl Rendering {
                 None => &DefaultResponder,
             },
         };
-        responder.respond(error, &ErrorContext::new(self.realm(carried), head))
+        let ctx = ErrorContext {
+            realm: self.realm(carried),
+            head,
+            resource_metadata: self.resource_metadata(carried),
+        };
+        responder.respond(error, &ctx)
     }
 
     /// [`render_head`](Self::render_head) for a request.
@@ -508,6 +744,7 @@ impl fmt::Debug for Rendering {
         f.debug_struct("Rendering")
             .field("realm", &self.realm)
             .field("responder", &self.responder.as_ref().map(|_| "custom"))
+            .field("resource_metadata", &self.resource_metadata)
             .finish()
     }
 }
@@ -551,6 +788,98 @@ mod tests {
     }
 
     #[test]
+    fn resource_metadata_ends_every_challenge() {
+        let url = "https://api.example.com/.well-known/oauth-protected-resource";
+        let v = |e: AuthError| {
+            e.www_authenticate_with("api", Some(url))
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        let param = format!("resource_metadata=\"{url}\"");
+        assert_eq!(
+            v(AuthError::MissingCredential).unwrap(),
+            format!("Bearer realm=\"api\", {param}")
+        );
+        assert_eq!(
+            v(AuthError::InvalidCredential(
+                InvalidCredential::TokenExpired
+            ))
+            .unwrap(),
+            format!(
+                "Bearer realm=\"api\", error=\"invalid_token\", error_description=\"token \
+                 expired\", {param}"
+            )
+        );
+        assert_eq!(
+            v(AuthError::Forbidden(Forbidden::Denied("no".into()))).unwrap(),
+            format!("Bearer realm=\"api\", error=\"insufficient_scope\", {param}")
+        );
+        // Errors without a challenge get none for the metadata alone.
+        assert!(v(AuthError::Forbidden(Forbidden::AddressNotAllowed)).is_none());
+        assert!(v(AuthError::Unavailable(Unavailable::JwtKeys)).is_none());
+        // Without a URL, the challenge is the one `www_authenticate` gives.
+        let e = AuthError::InvalidRequest(CredentialError::Ambiguous);
+        assert_eq!(
+            e.www_authenticate_with("api", None),
+            e.www_authenticate("api")
+        );
+    }
+
+    #[test]
+    fn the_context_carries_the_metadata_into_the_response() {
+        let url = "https://api.example.com/.well-known/oauth-protected-resource";
+        let req = http::Request::new(());
+        let ctx = ErrorContext::new("weather", RequestHead::of(&req));
+        assert_eq!(ctx.resource_metadata, None);
+        let error = AuthError::MissingCredential;
+        assert_eq!(
+            error.to_http_response_for(&ctx).headers(),
+            error.to_http_response("weather").headers()
+        );
+        let res = DefaultResponder.respond(&error, &ctx.with_resource_metadata(url));
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            format!("Bearer realm=\"weather\", resource_metadata=\"{url}\"")
+        );
+    }
+
+    #[test]
+    fn a_layer_inherits_the_metadata_url_unless_it_has_its_own() {
+        let auth_layer = {
+            let mut r = Rendering::default();
+            r.set_resource_metadata("https://a.example/.well-known/oauth-protected-resource");
+            r
+        };
+        let mut req = http::Request::new(());
+        req.extensions_mut().insert(Passed {
+            rendering: auth_layer,
+        });
+        let challenge = |r: &Rendering| {
+            r.render(&AuthError::MissingCredential, &req).headers()[WWW_AUTHENTICATE].clone()
+        };
+        assert_eq!(
+            challenge(&Rendering::default()),
+            "Bearer realm=\"api\", \
+             resource_metadata=\"https://a.example/.well-known/oauth-protected-resource\""
+        );
+        let mut own = Rendering::default();
+        own.set_resource_metadata("https://b.example/m");
+        assert_eq!(
+            challenge(&own),
+            "Bearer realm=\"api\", resource_metadata=\"https://b.example/m\""
+        );
+        // Without an `AuthLayer` in front, and no URL of its own: no parameter.
+        let alone =
+            Rendering::default().render(&AuthError::MissingCredential, &http::Request::new(()));
+        assert_eq!(alone.headers()[WWW_AUTHENTICATE], "Bearer realm=\"api\"");
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid resource_metadata URL")]
+    fn a_metadata_url_that_is_not_a_url_is_refused() {
+        Rendering::default().set_resource_metadata("/.well-known/oauth-protected-resource");
+    }
+
+    #[test]
     fn unknown_and_revoked_read_alike() {
         let a = AuthError::InvalidCredential(InvalidCredential::UnknownKey).to_http_response("r");
         let b = AuthError::InvalidCredential(InvalidCredential::RevokedKey).to_http_response("r");
@@ -568,6 +897,53 @@ mod tests {
             "The credential lacks the scope \"%C3%A9%25\"."
         );
         assert!(res.body().is_empty());
+    }
+
+    #[test]
+    fn insufficient_scope_names_what_is_missing() {
+        let challenge = |e: &AuthError| e.www_authenticate("api").unwrap();
+        let one = AuthError::InsufficientScope("a:b".into());
+        assert_eq!(one.detail(), "The credential lacks the scope \"a:b\".");
+        assert_eq!(one.to_string(), "the credential lacks the scope \"a:b\"");
+
+        let all =
+            AuthError::InsufficientScope(InsufficientScope::all_of(["a", "b", "c"], ["b", "c"]));
+        assert_eq!(
+            challenge(&all),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"a b c\""
+        );
+        assert_eq!(
+            all.detail(),
+            "The credential lacks the scopes \"b\" and \"c\"."
+        );
+        let three = InsufficientScope::all_of(["a", "b", "c"], Vec::<&str>::new());
+        assert_eq!(three.missing().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            AuthError::InsufficientScope(three).detail(),
+            "The credential lacks the scopes \"a\", \"b\" and \"c\"."
+        );
+
+        let any = AuthError::InsufficientScope(InsufficientScope::any_of(["a", "b", "c"]));
+        assert_eq!(
+            challenge(&any),
+            "Bearer realm=\"api\", error=\"insufficient_scope\", scope=\"a b c\""
+        );
+        assert_eq!(
+            any.detail(),
+            "The credential needs any of the scopes \"a\", \"b\" or \"c\"."
+        );
+        assert_eq!(any.kind(), "insufficient_scope");
+        assert_eq!(any.grpc_code(), GrpcCode::PermissionDenied);
+        assert_eq!(
+            any.to_grpc_response().headers()["grpc-message"],
+            "The credential needs any of the scopes \"a\", \"b\" or \"c\"."
+        );
+        // Any of one scope is that scope.
+        assert_eq!(
+            InsufficientScope::any_of(["a"]),
+            InsufficientScope::new("a")
+        );
+        assert!(!InsufficientScope::any_of(["a"]).is_any_of());
     }
 
     /// Every message from `error` down its chain of sources.

@@ -42,8 +42,8 @@ macro_rules! forward_service_plumbing {
     };
 }
 
-/// The `realm` and `responder` builder methods of a layer, setting `self.rendering_mut()`;
-/// `$by_default` says what applies when they are not called.
+/// The `realm`, `responder` and `resource_metadata` builder methods of a layer, setting
+/// `self.rendering_mut()`; `$by_default` says what applies when the first two are not called.
 macro_rules! define_rendering_setters {
     ($by_default:literal) => {
         #[doc = concat!("The realm named in `WWW-Authenticate`. ", $by_default)]
@@ -57,6 +57,22 @@ macro_rules! define_rendering_setters {
             self.rendering_mut().set_responder(responder);
             self
         }
+
+        /// Points every `WWW-Authenticate` challenge to the protected-resource metadata at
+        /// `url` (RFC 9728 §5.1): `, resource_metadata="URL"` after the challenge's other
+        /// parameters, so that a client turned away can find where to get a token. Usually
+        /// [`ProtectedResource::metadata_url`](crate::resource::ProtectedResource::metadata_url).
+        /// Unset by default: a layer behind an [`AuthLayer`](crate::auth::AuthLayer) then uses
+        /// the `AuthLayer`'s, and an `AuthLayer` sends none.
+        ///
+        /// # Panics
+        ///
+        /// If `url` is not an absolute `https` or `http` URL without fragment, made of the
+        /// characters a URL holds unencoded: a configuration mistake, found at start.
+        pub fn resource_metadata(mut self, url: impl Into<std::sync::Arc<str>>) -> Self {
+            self.rendering_mut().set_resource_metadata(url);
+            self
+        }
     };
 }
 
@@ -66,6 +82,7 @@ pub mod admin;
 pub mod auth;
 mod body;
 mod caller;
+pub mod client_addr;
 pub mod clock;
 pub mod credential;
 pub mod error;
@@ -82,6 +99,7 @@ mod quota;
 pub mod ratelimit;
 #[cfg(feature = "redis")]
 mod redis_conn;
+pub mod resource;
 pub mod scope;
 pub mod store;
 
@@ -125,7 +143,9 @@ pub mod prelude {
     pub use crate::jwt::{Claims, JwtKey, JwtVerifier, TokenIssuer};
     pub use crate::key::{ApiKey, KeyFormat, KeyRecord};
     pub use crate::ratelimit::{MemoryLimiter, RateLimitLayer, RateLimiter};
-    pub use crate::scope::RequireScopeLayer;
+    #[cfg(feature = "jwt")]
+    pub use crate::scope::RequireClaimsLayer;
+    pub use crate::scope::{RequirePrincipalLayer, RequireScopeLayer};
     pub use crate::store::{KeyStore, MemoryStore};
     #[cfg(feature = "tonic")]
     pub use crate::tonic::RequestExt;

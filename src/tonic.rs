@@ -8,7 +8,7 @@ use crate::caller::Caller;
 use crate::error::AuthError;
 use crate::principal::Principal;
 use crate::ratelimit::RateLimit;
-use crate::scope::RequireScope;
+use crate::scope::{RequirePrincipal, RequireScope};
 
 impl<S: NamedService> NamedService for Auth<S> {
     const NAME: &'static str = S::NAME;
@@ -19,6 +19,15 @@ impl<S: NamedService> NamedService for RateLimit<S> {
 }
 
 impl<S: NamedService> NamedService for RequireScope<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S: NamedService> NamedService for RequirePrincipal<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+#[cfg(feature = "jwt")]
+impl<S: NamedService, T> NamedService for crate::scope::RequireClaims<S, T> {
     const NAME: &'static str = S::NAME;
 }
 

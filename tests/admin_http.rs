@@ -212,7 +212,8 @@ fn field_names(value: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
-const RECORD_FIELDS: [&str; 10] = [
+const RECORD_FIELDS: [&str; 11] = [
+    "allowed_ips",
     "created_at",
     "credits",
     "expires_at",
@@ -294,6 +295,7 @@ async fn create_answers_the_key_once_and_the_exact_record() {
             "quota": "10/s;burst=20, 10000/d;fixed",
             "tier": "pro",
             "credits": {"remaining": 950, "refill": {"amount": 1000, "every": "1d"}},
+            "allowed_ips": null,
             "expires_at": "2026-12-02T06:59:00Z",
             "created_at": T0,
             "metadata": {"plan": "pro"},
@@ -1272,4 +1274,131 @@ async fn bad_quotas_tiers_and_credits_are_refused_with_what_is_wrong() {
         json!({"remaining": 9_007_199_254_740_991u64,
                "refill": {"amount": 9_007_199_254_740_991u64, "every": "36500d"}})
     );
+}
+
+#[tokio::test]
+async fn allowed_ips_are_set_shown_normalised_and_removed() {
+    let f = fixture();
+    let (key, record) = f
+        .create(json!({"owner": "acme", "scopes": [], "id": "key_1",
+                       "allowed_ips": ["203.0.113.7/24", "2001:db8::1", "198.51.100.0/24"]}))
+        .await;
+    assert_record_shape(&record);
+    let shown = json!(["198.51.100.0/24", "203.0.113.0/24", "2001:db8::1/128"]);
+    assert_eq!(record["allowed_ips"], shown);
+    assert_eq!(
+        f.store.get("key_1").unwrap().allowed_ips,
+        Some(
+            "198.51.100.0/24, 203.0.113.0/24, 2001:db8::1"
+                .parse()
+                .unwrap()
+        )
+    );
+    assert_eq!(
+        f.get("/admin/keys/key_1").await.json()["allowed_ips"],
+        shown
+    );
+    assert_eq!(
+        f.get("/admin/keys?owner=acme").await.json()["keys"][0]["allowed_ips"],
+        shown
+    );
+    // The API's requests in this fixture carry no client address: the key is refused.
+    assert_eq!(f.use_key(&key).await, StatusCode::FORBIDDEN);
+
+    // A change of something else keeps the list; a new list replaces it.
+    let reply = f.patch("/admin/keys/key_1", r#"{"scopes": ["a"]}"#).await;
+    assert_eq!(reply.json()["allowed_ips"], shown);
+    let reply = f
+        .patch("/admin/keys/key_1", r#"{"allowed_ips": ["10.0.0.0/8"]}"#)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_record_shape(&reply.json());
+    assert_eq!(reply.json()["allowed_ips"], json!(["10.0.0.0/8"]));
+
+    // `null` lets the key be used from anywhere.
+    let reply = f
+        .patch("/admin/keys/key_1", r#"{"allowed_ips": null}"#)
+        .await;
+    assert_eq!(reply.json()["allowed_ips"], Value::Null);
+    assert_eq!(f.store.get("key_1").unwrap().allowed_ips, None);
+    assert_eq!(f.use_key(&key).await, StatusCode::OK);
+    let (_, other) = f
+        .create(json!({"owner": "acme", "scopes": [], "allowed_ips": null}))
+        .await;
+    assert_eq!(other["allowed_ips"], Value::Null);
+}
+
+#[tokio::test]
+async fn bad_allowed_ips_are_refused_with_what_is_wrong() {
+    let f = fixture();
+    f.create(json!({"owner": "acme", "scopes": [], "id": "key_1",
+                    "allowed_ips": ["192.0.2.0/24"]}))
+        .await;
+    let entry = |i: usize| {
+        format!(
+            "The entry at allowed_ips[{i}] is not an IP address or a network in CIDR notation \
+             (such as \"203.0.113.0/24\" or \"2001:db8::/32\")."
+        )
+    };
+    let many: Vec<String> = (0..101).map(|i| format!("10.0.0.{i}")).collect();
+    let cases: Vec<(Value, Option<String>)> = vec![
+        (
+            json!({"allowed_ips": []}),
+            Some(
+                "The field `allowed_ips` lists at least one network; `null` lets the key be \
+                 used from anywhere."
+                    .into(),
+            ),
+        ),
+        (json!({"allowed_ips": ["nonsense"]}), Some(entry(0))),
+        (
+            json!({"allowed_ips": ["10.0.0.0/8", "192.0.2.0/33"]}),
+            Some(entry(1)),
+        ),
+        (
+            json!({"allowed_ips": ["10.0.0.0/8", " 10.0.0.1"]}),
+            Some(entry(1)),
+        ),
+        (json!({"allowed_ips": ["example.com"]}), Some(entry(0))),
+        (
+            json!({"allowed_ips": many}),
+            Some("The field `allowed_ips` lists at most 100 networks.".into()),
+        ),
+        (json!({"allowed_ips": "10.0.0.0/8"}), None),
+        (json!({"allowed_ips": [5]}), None),
+        (json!({"allowed_ips": {"a": "10.0.0.0/8"}}), None),
+    ];
+    for (body, detail) in &cases {
+        let mut create = json!({"owner": "acme", "scopes": []});
+        for (k, v) in body.as_object().unwrap() {
+            create[k] = v.clone();
+        }
+        let reply = f.post("/admin/keys", &create.to_string()).await;
+        assert_status_problem(&reply, 400);
+        if let Some(detail) = detail {
+            assert_eq!(reply.detail(), *detail, "{create}");
+        }
+        let reply = f.patch("/admin/keys/key_1", &body.to_string()).await;
+        assert_status_problem(&reply, 400);
+        if let Some(detail) = detail {
+            assert_eq!(reply.detail(), *detail, "{body}");
+        }
+        assert!(
+            !reply.text().contains("nonsense"),
+            "the entry is not echoed"
+        );
+    }
+    assert_eq!(f.store.len(), 1, "a refused request created a record");
+    assert_eq!(
+        f.get("/admin/keys/key_1").await.json()["allowed_ips"],
+        json!(["192.0.2.0/24"])
+    );
+    // 100 networks are fine.
+    let reply = f
+        .patch(
+            "/admin/keys/key_1",
+            &json!({"allowed_ips": many[..100]}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
 }

@@ -473,6 +473,10 @@ async fn a_database_of_the_first_schema_version_is_upgraded() {
         );
         assert_eq!((old.tier.as_deref(), old.credits), (None, None));
         assert_eq!(
+            old.allowed_ips, None,
+            "an old key may be used from anywhere"
+        );
+        assert_eq!(
             store.spend("old", 1).await.unwrap(),
             CreditOutcome::NoBudget
         );
@@ -507,6 +511,7 @@ async fn a_database_of_the_first_schema_version_is_upgraded() {
             "UPDATE {schema}.keygate_records SET credits_refilled_at = NULL",
             "UPDATE {schema}.keygate_records SET credits_refill_every_us = NULL",
             "UPDATE {schema}.keygate_records SET credits_refill_every_us = 0",
+            "UPDATE {schema}.keygate_records SET allowed_ips = '{nonsense}'",
         ] {
             let sql = broken.replace("{schema}", &format!("\"{}\"", schema.name));
             let refused = sqlx::query(&sql).execute(store.pool()).await;
@@ -519,6 +524,15 @@ async fn a_database_of_the_first_schema_version_is_upgraded() {
         assert_eq!(
             store.credits("old").await.unwrap(),
             Some(Credits::new(7).with_refill(Refill::new(5, Duration::from_secs(86_400))))
+        );
+        // ...and an allowlist.
+        schema
+            .sql(r#"UPDATE "{schema}".keygate_records SET allowed_ips = '{192.0.2.0/24, ::1}'"#)
+            .await;
+        let old = store.lookup(&old_key.digest()).await.unwrap().unwrap();
+        assert_eq!(
+            old.allowed_ips.as_ref().map(ToString::to_string).as_deref(),
+            Some("192.0.2.0/24, ::1/128")
         );
     })
     .await;

@@ -693,6 +693,7 @@ fn check_record(record: &Value) {
     assert_eq!(
         names,
         [
+            "allowed_ips",
             "created_at",
             "credits",
             "expires_at",

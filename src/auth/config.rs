@@ -8,7 +8,7 @@ use http::{Request, Response};
 use crate::caller::Passed;
 use crate::clock::SharedClock;
 use crate::credential::{self, CredentialError, CredentialSource, RequestHead};
-use crate::error::{AuthError, InvalidCredential, Rendering, Unavailable};
+use crate::error::{AuthError, Forbidden, InvalidCredential, Rendering, Unavailable};
 use crate::key::{KeyDigest, KeyFormat, KeyStatus};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::principal::Principal;
@@ -24,6 +24,8 @@ pub(crate) struct KeyAuth {
     pub(crate) format: Option<KeyFormat>,
     pub(crate) max_len: usize,
     pub(crate) outage: Arc<OutageLog>,
+    /// The proxies whose forwarding headers are believed, for keys with an IP allowlist.
+    pub(crate) trusted_proxies: crate::client_addr::Networks,
 }
 
 impl KeyAuth {
@@ -33,6 +35,7 @@ impl KeyAuth {
             format: None,
             max_len: DEFAULT_MAX_KEY_LEN,
             outage: Default::default(),
+            trusted_proxies: Default::default(),
         }
     }
 }
@@ -148,7 +151,7 @@ impl AuthConfig {
         }
         let mut lookup = keys.store.lookup(&KeyDigest::of(key));
         match lookup.take_ready() {
-            Some(result) => match self.finish_key(result) {
+            Some(result) => match self.finish_key(result, head) {
                 Ok(p) => Decision::Admit(Admission::Key(p)),
                 Err(e) => Decision::Reject(e),
             },
@@ -173,7 +176,11 @@ impl AuthConfig {
         }
     }
 
-    pub(crate) fn finish_key(&self, result: LookupResult) -> Result<Principal, AuthError> {
+    pub(crate) fn finish_key(
+        &self,
+        result: LookupResult,
+        head: &RequestHead<'_>,
+    ) -> Result<Principal, AuthError> {
         let invalid = |why| Err(AuthError::InvalidCredential(why));
         let outage = self.keys.as_ref().map(|k| &*k.outage);
         let record = match result {
@@ -200,6 +207,22 @@ impl AuthConfig {
         }
         if record.expires_at.is_some_and(|at| at <= self.clock.now()) {
             return invalid(InvalidCredential::ExpiredKey);
+        }
+        // Only a key with an allowlist costs the client address's resolution.
+        if let Some(allowed) = &record.allowed_ips {
+            let trusted = self
+                .keys
+                .as_ref()
+                .map_or(&[][..], |k| k.trusted_proxies.as_slice());
+            let client = crate::client_addr::resolve_in(head, trusted);
+            if !client.is_some_and(|addr| allowed.contains(addr)) {
+                let reason = match client {
+                    Some(_) => "address_not_listed",
+                    None => "no_client_address",
+                };
+                tracing::debug!(target: "keygate", reason, "key refused from this address");
+                return Err(AuthError::Forbidden(Forbidden::AddressNotAllowed));
+            }
         }
         Ok(Principal::from_key_record(record))
     }

@@ -32,7 +32,8 @@ impl<B> crate::future::Wait<B> for AuthWait {
         let result = match &mut self.pending {
             Pending::Key(lookup) => {
                 let result = ready!(Pin::new(lookup).poll(cx));
-                config.finish_key(result).map(Admission::Key)
+                let head = crate::credential::RequestHead::of(request);
+                config.finish_key(result, &head).map(Admission::Key)
             }
             #[cfg(feature = "jwt")]
             Pending::Token(refetch, token) => match ready!(Pin::new(refetch).poll(cx)) {

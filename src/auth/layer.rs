@@ -179,6 +179,28 @@ impl AuthLayer<WithKeys> {
         self.keys().max_len = max;
         self
     }
+
+    /// The proxies in front of the service, whose `Forwarded` and `X-Forwarded-For` headers
+    /// are believed when a key's [IP allowlist](crate::store#ip-allowlists) is checked
+    /// (default: none; then the connection's peer is the client, whatever the headers say).
+    /// Called again, it replaces the list. How the client's address is found is in
+    /// [`client_addr`](crate::client_addr).
+    ///
+    /// ```
+    /// use keygate::{auth::AuthLayer, client_addr::Networks, store::MemoryStore};
+    ///
+    /// let proxies: Networks = "10.0.0.0/8, 192.0.2.10".parse()?; // e.g. from TRUSTED_PROXIES
+    /// let layer = AuthLayer::new(MemoryStore::new()).trusted_proxies(proxies);
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn trusted_proxies(
+        mut self,
+        proxies: impl IntoIterator<Item = crate::client_addr::IpNet>,
+    ) -> Self {
+        self.keys().trusted_proxies = proxies.into_iter().collect();
+        self
+    }
 }
 
 #[cfg(feature = "jwt")]

@@ -471,13 +471,12 @@ impl JwtVerifier {
             .now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let hash = c.cache.as_ref().map(|cache| cache.hasher.hash_one(token));
-        if let (Some(cache), Some(hash)) = (&c.cache, hash) {
-            if let Some(hit) = cache.get(hash, token)
-                && hit.generation == c.source.current_generation()
-            {
-                return Outcome::Done(self.still_valid(hit, now));
-            }
+        let hash = c.cache.as_ref().map(|cache| cache.hash(token));
+        if let (Some(cache), Some(hash)) = (&c.cache, hash)
+            && let Some(hit) = cache.get(hash, token)
+            && hit.generation == c.source.current_generation()
+        {
+            return Outcome::Done(self.still_valid(hit, now));
         }
         let verified = match self.verify_fully(token, unknown_kid, None) {
             Ok(v) => Arc::new(v),

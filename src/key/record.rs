@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::client_addr::Networks;
 use crate::limits::Limits;
 
 /// A set of scopes (permissions) such as `weather:read`.
@@ -181,6 +182,10 @@ pub struct KeyRecord {
     /// The key's remaining uses, if it has a budget of them (see [`Credits`]). In a record a
     /// store returns, the count as of the read; the count itself lives in the store.
     pub credits: Option<Credits>,
+    /// The networks the key may be used from (see [`Networks`]); `None`: from anywhere. A key
+    /// used from any other address, or from one that is not known, is refused with 403 (see
+    /// [IP allowlists](crate::store#ip-allowlists)). An empty list allows no address.
+    pub allowed_ips: Option<Networks>,
     /// When the key stops working.
     pub expires_at: Option<SystemTime>,
     /// Whether the key may be used at all.
@@ -201,6 +206,7 @@ impl KeyRecord {
             quota: None,
             tier: None,
             credits: None,
+            allowed_ips: None,
             expires_at: None,
             status: KeyStatus::Active,
             metadata: BTreeMap::new(),
@@ -233,6 +239,22 @@ impl KeyRecord {
     #[must_use]
     pub fn with_credits(mut self, credits: Credits) -> Self {
         self.credits = Some(credits);
+        self
+    }
+
+    /// Lets the key be used only from these networks.
+    ///
+    /// ```
+    /// use keygate::key::KeyRecord;
+    ///
+    /// let record = KeyRecord::new("key_1", "acme")
+    ///     .with_allowed_ips("203.0.113.0/24, 2001:db8::/32".parse()?);
+    /// assert!(record.allowed_ips.unwrap().contains("203.0.113.9".parse()?));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_allowed_ips(mut self, networks: Networks) -> Self {
+        self.allowed_ips = Some(networks);
         self
     }
 

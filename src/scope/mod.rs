@@ -1,8 +1,11 @@
-//! [`RequireScopeLayer`]: lets through only callers with a scope; others get 403
-//! `insufficient_scope`, naming it.
+//! What an authenticated caller may do: [`RequireScopeLayer`] lets through only callers with a
+//! scope, all of several, or any of several, and answers the others 403 `insufficient_scope`,
+//! naming what they lack; [`RequirePrincipalLayer`] and [`RequireClaimsLayer`] check what
+//! scopes cannot express, on the [`Principal`](crate::Principal) or on the token's typed
+//! [`Claims<T>`](crate::jwt::Claims), and answer 403 with a `detail` of their own.
 //!
-//! Place it inside (after) [`AuthLayer`](crate::auth::AuthLayer), typically per route. It
-//! answers with the realm and responder of that `AuthLayer` unless given its own:
+//! Place them inside (after) [`AuthLayer`](crate::auth::AuthLayer), typically per route. They
+//! answer with the realm and responder of that `AuthLayer` unless given their own:
 //!
 //! ```
 //! use axum::{Router, routing::{get, post}};
@@ -13,17 +16,34 @@
 //!     .route_layer(RequireScopeLayer::new("weather:read"))
 //!     .merge(
 //!         Router::new()
+//!             .route("/v1/forecast.json", get(|| async { "rain later" }))
+//!             .route_layer(RequireScopeLayer::all(["weather:read", "forecast:read"])),
+//!     )
+//!     .merge(
+//!         Router::new()
+//!             .route("/v1/alerts.json", get(|| async { "[]" }))
+//!             .route_layer(RequireScopeLayer::any(["alerts:read", "weather:admin"])),
+//!     )
+//!     .merge(
+//!         Router::new()
 //!             .route("/v1/alerts", post(|| async { "saved" }))
 //!             .route_layer(RequireScopeLayer::new("weather:write")),
 //!     )
 //!     .layer(AuthLayer::new(MemoryStore::new()));
 //! # let _ = app;
 //! ```
+//!
+//! [`RequireClaimsLayer`]: crate::scope::RequireClaimsLayer
 
+mod expr;
 mod future;
 mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::RequireScopeLayer;
-pub use service::RequireScope;
+#[cfg(feature = "jwt")]
+pub use layer::RequireClaimsLayer;
+pub use layer::{RequirePrincipalLayer, RequireScopeLayer};
+#[cfg(feature = "jwt")]
+pub use service::RequireClaims;
+pub use service::{RequirePrincipal, RequireScope};

@@ -1,11 +1,12 @@
-use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
-use super::{RequireScopeLayer, ResponseFuture};
+#[cfg(feature = "jwt")]
+use super::RequireClaimsLayer;
+use super::{RequirePrincipalLayer, RequireScopeLayer, ResponseFuture};
 use crate::caller::Caller;
 use crate::error::AuthError;
 use crate::future::Deferred;
@@ -29,7 +30,7 @@ impl<S: fmt::Debug> fmt::Debug for RequireScope<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequireScope")
             .field("inner", &self.inner)
-            .field("scope", &self.layer.scope)
+            .field("scope", &self.layer.expr)
             .finish()
     }
 }
@@ -42,15 +43,15 @@ where
     forward_service_plumbing!();
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let scope = &self.layer.scope;
+        let expr = &self.layer.expr;
         let error = match Caller::of(req.extensions()) {
-            Caller::Known(p) if p.has_scope(scope) => {
-                return ResponseFuture::new(Deferred::called(self.inner.call(req), ()));
-            }
-            Caller::Known(p) => {
-                tracing::debug!(target: "keygate", principal = p.id(), scope = &**scope, outcome = "insufficient_scope");
-                AuthError::InsufficientScope(Cow::Owned(scope.to_string()))
-            }
+            Caller::Known(p) => match expr.check(|s| p.has_scope(s)) {
+                Ok(()) => return ResponseFuture::new(Deferred::called(self.inner.call(req), ())),
+                Err(lacks) => {
+                    tracing::debug!(target: "keygate", principal = p.id(), scope = %expr, outcome = "insufficient_scope");
+                    AuthError::InsufficientScope(lacks)
+                }
+            },
             Caller::Anonymous => AuthError::MissingCredential,
             Caller::Unchecked => {
                 crate::outage::error_misconfigured!(
@@ -60,6 +61,137 @@ where
             }
         };
         let response = self.layer.rendering.render(&error, &req);
+        ResponseFuture::new(Deferred::answered(response))
+    }
+}
+
+/// The service [`RequirePrincipalLayer`] builds.
+#[derive(Clone)]
+pub struct RequirePrincipal<S> {
+    inner: S,
+    layer: RequirePrincipalLayer,
+}
+
+impl<S> RequirePrincipal<S> {
+    pub(crate) fn new(inner: S, layer: RequirePrincipalLayer) -> Self {
+        Self { inner, layer }
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S: fmt::Debug> fmt::Debug for RequirePrincipal<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequirePrincipal")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for RequirePrincipal<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes>,
+{
+    forward_service_plumbing!();
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let check = &self.layer.check;
+        let error = match Caller::of(req.extensions()) {
+            Caller::Known(p) if check.passes(p) => {
+                return ResponseFuture::new(Deferred::called(self.inner.call(req), ()));
+            }
+            Caller::Known(p) => {
+                tracing::debug!(target: "keygate", principal = p.id(), outcome = "forbidden");
+                check.refusal()
+            }
+            Caller::Anonymous => AuthError::MissingCredential,
+            Caller::Unchecked => {
+                crate::outage::error_misconfigured!(
+                    "RequirePrincipalLayer without AuthLayer in front of it"
+                );
+                AuthError::MissingLayer
+            }
+        };
+        let response = check.rendering.render(&error, &req);
+        ResponseFuture::new(Deferred::answered(response))
+    }
+}
+
+/// The service [`RequireClaimsLayer`] builds.
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub struct RequireClaims<S, T> {
+    inner: S,
+    layer: RequireClaimsLayer<T>,
+}
+
+#[cfg(feature = "jwt")]
+impl<S, T> RequireClaims<S, T> {
+    pub(crate) fn new(inner: S, layer: RequireClaimsLayer<T>) -> Self {
+        Self { inner, layer }
+    }
+
+    define_inner_service_accessors!();
+}
+
+#[cfg(feature = "jwt")]
+impl<S: Clone, T> Clone for RequireClaims<S, T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+#[cfg(feature = "jwt")]
+impl<S: fmt::Debug, T> fmt::Debug for RequireClaims<S, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequireClaims")
+            .field("inner", &self.inner)
+            .field("claims", &std::any::type_name::<T>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "jwt")]
+impl<S, T, ReqB, ResB> Service<Request<ReqB>> for RequireClaims<S, T>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body<Data = Bytes>,
+    T: Send + Sync + 'static,
+{
+    forward_service_plumbing!();
+
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let check = &self.layer.check;
+        let error = match Caller::of(req.extensions()) {
+            Caller::Known(p) => match req.extensions().get::<crate::jwt::Claims<T>>() {
+                Some(claims) if check.passes(claims) => {
+                    return ResponseFuture::new(Deferred::called(self.inner.call(req), ()));
+                }
+                claims => {
+                    // No claims: an API key, or a token whose verifier decodes no `T` (with
+                    // several issuers, maybe rightly so): refused, as a failed check is.
+                    let outcome = if claims.is_some() {
+                        "forbidden"
+                    } else {
+                        "no_claims"
+                    };
+                    tracing::debug!(target: "keygate", principal = p.id(), claims = std::any::type_name::<T>(), outcome);
+                    check.refusal()
+                }
+            },
+            Caller::Anonymous => AuthError::MissingCredential,
+            Caller::Unchecked => {
+                crate::outage::error_misconfigured!(
+                    "RequireClaimsLayer without AuthLayer in front of it"
+                );
+                AuthError::MissingLayer
+            }
+        };
+        let response = check.rendering.render(&error, &req);
         ResponseFuture::new(Deferred::answered(response))
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::BoxError;
+use crate::client_addr::Networks;
 use crate::key::Credits;
 use crate::key::{ApiKey, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
 use crate::limits::Limits;
@@ -247,6 +248,8 @@ pub struct KeyUpdate {
     /// New credits (the remaining count and refill schedule, set as given); `Some(None)`
     /// removes the key's budget.
     pub credits: Option<Option<Credits>>,
+    /// New networks the key may be used from; `Some(None)` lets it be used from anywhere.
+    pub allowed_ips: Option<Option<Networks>>,
     /// A new status.
     pub status: Option<KeyStatus>,
     /// A new expiry; `Some(None)` makes the key never expire.
@@ -286,6 +289,24 @@ impl KeyUpdate {
     #[must_use]
     pub fn credits(mut self, credits: Option<Credits>) -> Self {
         self.credits = Some(credits);
+        self
+    }
+
+    /// Replaces the networks the key may be used from (`None`: from anywhere).
+    ///
+    /// ```
+    /// use keygate::client_addr::Networks;
+    /// use keygate::store::KeyUpdate;
+    ///
+    /// let office: Networks = "203.0.113.0/24".parse()?;
+    /// let only_office = KeyUpdate::new().allowed_ips(Some(office));
+    /// let anywhere = KeyUpdate::new().allowed_ips(None);
+    /// # let _ = (only_office, anywhere);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn allowed_ips(mut self, networks: Option<Networks>) -> Self {
+        self.allowed_ips = Some(networks);
         self
     }
 
@@ -336,6 +357,9 @@ impl KeyUpdate {
         }
         if let Some(credits) = self.credits {
             record.credits = credits;
+        }
+        if let Some(allowed_ips) = &self.allowed_ips {
+            record.allowed_ips.clone_from(allowed_ips);
         }
         if let Some(status) = self.status {
             record.status = status;

@@ -180,8 +180,8 @@ impl MemoryStore {
             .map(drop)
     }
 
-    /// Changes the record behind all of its keys (status, scopes, quota, tier, credits, expiry,
-    /// metadata). The id, owner and creation time cannot change, and a revoked record stays
+    /// Changes the record behind all of its keys (status, scopes, quota, tier, credits, allowed
+    /// networks, expiry, metadata). The id, owner and creation time cannot change, and a revoked record stays
     /// revoked ([`ManageError::Invalid`]). `change` sees the live credits; credits it changes are
     /// set anew (and their refill schedule starts now).
     pub fn update(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> Result<(), ManageError> {

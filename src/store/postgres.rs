@@ -16,6 +16,7 @@ use super::{
     CreditCheck, CreditOutcome, CreditStore, Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore,
     KeyUpdate, Lookup, LookupResult, ManageError, ManageFuture, Page, StoreError,
 };
+use crate::client_addr::Networks;
 use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
 use crate::limits::Limits;
 use crate::outage::Chain;
@@ -40,7 +41,8 @@ use crate::{BoxError, MaybeReady};
 ///   strings), and the key's credits, all `NULL` when it has no budget: `credits_remaining`
 ///   (as of `credits_refilled_at`), `credits_refill_amount` and `credits_refill_every_us` (the
 ///   refill schedule, in microseconds; both `NULL` without one) and `credits_refilled_at` (when
-///   the credits were set or last refilled);
+///   the credits were set or last refilled), and `allowed_ips` (a `cidr[]` of the networks the
+///   key may be used from; `NULL`: from anywhere);
 /// - `keygate_digests`: one row per key: `digest` (the 32 bytes of the SHA-256 of the key,
 ///   primary key), `record_id` (deleted with its record) and `retire_at` (when a key rotated
 ///   out stops working; `NULL` for current keys).
@@ -56,8 +58,9 @@ use crate::{BoxError, MaybeReady};
 /// assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "public".keygate_records"#));
 /// assert!(sql.contains(r#"CREATE TABLE IF NOT EXISTS "public".keygate_digests"#));
 /// assert!(sql.contains("ADD COLUMN IF NOT EXISTS credits_remaining"));
+/// assert!(sql.contains("ADD COLUMN IF NOT EXISTS allowed_ips"));
 /// ```
-pub const POSTGRES_MIGRATION: &str = r#"-- keygate key store, schema version 2: records, and the digests of their keys.
+pub const POSTGRES_MIGRATION: &str = r#"-- keygate key store, schema version 3: records, and the digests of their keys.
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_namespace WHERE nspname = '{schema}') THEN
@@ -126,6 +129,10 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Version 3: the networks a key may be used from.
+ALTER TABLE "{schema}".keygate_records
+    ADD COLUMN IF NOT EXISTS allowed_ips cidr[];
 "#;
 
 /// The schema a store uses unless told otherwise ([`PostgresStore::schema`]).
@@ -450,6 +457,7 @@ impl PostgresStore {
             .bind(remaining)
             .bind(amount)
             .bind(every)
+            .bind(networks_vec(record.allowed_ips.as_ref()))
             .fetch_optional(&mut *conn)
             .await
             .map_err(unavailable)?;
@@ -575,6 +583,7 @@ impl PostgresStore {
             .bind(remaining)
             .bind(amount)
             .bind(every)
+            .bind(networks_vec(record.allowed_ips.as_ref()))
             .fetch_optional(&mut *conn)
             .await
             .map_err(unavailable)?
@@ -1052,8 +1061,10 @@ impl Sql {
         );
         let available =
             format!("CASE WHEN {due} THEN r.credits_refill_amount ELSE r.credits_remaining END");
-        let credits =
-            format!("r.tier, {available}, r.credits_refill_amount, r.credits_refill_every_us");
+        let credits = format!(
+            "r.tier, {available}, r.credits_refill_amount, r.credits_refill_every_us, \
+             r.allowed_ips::text[]"
+        );
         let columns = format!(
             "r.id, r.owner, r.scopes, r.quota, r.status, {expires}, {created}, r.metadata::text, \
              {credits}"
@@ -1116,11 +1127,12 @@ impl Sql {
                 "INSERT INTO {records} AS r \
                  (id, owner, scopes, quota, status, expires_at, created_at, revoked_at, metadata, \
                   tier, credits_remaining, credits_refill_amount, credits_refill_every_us, \
-                  credits_refilled_at) \
+                  credits_refilled_at, allowed_ips) \
                  VALUES ($1, $2, $3, $4, $5::text, {at6}, COALESCE({at7}, now()), \
                          CASE WHEN $5::text = 'revoked' THEN now() END, $8::jsonb, \
                          $9::text, $10::bigint, $11::bigint, $12::bigint, \
-                         CASE WHEN $10::bigint IS NULL THEN NULL ELSE now() END) \
+                         CASE WHEN $10::bigint IS NULL THEN NULL ELSE now() END, \
+                         $13::text[]::cidr[]) \
                  ON CONFLICT (id) DO NOTHING \
                  RETURNING {columns}",
                 at6 = timestamp("$6"),
@@ -1143,7 +1155,8 @@ impl Sql {
                  credits_refill_every_us = CASE WHEN $8::boolean THEN $11::bigint \
                                                 ELSE r.credits_refill_every_us END, \
                  credits_refilled_at = CASE WHEN NOT $8::boolean THEN r.credits_refilled_at \
-                                            WHEN $9::bigint IS NULL THEN NULL ELSE now() END \
+                                            WHEN $9::bigint IS NULL THEN NULL ELSE now() END, \
+                 allowed_ips = $12::text[]::cidr[] \
                  WHERE r.id = $1 RETURNING {columns}",
                 at5 = timestamp("$5"),
             ),
@@ -1232,6 +1245,11 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, BoxError> {
     let tier: Option<String> = row.try_get(8)?;
     let credits = credits_from_row(row, 9)
         .map_err(|()| format!("record {id:?}: the credits columns are not credits"))?;
+    let allowed_ips: Option<Vec<String>> = row.try_get(12)?;
+    let allowed_ips = allowed_ips
+        .map(Networks::parse)
+        .transpose()
+        .map_err(|e| format!("record {id:?}: the allowed_ips column: {e}"))?;
     let quota = match quota {
         Some(text) => Some(
             text.parse::<Limits>()
@@ -1254,6 +1272,7 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, BoxError> {
     record.quota = quota;
     record.tier = tier;
     record.credits = credits;
+    record.allowed_ips = allowed_ips;
     record.expires_at = expires_at.map(from_micros);
     record.created_at = created_at.map(from_micros);
     record.metadata = metadata;
@@ -1302,6 +1321,12 @@ fn check_storable(record: &KeyRecord) -> Result<(), ManageError> {
         return Err(ManageError::invalid("the tier has a NUL character"));
     }
     Ok(())
+}
+
+/// The `allowed_ips` parameter: the networks in CIDR notation, which PostgreSQL's `cidr` reads
+/// as they are (their bits after the prefix are cleared already).
+fn networks_vec(networks: Option<&Networks>) -> Option<Vec<String>> {
+    networks.map(|networks| networks.iter().map(|net| net.to_string()).collect())
 }
 
 fn scopes_vec(scopes: &Scopes) -> Vec<String> {

@@ -20,6 +20,7 @@ use super::{
     CreditCheck, CreditOutcome, CreditStore, Invalidate, IssuedKey, KeyManager, KeyPage, KeyStore,
     KeyUpdate, Lookup, LookupResult, ManageError, ManageFuture, Page, StoreError,
 };
+use crate::client_addr::Networks;
 use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
 use crate::{Limits, MaybeReady};
 
@@ -1299,6 +1300,9 @@ struct Stored {
     /// The rate-limit tier's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tier: Option<String>,
+    /// The networks the key may be used from, in CIDR notation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allowed_ips: Option<Vec<String>>,
     /// Nanoseconds since the Unix epoch, in decimal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expires_at: Option<String>,
@@ -1322,6 +1326,10 @@ fn encode(record: &KeyRecord) -> Result<String, serde_json::Error> {
         scopes: record.scopes.iter().map(str::to_owned).collect(),
         quota: record.quota.as_ref().map(ToString::to_string),
         tier: record.tier.clone(),
+        allowed_ips: record
+            .allowed_ips
+            .as_ref()
+            .map(|networks| networks.iter().map(|net| net.to_string()).collect()),
         expires_at: record.expires_at.map(|at| to_nanos(at).to_string()),
         status: match record.status {
             KeyStatus::Active => Status::Active,
@@ -1349,6 +1357,11 @@ fn decode(json: &str, created: Option<&str>) -> Result<KeyRecord, Malformed> {
     record.scopes = stored.scopes.into_iter().collect::<Scopes>();
     record.quota = quota;
     record.tier = stored.tier;
+    record.allowed_ips = stored
+        .allowed_ips
+        .map(Networks::parse)
+        .transpose()
+        .map_err(|_| Malformed)?;
     record.expires_at = stored.expires_at.as_deref().map(time).transpose()?;
     record.status = match stored.status {
         Status::Active => KeyStatus::Active,
@@ -1466,15 +1479,22 @@ mod tests {
                     .unwrap(),
             )
             .with_tier("gold")
+            .with_allowed_ips("203.0.113.0/24, 2001:db8::1".parse::<Networks>().unwrap())
             .with_expiry(at)
             .with_status(KeyStatus::Disabled)
             .with_metadata("plan", "pro");
         let json = encode(&record).unwrap();
+        assert!(json.contains(r#""allowed_ips":["203.0.113.0/24","2001:db8::1/128"]"#));
         record.created_at = Some(UNIX_EPOCH - Duration::new(5, 1));
         let created = to_nanos(UNIX_EPOCH - Duration::new(5, 1)).to_string();
         assert_eq!(decode(&json, Some(&created)).unwrap(), record);
         assert!(decode("{}", None).is_err());
         assert!(decode(&json.replace("100/min", "ten"), None).is_err());
+        assert!(decode(&json.replace("203.0.113.0/24", "203.0.113.0/33"), None).is_err());
+        // A record stored without the field (by an earlier version) has no allowlist.
+        let plain = KeyRecord::new("k", "o");
+        assert!(!encode(&plain).unwrap().contains("allowed_ips"));
+        assert_eq!(decode(&encode(&plain).unwrap(), None).unwrap(), plain);
     }
 
     #[test]

@@ -37,6 +37,7 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use keygate::client_addr::Networks;
 use keygate::key::{ApiKey, Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Refill};
 use keygate::store::{
     CreditOutcome, CreditStore, IssuedKey, KeyManager, KeyStore, KeyUpdate, MAX_CREDITS,
@@ -77,6 +78,7 @@ pub async fn run<S: KeyManager + KeyStore + Clone>(store: &S) {
     a_later_rotation_cuts_a_grace_short_and_never_lengthens_it(store).await;
     tiers_limits_and_credits_round_trip(store).await;
     out_of_range_credits_are_refused(store).await;
+    allowed_ips_round_trip(store).await;
 }
 
 /// Every credit check that is safe on a store other tests use at the same time.
@@ -1978,6 +1980,99 @@ pub async fn tiers_limits_and_credits_round_trip<S: KeyManager + KeyStore>(store
     now.quota = None;
     now.credits = None;
     assert_eq!(changed, now, "update removing tier, limits and credits");
+    assert_eq!(get(store, &id1, "get after the removal").await, now);
+    assert_eq!(
+        found(store, &issued.key, "lookup after the removal").await,
+        now
+    );
+    clean(store, &[&id1, &id2]).await;
+}
+
+/// A key's IP allowlist (IPv4 and IPv6 networks, single addresses, an empty list) comes back as
+/// given through `issue`, `insert`, `get`, `list` and `lookup`; an update replaces or removes it,
+/// and other updates keep it.
+pub async fn allowed_ips_round_trip<S: KeyManager + KeyStore>(store: &S) {
+    let owner = unique("owner");
+    let networks: Networks = "203.0.113.0/24, 198.51.100.7, 2001:db8:cafe::/48, ::1, 0.0.0.0/0"
+        .parse()
+        .expect("valid networks");
+    let want = |id: &str, networks: &Networks| {
+        KeyRecord::new(id, &owner)
+            .with_scopes(["read"])
+            .with_allowed_ips(networks.clone())
+            .with_created_at(UNIX_EPOCH + Duration::from_secs(1_650_000_000))
+    };
+
+    let id1 = unique("ips");
+    let issued = ok(
+        store.issue(want(&id1, &networks)).await,
+        "issue with an allowlist",
+    );
+    assert_eq!(
+        issued.record,
+        want(&id1, &networks),
+        "issue keeps the allowlist"
+    );
+    assert_eq!(
+        found(store, &issued.key, "lookup of a record with an allowlist").await,
+        want(&id1, &networks),
+        "lookup keeps the allowlist"
+    );
+    assert_eq!(get(store, &id1, "get").await, want(&id1, &networks));
+
+    // An empty list (no address allowed) is not the same as none (any address).
+    let id2 = unique("ips");
+    let legacy = legacy_key();
+    let empty = want(&id2, &Networks::new());
+    let inserted = ok(
+        store.insert(legacy.digest(), empty.clone()).await,
+        "insert with an empty allowlist",
+    );
+    assert_eq!(inserted, empty, "insert keeps an empty allowlist");
+    assert_eq!(
+        found(store, &legacy, "lookup of the inserted record").await,
+        empty
+    );
+    let page = ok(store.list(&owner, Page::first(10)).await, "list");
+    let mut want_page = vec![want(&id1, &networks), empty.clone()];
+    want_page.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(page.records, want_page, "list shows the allowlists");
+
+    // Replacing it.
+    let other: Networks = "192.0.2.0/25, 2001:db8::/32"
+        .parse()
+        .expect("valid networks");
+    let changed = ok(
+        store
+            .update(&id1, KeyUpdate::new().allowed_ips(Some(other.clone())))
+            .await,
+        "update of the allowlist",
+    );
+    let mut now = want(&id1, &other);
+    assert_eq!(changed, now, "update of the allowlist");
+    assert_eq!(get(store, &id1, "get after the update").await, now);
+    assert_eq!(
+        found(store, &issued.key, "lookup after the update").await,
+        now
+    );
+
+    // Other updates keep it.
+    let changed = ok(
+        store.update(&id1, KeyUpdate::new().scopes(["s"])).await,
+        "an update of the scopes",
+    );
+    now.scopes = ["s"].into_iter().collect();
+    assert_eq!(changed, now, "an update of the scopes keeps the allowlist");
+
+    // Removing it.
+    let changed = ok(
+        store
+            .update(&id1, KeyUpdate::new().allowed_ips(None::<Networks>))
+            .await,
+        "update removing the allowlist",
+    );
+    now.allowed_ips = None;
+    assert_eq!(changed, now, "update removing the allowlist");
     assert_eq!(get(store, &id1, "get after the removal").await, now);
     assert_eq!(
         found(store, &issued.key, "lookup after the removal").await,
