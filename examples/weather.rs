@@ -39,6 +39,7 @@
 //! | `OIDC_ISSUERS` | unset: none | space-separated issuer URLs of OpenID providers whose tokens are accepted too, each discovered at start (`{issuer}/.well-known/openid-configuration`, whose `issuer` must be the same, then its keys); needs `--features jwks` |
 //! | `OIDC_AUDIENCE` | required with `OIDC_ISSUERS` | the `aud` tokens of those issuers must carry |
 //! | `OIDC_ALLOW_HTTP` | `0` | `1`: `http://` issuers and key sets are allowed (for tests on 127.0.0.1; never in production) |
+//! | `TRUSTED_PROXIES` | unset: none | comma-separated addresses or CIDRs (`10.0.0.0/8, ::1`) of the proxies in front whose `X-Forwarded-For`/`Forwarded` is believed: the client of a request through them is the right-most address that is not one of them; from any other peer those headers change nothing |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota or an item of a list of them, which the error names,
@@ -77,6 +78,12 @@
 //! - `GET /v1/slow?ms=M` (scope `weather:read`): answers `{"slept_ms": M}` after `M`
 //!   milliseconds, `M` from 0 to 5000 (else 400 problem): a request that stays in flight, for
 //!   trying `CONCURRENCY_LIMIT`.
+//! - `GET /v1/forecast.json?q=CITY` (all of the scopes `weather:read` and `forecast:read`): the
+//!   current weather and three days of forecast, `{"location": ..., "current": ...,
+//!   "forecast": {"forecastday": [...]}}`; a caller lacking either is 403 `insufficient_scope`
+//!   with `scope="weather:read forecast:read"` in its challenge.
+//! - `GET /v1/alerts.json?q=CITY` (any of the scopes `alerts:read` or `weather:admin`): the
+//!   city's weather alerts, `{"location": ..., "alerts": {"alert": [...]}}`.
 //! - `GET /v1/me`: the caller's [`Principal`] as JSON (id, kind, owner, scopes; never the key).
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
@@ -106,7 +113,11 @@
 //!   the limits admit for the key or for a token minted for it, from one count on every
 //!   instance sharing the store, and a key whose credits are used up
 //!   gets 429 (with `Retry-After` only when a refill is scheduled); its `tier` is shown and
-//!   kept, and since this example maps no tier to limits, `RATE_LIMIT` applies to it.
+//!   kept, and since this example maps no tier to limits, `RATE_LIMIT` applies to it. Its
+//!   `allowed_ips` (`["203.0.113.0/24", "2001:db8::/32"]`, `null` for anywhere) are the networks
+//!   it may be used from: from any other client address (the connection's peer, or through
+//!   `TRUSTED_PROXIES` the forwarded client) the key gets 403 whose `detail` says the address
+//!   is not allowed for this key.
 //!
 //! Every response of the routes behind the limiter carries `RateLimit-Policy` and `RateLimit`
 //! (IETF draft 10); a caller over its quota gets 429 with `Retry-After` and a problem+json body
@@ -137,6 +148,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keygate::QuotaError;
+use keygate::client_addr::Networks;
 use keygate::jwt::{
     IssueError, IssuedToken, JwtIssuers, JwtKey, JwtVerifier, MemoryRevocations,
     RevokeMintedTokens, TokenIssuer,
@@ -150,6 +162,7 @@ use keygate::{
     LimitBy, Limits, Principal, PrincipalKind, auth::AuthLayer, scope::RequireScopeLayer,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 
@@ -182,6 +195,12 @@ pub const TOKEN_TTL: Duration = Duration::from_secs(2 * 3600);
 pub const KEY_PREFIX: &str = "wk_live_";
 /// The scope `/v1/current.json` requires; every key of this example has it.
 pub const SCOPE: &str = "weather:read";
+/// `/v1/forecast.json` requires all of these.
+pub const FORECAST_SCOPES: [&str; 2] = [SCOPE, "forecast:read"];
+/// `/v1/alerts.json` requires any of these.
+pub const ALERTS_SCOPES: [&str; 2] = ["alerts:read", "weather:admin"];
+/// Every scope the routes ask for, as the protected-resource metadata lists them.
+pub const SCOPES_SUPPORTED: [&str; 4] = [SCOPE, "forecast:read", "alerts:read", "weather:admin"];
 /// The realm named in `WWW-Authenticate`.
 pub const REALM: &str = "weather";
 /// The claim of minted tokens that carries their key's own quota.
@@ -252,6 +271,8 @@ pub struct Config {
     pub oidc_audience: Option<String>,
     /// Whether `http://` issuers are allowed (`OIDC_ALLOW_HTTP`).
     pub oidc_allow_http: bool,
+    /// The proxies whose `X-Forwarded-For` / `Forwarded` is believed (`TRUSTED_PROXIES`).
+    pub trusted_proxies: Networks,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -285,6 +306,7 @@ impl std::fmt::Debug for Config {
             .field("oidc_issuers", &self.oidc_issuers)
             .field("oidc_audience", &self.oidc_audience)
             .field("oidc_allow_http", &self.oidc_allow_http)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -366,6 +388,9 @@ pub enum ConfigError {
     /// `OIDC_ALLOW_HTTP` is neither on nor off.
     #[error("OIDC_ALLOW_HTTP={0:?} is not 1 (allow http:// issuers) or 0")]
     OidcAllowHttp(String),
+    /// `TRUSTED_PROXIES` is not a list of addresses or CIDRs.
+    #[error("TRUSTED_PROXIES: {0} is not an address or a CIDR such as 10.0.0.0/8")]
+    TrustedProxies(String),
     /// `JWT_REQUIRE_TYP` is not a media type such as `at+jwt`.
     #[error("JWT_REQUIRE_TYP={0:?} is not a token type such as at+jwt")]
     RequireTyp(String),
@@ -549,6 +574,14 @@ impl Config {
             }
             typ => typ,
         };
+        let trusted_proxies = match set("TRUSTED_PROXIES") {
+            None => Networks::new(),
+            Some(list) => list
+                .parse()
+                .map_err(|e: keygate::client_addr::InvalidNetwork| {
+                    ConfigError::TrustedProxies(format!("{:?}", e.text()))
+                })?,
+        };
         Ok(Self {
             addr,
             api_keys,
@@ -575,6 +608,7 @@ impl Config {
             oidc_issuers,
             oidc_audience,
             oidc_allow_http,
+            trusted_proxies,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -897,6 +931,8 @@ pub struct Services {
     pub usage_store: Arc<dyn UsageStore>,
     /// The key of the admin API.
     pub admin_key: Option<ApiKey>,
+    /// The proxies whose forwarding headers name the client.
+    pub trusted_proxies: Networks,
     /// Stops the usage flush and flushes one last time, on shutdown.
     pub usage_flush: Arc<std::sync::Mutex<Option<keygate::ratelimit::FlushTask>>>,
 }
@@ -1000,6 +1036,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         usage,
         usage_store,
         admin_key: config.admin_api_key.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
         usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
 }
@@ -1115,6 +1152,7 @@ pub fn app(services: &Services) -> Router {
         .key_format(key_format())
         .max_key_len(MAX_KEY_LEN)
         .jwt(services.issuers.clone())
+        .trusted_proxies(services.trusted_proxies.clone())
         .realm(REALM);
     let limit = rate_limit_layer(services);
     let state = Api {
@@ -1130,6 +1168,14 @@ pub fn app(services: &Services) -> Router {
         .route(
             "/v1/slow",
             get(slow).route_layer(RequireScopeLayer::new(SCOPE)),
+        )
+        .route(
+            "/v1/forecast.json",
+            get(forecast).route_layer(RequireScopeLayer::all(FORECAST_SCOPES)),
+        )
+        .route(
+            "/v1/alerts.json",
+            get(alerts).route_layer(RequireScopeLayer::any(ALERTS_SCOPES)),
         )
         .route("/v1/me", get(me))
         .route("/v1/token", post(token))
@@ -1299,15 +1345,20 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
 /// The banner's shell filter that takes the token out of `POST /v1/token`'s one-line JSON.
 pub const EXTRACT_TOKEN: &str = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
 
-/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish.
+/// Serves `app` on `listener` until `shutdown` completes, then lets open requests finish. Each
+/// request carries its connection's peer address (`ConnectInfo`), which a key's IP allowlist
+/// is checked against.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Completes on Ctrl-C, or on SIGTERM on Unix.
@@ -1380,22 +1431,84 @@ struct CurrentParams {
     q: Option<String>,
 }
 
-async fn current(params: Result<Query<CurrentParams>, QueryRejection>) -> Response {
+/// The city of `q`, or the 400 that says what is wrong with it.
+fn city(params: Result<Query<CurrentParams>, QueryRejection>) -> Result<String, Box<Response>> {
+    let bad = |detail| Box::new(problem(StatusCode::BAD_REQUEST, detail));
     let q = match params {
         Ok(Query(p)) => p.q.unwrap_or_default(),
-        Err(_) => return problem(StatusCode::BAD_REQUEST, "The query string is malformed."),
+        Err(_) => return Err(bad("The query string is malformed.")),
     };
     let city = q.trim();
     if city.is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "Parameter q is missing.");
+        return Err(bad("Parameter q is missing."));
     }
     if city.chars().count() > MAX_CITY_LEN || city.chars().any(char::is_control) {
-        return problem(
-            StatusCode::BAD_REQUEST,
+        return Err(bad(
             "Parameter q must be a city name of at most 100 characters.",
-        );
+        ));
     }
-    Json(Weather::for_city(city)).into_response()
+    Ok(city.to_owned())
+}
+
+async fn current(params: Result<Query<CurrentParams>, QueryRejection>) -> Response {
+    match city(params) {
+        Ok(city) => Json(Weather::for_city(&city)).into_response(),
+        Err(problem) => *problem,
+    }
+}
+
+/// `GET /v1/forecast.json?q=CITY`: the current weather and three days of forecast.
+async fn forecast(params: Result<Query<CurrentParams>, QueryRejection>) -> Response {
+    let city = match city(params) {
+        Ok(city) => city,
+        Err(problem) => return *problem,
+    };
+    let weather = Weather::for_city(&city);
+    let days: Vec<Value> = (1..=3u32)
+        .map(|day| {
+            let seed = fnv1a(format!("{}#{day}", city.to_lowercase()).as_bytes());
+            let max = round1(weather.current.temp_c + (seed % 60) as f64 / 10.0);
+            let min = round1(max - 4.0 - (seed % 30) as f64 / 10.0);
+            let (text, code) = CONDITIONS[(seed % CONDITIONS.len() as u64) as usize];
+            serde_json::json!({
+                "day_offset": day,
+                "day": {
+                    "maxtemp_c": max,
+                    "mintemp_c": min,
+                    "condition": { "text": text, "code": code },
+                },
+            })
+        })
+        .collect();
+    Json(serde_json::json!({
+        "location": weather.location,
+        "current": weather.current,
+        "forecast": { "forecastday": days },
+    }))
+    .into_response()
+}
+
+/// `GET /v1/alerts.json?q=CITY`: the weather alerts for `CITY` (a fake city has none, unless
+/// its weather is snow).
+async fn alerts(params: Result<Query<CurrentParams>, QueryRejection>) -> Response {
+    let city = match city(params) {
+        Ok(city) => city,
+        Err(problem) => return *problem,
+    };
+    let weather = Weather::for_city(&city);
+    let alert: Vec<Value> = match weather.current.condition.code {
+        1213 => vec![serde_json::json!({
+            "headline": format!("Snow in {city}"),
+            "severity": "Moderate",
+            "event": "Snow",
+        })],
+        _ => Vec::new(),
+    };
+    Json(serde_json::json!({
+        "location": weather.location,
+        "alerts": { "alert": alert },
+    }))
+    .into_response()
 }
 
 async fn me(principal: Principal) -> Json<Principal> {

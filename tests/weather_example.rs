@@ -1420,6 +1420,7 @@ async fn the_admin_api_manages_the_keys_the_api_accepts() {
     assert_eq!(
         fields,
         [
+            "allowed_ips",
             "created_at",
             "credits",
             "expires_at",
