@@ -40,6 +40,7 @@
 //! | `OIDC_AUDIENCE` | required with `OIDC_ISSUERS` | the `aud` tokens of those issuers must carry |
 //! | `OIDC_ALLOW_HTTP` | `0` | `1`: `http://` issuers and key sets are allowed (for tests on 127.0.0.1; never in production) |
 //! | `TRUSTED_PROXIES` | unset: none | comma-separated addresses or CIDRs (`10.0.0.0/8, ::1`) of the proxies in front whose `X-Forwarded-For`/`Forwarded` is believed: the client of a request through them is the right-most address that is not one of them; from any other peer those headers change nothing |
+//! | `RESOURCE_METADATA` | `0` | `1`: serve the RFC 9728 protected-resource metadata at `/.well-known/oauth-protected-resource` (`resource`: `http://ADDR`, the address served; `authorization_servers`: the `OIDC_ISSUERS`; `scopes_supported`: the scopes the routes ask for) and point every `WWW-Authenticate` challenge to it with `resource_metadata="http://ADDR/.well-known/oauth-protected-resource"` |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota or an item of a list of them, which the error names,
@@ -103,6 +104,10 @@
 //!   for a fixed cap until its window ends) are whole seconds, rounded up. `credits` is the
 //!   key's remaining credits, or `null` when it has no budget of them.
 //! - `GET /healthz`: 200, no credential, no rate limit.
+//! - `GET /.well-known/oauth-protected-resource` (only with `RESOURCE_METADATA=1`): the RFC 9728
+//!   metadata, `{"resource": "http://ADDR", "authorization_servers": [...], "scopes_supported":
+//!   [...], "bearer_methods_supported": ["header"], "resource_name": "Weather API"}`, no
+//!   credential, no rate limit.
 //! - `/admin/keys…` (only with `ADMIN_API_KEY`): keygate's key-management API
 //!   ([`keygate::admin`]), accepting that key and no other credential, not rate limited:
 //!   `POST /admin/keys`, `GET /admin/keys?owner=S`, `GET /admin/keys/{id}`,
@@ -157,6 +162,7 @@ use keygate::key::{ApiKey, KeyFormat, KeyRecord};
 use keygate::ratelimit::{
     MemoryLimiter, MemoryUsage, PolicyStatus, RateLimitLayer, RateLimiter, UsageStore, UsageTracker,
 };
+use keygate::resource::{BearerMethod, ProtectedResource};
 use keygate::store::{CreditStore, KeyManager, KeyStore, ManageError, MemoryStore};
 use keygate::{
     LimitBy, Limits, Principal, PrincipalKind, auth::AuthLayer, scope::RequireScopeLayer,
@@ -273,6 +279,9 @@ pub struct Config {
     pub oidc_allow_http: bool,
     /// The proxies whose `X-Forwarded-For` / `Forwarded` is believed (`TRUSTED_PROXIES`).
     pub trusted_proxies: Networks,
+    /// Whether the protected-resource metadata is served and named in challenges
+    /// (`RESOURCE_METADATA`).
+    pub resource_metadata: bool,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -307,6 +316,7 @@ impl std::fmt::Debug for Config {
             .field("oidc_audience", &self.oidc_audience)
             .field("oidc_allow_http", &self.oidc_allow_http)
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("resource_metadata", &self.resource_metadata)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -391,6 +401,9 @@ pub enum ConfigError {
     /// `TRUSTED_PROXIES` is not a list of addresses or CIDRs.
     #[error("TRUSTED_PROXIES: {0} is not an address or a CIDR such as 10.0.0.0/8")]
     TrustedProxies(String),
+    /// `RESOURCE_METADATA` is neither on nor off.
+    #[error("RESOURCE_METADATA={0:?} is not 1 (serve the protected-resource metadata) or 0")]
+    ResourceMetadata(String),
     /// `JWT_REQUIRE_TYP` is not a media type such as `at+jwt`.
     #[error("JWT_REQUIRE_TYP={0:?} is not a token type such as at+jwt")]
     RequireTyp(String),
@@ -462,11 +475,6 @@ impl Config {
             .trim()
             .parse()
             .map_err(|e| ConfigError::RateLimit(rate_limit.clone(), e))?;
-        let rate_limit_shadow = match set("RATE_LIMIT_SHADOW").as_deref().map(str::trim) {
-            None | Some("0") => false,
-            Some("1") => true,
-            Some(other) => return Err(ConfigError::Shadow(other.to_owned())),
-        };
         let concurrency_limit = match set("CONCURRENCY_LIMIT") {
             None => None,
             Some(n) => match n.trim().parse::<u32>() {
@@ -559,11 +567,15 @@ impl Config {
                 return Err(ConfigError::OidcAudience);
             }
         }
-        let oidc_allow_http = match set("OIDC_ALLOW_HTTP").as_deref().map(str::trim) {
-            None | Some("0") => false,
-            Some("1") => true,
-            Some(other) => return Err(ConfigError::OidcAllowHttp(other.to_owned())),
-        };
+        let switch =
+            |name, error: fn(String) -> ConfigError| match set(name).as_deref().map(str::trim) {
+                None | Some("0") => Ok(false),
+                Some("1") => Ok(true),
+                Some(other) => Err(error(other.to_owned())),
+            };
+        let rate_limit_shadow = switch("RATE_LIMIT_SHADOW", ConfigError::Shadow)?;
+        let oidc_allow_http = switch("OIDC_ALLOW_HTTP", ConfigError::OidcAllowHttp)?;
+        let resource_metadata = switch("RESOURCE_METADATA", ConfigError::ResourceMetadata)?;
         let jwt_require_typ = match set("JWT_REQUIRE_TYP").map(|t| t.trim().to_owned()) {
             Some(typ)
                 if !typ
@@ -609,6 +621,7 @@ impl Config {
             oidc_audience,
             oidc_allow_http,
             trusted_proxies,
+            resource_metadata,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -933,6 +946,10 @@ pub struct Services {
     pub admin_key: Option<ApiKey>,
     /// The proxies whose forwarding headers name the client.
     pub trusted_proxies: Networks,
+    /// The issuers of `OIDC_ISSUERS`, for the protected-resource metadata.
+    pub oidc_issuers: Vec<String>,
+    /// Whether the protected-resource metadata is served and named in challenges.
+    pub resource_metadata: bool,
     /// Stops the usage flush and flushes one last time, on shutdown.
     pub usage_flush: Arc<std::sync::Mutex<Option<keygate::ratelimit::FlushTask>>>,
 }
@@ -1037,6 +1054,8 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         usage_store,
         admin_key: config.admin_api_key.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
+        oidc_issuers: config.oidc_issuers.clone(),
+        resource_metadata: config.resource_metadata,
         usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
 }
@@ -1144,16 +1163,35 @@ pub fn rate_limit_layer(services: &Services) -> RateLimitLayer {
     limit
 }
 
-/// The routes: the API behind keygate's authentication and rate limit, `/v1/quota` behind
-/// authentication alone, `/healthz` open, and with `ADMIN_API_KEY` the admin API behind that
-/// key alone.
-pub fn app(services: &Services) -> Router {
-    let auth = AuthLayer::new(services.keys.store.clone())
+/// The protected-resource metadata of the service at `addr` (RFC 9728).
+pub fn resource_metadata(services: &Services, addr: SocketAddr) -> ProtectedResource {
+    let mut metadata = ProtectedResource::new(format!("http://{}", reachable(addr)))
+        .resource_name("Weather API")
+        .scopes_supported(SCOPES_SUPPORTED)
+        .bearer_methods_supported([BearerMethod::Header]);
+    if !services.oidc_issuers.is_empty() {
+        metadata = metadata.authorization_servers(services.oidc_issuers.iter().cloned());
+    }
+    metadata
+}
+
+/// The routes of the service at `addr`: the API behind keygate's authentication and rate
+/// limit, `/v1/quota` behind authentication alone, `/healthz` open, with `RESOURCE_METADATA`
+/// the protected-resource metadata, and with `ADMIN_API_KEY` the admin API behind that key
+/// alone.
+pub fn app(services: &Services, addr: SocketAddr) -> Router {
+    let metadata = services
+        .resource_metadata
+        .then(|| resource_metadata(services, addr));
+    let mut auth = AuthLayer::new(services.keys.store.clone())
         .key_format(key_format())
         .max_key_len(MAX_KEY_LEN)
         .jwt(services.issuers.clone())
         .trusted_proxies(services.trusted_proxies.clone())
         .realm(REALM);
+    if let Some(metadata) = &metadata {
+        auth = auth.resource_metadata(metadata.metadata_url());
+    }
     let limit = rate_limit_layer(services);
     let state = Api {
         tokens: services.tokens.clone(),
@@ -1187,13 +1225,23 @@ pub fn app(services: &Services) -> Router {
     let unlimited = Router::new()
         .route("/v1/quota", get(quota))
         .route_layer(auth);
-    let api = limited
+    let mut api = limited
         .merge(unlimited)
         .route("/healthz", get(healthz))
         .with_state(state);
+    if let Some(metadata) = &metadata {
+        api = api.route_service(metadata.metadata_path(), metadata.service());
+    }
     #[cfg(feature = "admin")]
     if let Some(admin_key) = &services.admin_key {
-        return api.nest("/admin", admin(services, admin_key));
+        return api.nest(
+            "/admin",
+            admin(
+                services,
+                admin_key,
+                metadata.as_ref().map(|m| m.metadata_url()),
+            ),
+        );
     }
     api
 }
@@ -1201,18 +1249,21 @@ pub fn app(services: &Services) -> Router {
 /// The admin API, behind an `AuthLayer` whose store holds the admin key and nothing else: a
 /// weather key or a token is unknown there (401). No rate limit, no JWT.
 #[cfg(feature = "admin")]
-fn admin(services: &Services, admin_key: &ApiKey) -> Router {
+fn admin(services: &Services, admin_key: &ApiKey, metadata_url: Option<&str>) -> Router {
     let admins = MemoryStore::new();
     admins
         .insert(admin_key, KeyRecord::new("admin", "admin"))
         .expect("an empty store has no duplicate");
-    let auth = AuthLayer::new(admins)
+    let mut auth = AuthLayer::new(admins)
         .sources([
             keygate::credential::CredentialSource::bearer(),
             keygate::credential::CredentialSource::header("x-api-key"),
         ])
         .max_key_len(MAX_KEY_LEN)
         .realm(ADMIN_REALM);
+    if let Some(url) = metadata_url {
+        auth = auth.resource_metadata(url);
+    }
     keygate::admin::Admin::new(services.manager.clone())
         .usage(services.usage_store.clone())
         .into_router()
@@ -1223,16 +1274,7 @@ fn admin(services: &Services, admin_key: &ApiKey) -> Router {
 pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io::Result<()> {
     writeln!(out, "listening on http://{addr}")?;
     out.flush()?;
-    // A server on 0.0.0.0 or [::] is reached through loopback.
-    let host = match addr {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
-        }
-        SocketAddr::V6(a) if a.ip().is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
-        }
-        a => a,
-    };
+    let host = reachable(addr);
     // curl reads `[` in a URL as a glob unless told not to.
     let curl = if host.is_ipv6() { "curl -g" } else { "curl" };
     let base = format!("http://{host}");
@@ -1342,6 +1384,20 @@ pub fn banner(out: &mut impl Write, addr: SocketAddr, services: &Services) -> io
     out.flush()
 }
 
+/// Where a client reaches a server listening on `addr`: a server on 0.0.0.0 or [::] through
+/// loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), a.port())
+        }
+        SocketAddr::V6(a) if a.ip().is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), a.port())
+        }
+        a => a,
+    }
+}
+
 /// The banner's shell filter that takes the token out of `POST /v1/token`'s one-line JSON.
 pub const EXTRACT_TOKEN: &str = r#"sed -E 's/.*"access_token":"([^"]+)".*/\1/'"#;
 
@@ -1411,7 +1467,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.addr))?;
     banner(&mut io::stdout().lock(), listener.local_addr()?, &services)?;
-    serve(listener, app(&services), shutdown_signal()).await?;
+    let addr = listener.local_addr()?;
+    serve(listener, app(&services, addr), shutdown_signal()).await?;
     // The counts of the last second go to the usage store too.
     let flush = services.usage_flush.lock().ok().and_then(|mut f| f.take());
     if let Some(flush) = flush

@@ -69,7 +69,7 @@ impl Server {
         let mut banner = Vec::new();
         weather::banner(&mut banner, addr, &services).unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = weather::app(&services);
+        let app = weather::app(&services, addr);
         let task = tokio::spawn(weather::serve(listener, app, async {
             let _ = stopped.await;
         }));
