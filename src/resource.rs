@@ -266,7 +266,7 @@ impl ProtectedResource {
             .map(|scope| {
                 let scope = scope.into();
                 assert!(
-                    is_scope(&scope),
+                    crate::scope::is_scope(&scope),
                     "invalid scope {scope:?}: RFC 6749 scopes are printable ASCII without space, \
                      '\"' or '\\'"
                 );
@@ -633,14 +633,6 @@ where
 /// Unreserved, reserved (RFC 3986 §2) and `%`.
 fn is_url_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"-._~:/?[]@!$&'()*+,;=%".contains(&b)
-}
-
-/// An RFC 6749 §3.3 scope token.
-fn is_scope(scope: &str) -> bool {
-    !scope.is_empty()
-        && scope
-            .bytes()
-            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 #[cfg(test)]

@@ -116,12 +116,17 @@ impl fmt::Display for ScopeExpr {
 /// `\`, control characters): a configuration mistake, found at start.
 fn check_scope(scope: &str) {
     assert!(
-        !scope.is_empty()
-            && scope
-                .bytes()
-                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b)),
+        is_scope(scope),
         "invalid scope {scope:?}: RFC 6749 scopes are printable ASCII without space, '\"' or '\\'"
     );
+}
+
+/// Whether `scope` is an RFC 6749 §3.3 scope token.
+pub(crate) fn is_scope(scope: &str) -> bool {
+    !scope.is_empty()
+        && scope
+            .bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@
 //! [`RequireClaimsLayer`]: crate::scope::RequireClaimsLayer
 
 mod expr;
+pub(crate) use expr::is_scope;
 mod future;
 mod layer;
 mod service;
