@@ -2,10 +2,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
-use http::header::{AUTHORIZATION, COOKIE};
-use http::{Extensions, HeaderMap, HeaderName, Method, Uri};
+use http::header::{AUTHORIZATION, COOKIE, Entry};
+use http::uri::PathAndQuery;
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 
 /// A view of a request's head, handed to custom extractors and error responders.
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +81,41 @@ pub enum CredentialError {
 ///
 /// Implemented for closures `Fn(&RequestHead<'_>) -> Result<Option<String>, CredentialError>`.
 /// Return `Ok(None)` when the request carries no credential of this kind.
+///
+/// ```
+/// use http::{HeaderMap, Uri};
+/// use keygate::credential::{CredentialError, ExtractCredential, RequestHead};
+///
+/// /// The credential in `x-legacy-token`, taken out again by `strip_credential`.
+/// struct LegacyToken;
+///
+/// impl ExtractCredential for LegacyToken {
+///     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, CredentialError> {
+///         let Some(value) = head.headers.get("x-legacy-token") else {
+///             return Ok(None);
+///         };
+///         let value = value.to_str().map_err(|_| CredentialError::InvalidCharacters)?;
+///         Ok(Some(value.to_owned()))
+///     }
+///
+///     fn strip(&self, headers: &mut HeaderMap, _uri: &mut Uri) {
+///         headers.remove("x-legacy-token");
+///     }
+/// }
+/// ```
 pub trait ExtractCredential: Send + Sync + 'static {
     /// Finds the credential, if any.
     fn extract(&self, head: &RequestHead<'_>) -> Result<Option<String>, CredentialError>;
+
+    /// Takes the credential this extractor found out of an admitted request, for
+    /// [`AuthLayer::strip_credential`](crate::auth::AuthLayer::strip_credential). Called only
+    /// after [`extract`](Self::extract) found a credential in the same request.
+    ///
+    /// By default the request is left as it is: keygate cannot know where a custom extractor
+    /// found its credential. Closures use this default.
+    fn strip(&self, headers: &mut HeaderMap, uri: &mut Uri) {
+        let _ = (headers, uri);
+    }
 }
 
 impl<F> ExtractCredential for F
@@ -210,7 +244,15 @@ pub(crate) fn default_sources() -> Vec<CredentialSource> {
 pub(crate) struct Found<'r> {
     pub(crate) value: Cow<'r, str>,
     pub(crate) source: SourceKind,
+    /// Which source held it, so that it can be taken out again ([`strip`]).
+    pub(crate) at: FoundIn,
 }
+
+/// Which of a layer's sources held a request's credential: the index into the list given to
+/// [`extract`]. Enough to find the credential again, since extraction admits only one per
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FoundIn(usize);
 
 impl fmt::Debug for Found<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -227,7 +269,7 @@ pub(crate) fn extract<'r>(
     max_len: usize,
 ) -> Result<Option<Found<'r>>, CredentialError> {
     let mut found: Option<Found<'r>> = None;
-    for source in sources {
+    for (index, source) in sources.iter().enumerate() {
         if let Some(value) = source.find(head, max_len)? {
             if found.is_some() {
                 return Err(CredentialError::Ambiguous);
@@ -236,10 +278,153 @@ pub(crate) fn extract<'r>(
             found = Some(Found {
                 value,
                 source: source.kind(),
+                at: FoundIn(index),
             });
         }
     }
     Ok(found)
+}
+
+/// Takes the credential that [`extract`] found `at` out of `req`, leaving every other byte of
+/// the request as it was: the `Authorization` or named header; the cookie's pair (with one `;`
+/// next to it) from its `Cookie` header, dropping the header if nothing is left; the query
+/// parameter's `name=value` pair (with one `&` next to it), the `?` too when the query is left
+/// empty. A custom source strips with its own [`ExtractCredential::strip`].
+///
+/// The work is one pass over the header or query, which the server already bounds, and one
+/// allocation for the rewritten value.
+pub(crate) fn strip<B>(sources: &[CredentialSource], at: FoundIn, req: &mut Request<B>) {
+    let Some(source) = sources.get(at.0) else {
+        return;
+    };
+    match &source.0 {
+        // Extraction admits exactly one value of the header, so removing the header removes
+        // just the credential.
+        Source::Bearer => {
+            req.headers_mut().remove(AUTHORIZATION);
+        }
+        Source::Header(name) => {
+            req.headers_mut().remove(name);
+        }
+        Source::Query(name) => strip_query(req.uri_mut(), name),
+        Source::Cookie(name) => strip_cookie(req.headers_mut(), name),
+        Source::Custom(f) => {
+            // Headers and URI are borrowed from the request at once.
+            let mut uri = std::mem::take(req.uri_mut());
+            f.strip(req.headers_mut(), &mut uri);
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// The range to cut from `whole` to remove the piece `start..end` (one of the pieces `whole`
+/// splits into at a separator) with one separator next to it: the one after it, or, for the
+/// last piece, the one before it.
+fn cut_with_separator(whole: usize, start: usize, end: usize) -> Range<usize> {
+    if end < whole {
+        start..end + 1
+    } else {
+        start.saturating_sub(1)..end
+    }
+}
+
+/// Where the pair of the parameter `name` is in `query`, with one `&` next to it. The pair is
+/// matched as [`query`] matches it, so it is the pair the credential came from.
+fn query_cut(query: &str, name: &str) -> Option<Range<usize>> {
+    let mut start = 0;
+    for pair in query.split('&') {
+        let end = start + pair.len();
+        let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_named(k, name) {
+            return Some(cut_with_separator(query.len(), start, end));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+fn strip_query(uri: &mut Uri, name: &str) {
+    let Some(pq) = uri.path_and_query() else {
+        return;
+    };
+    let Some(query) = pq.query() else {
+        return;
+    };
+    let Some(cut) = query_cut(query, name) else {
+        return;
+    };
+    let path = pq.path();
+    let rest = query.len() - cut.len();
+    let mut rebuilt = String::with_capacity(path.len() + 1 + rest);
+    rebuilt.push_str(path);
+    if rest > 0 {
+        rebuilt.push('?');
+        rebuilt.push_str(&query[..cut.start]);
+        rebuilt.push_str(&query[cut.end..]);
+    }
+    // Taking characters out of a valid URI leaves a valid one; should that ever fail, the
+    // request keeps the URI it came with rather than lose its path.
+    let Ok(pq) = PathAndQuery::try_from(rebuilt) else {
+        return;
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq);
+    if let Ok(rebuilt) = Uri::from_parts(parts) {
+        *uri = rebuilt;
+    }
+}
+
+/// Where the pair of cookie `name` is in a `Cookie` header's value, with one `;` next to it.
+/// The pair is matched as [`cookie`] matches it.
+fn cookie_cut(value: &[u8], name: &str) -> Option<Range<usize>> {
+    let mut start = 0;
+    for pair in value.split(|&b| b == b';') {
+        let end = start + pair.len();
+        if let Some(eq) = pair.iter().position(|&b| b == b'=')
+            && pair[..eq].trim_ascii() == name.as_bytes()
+        {
+            return Some(cut_with_separator(value.len(), start, end));
+        }
+        start = end + 1;
+    }
+    None
+}
+
+fn strip_cookie(headers: &mut HeaderMap, name: &str) {
+    let Entry::Occupied(mut entry) = headers.entry(COOKIE) else {
+        return;
+    };
+    let mut emptied = None;
+    for (i, value) in entry.iter_mut().enumerate() {
+        let bytes = value.as_bytes();
+        let Some(cut) = cookie_cut(bytes, name) else {
+            continue;
+        };
+        let kept = [&bytes[..cut.start], &bytes[cut.end..]].concat();
+        // What was around the pair is the separator's whitespace (`a=1; k=v` loses `; k=v`,
+        // `k=v; a=1` loses `k=v;` and the space).
+        let kept = trim_ows(&kept);
+        if kept.is_empty() {
+            emptied = Some(i);
+        } else if let Ok(mut new) = HeaderValue::from_bytes(kept) {
+            new.set_sensitive(value.is_sensitive());
+            *value = new;
+        }
+        // Extraction admits the cookie only once in all the headers.
+        break;
+    }
+    if let Some(emptied) = emptied {
+        // A header value cannot be taken out of the middle of a name's values in place.
+        let kept: Vec<HeaderValue> = entry
+            .remove_entry_mult()
+            .1
+            .enumerate()
+            .filter_map(|(i, v)| (i != emptied).then_some(v))
+            .collect();
+        for value in kept {
+            headers.append(COOKIE, value);
+        }
+    }
 }
 
 fn check_value(value: &str, max_len: usize) -> Result<(), CredentialError> {
@@ -351,14 +536,7 @@ fn query<'r>(
     let mut found = None;
     for pair in query.split('&') {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let ours = if has_escape(k) {
-            // A name with escapes may decode to ours; compared byte by byte, without decoding
-            // it into a buffer.
-            FormDecoded::new(k.as_bytes()).eq(name.bytes())
-        } else {
-            k == name
-        };
-        if !ours {
+        if !is_named(k, name) {
             continue;
         }
         if found.is_some() {
@@ -368,6 +546,17 @@ fn query<'r>(
         found = Some(decode(v, max_len)?);
     }
     Ok(found)
+}
+
+/// Whether the raw parameter name `k` is `name` once form-decoded.
+fn is_named(k: &str, name: &str) -> bool {
+    if has_escape(k) {
+        // A name with escapes may decode to ours; compared byte by byte, without decoding it
+        // into a buffer.
+        FormDecoded::new(k.as_bytes()).eq(name.bytes())
+    } else {
+        k == name
+    }
 }
 
 fn has_escape(s: &str) -> bool {
@@ -641,6 +830,136 @@ mod tests {
         assert_eq!(decode("%41%41", 1), Err(CredentialError::TooLong));
         assert_eq!(d("%C3%A9"), Ok("\u{e9}".into()));
         assert_eq!(d("%C3"), Err(CredentialError::InvalidCharacters));
+    }
+
+    /// The request after stripping the credential the sources find in it.
+    fn stripped(req: http::request::Builder, sources: &[CredentialSource]) -> http::Request<()> {
+        let mut req = req.body(()).unwrap();
+        let at = extract(sources, &RequestHead::of(&req), 512)
+            .unwrap()
+            .expect("a credential")
+            .at;
+        strip(sources, at, &mut req);
+        req
+    }
+
+    #[test]
+    fn strips_the_query_pair_only() {
+        let key = [CredentialSource::query("key")];
+        for (before, after) in [
+            ("/p?key=K", "/p"),
+            ("/p?a=1&key=K&a=2", "/p?a=1&a=2"),
+            ("/p?key=K&b=%26x%3D", "/p?b=%26x%3D"),
+            ("/p?b=c+d&key=K", "/p?b=c+d"),
+            ("/p?&&key=K&", "/p?&&"),
+            ("/p?&key=K", "/p"),
+            ("/p?key=K%2B%26&x", "/p?x"),
+            (
+                "/p?k%65y=K&key2=x&%6Bey%3D=y&Key=z&key+=w",
+                "/p?key2=x&%6Bey%3D=y&Key=z&key+=w",
+            ),
+            ("/p?a=&b&key=K&c==&d=%zz", "/p?a=&b&c==&d=%zz"),
+            ("/a%2Fb/?key=K&q=1", "/a%2Fb/?q=1"),
+        ] {
+            let req = stripped(get(before), &key);
+            assert_eq!(req.uri().to_string(), after, "{before}");
+        }
+        let req = stripped(get("https://example.com:8443/p?key=K&q=1"), &key);
+        assert_eq!(req.uri().to_string(), "https://example.com:8443/p?q=1");
+    }
+
+    #[test]
+    fn strips_the_cookie_pair_only() {
+        let k = [CredentialSource::cookie("k")];
+        let cookies = |req: &http::Request<()>| -> Vec<Vec<u8>> {
+            req.headers()
+                .get_all(COOKIE)
+                .iter()
+                .map(|v| v.as_bytes().to_vec())
+                .collect()
+        };
+        for (before, after) in [
+            ("k=abc", None),
+            ("k=abc; a=1", Some("a=1")),
+            ("a=1; k=abc; b=\"x y\"", Some("a=1; b=\"x y\"")),
+            ("a=1; k=abc", Some("a=1")),
+            ("a=1;k=abc;b=2", Some("a=1;b=2")),
+            ("a=1; k=\"abc\";", Some("a=1;")),
+            ("kk=1; k=abc; k2=2", Some("kk=1; k2=2")),
+        ] {
+            let req = stripped(get("/").header("cookie", before), &k);
+            let want: Vec<Vec<u8>> = after.into_iter().map(|a| a.as_bytes().to_vec()).collect();
+            assert_eq!(cookies(&req), want, "{before}");
+        }
+        // Other cookies keep their bytes, UTF-8 or not; the other headers keep theirs.
+        let other = http::HeaderValue::from_bytes(b"a=\xff; k=abc; b=%20").unwrap();
+        let req = stripped(get("/").header("cookie", other).header("x-y", "z"), &k);
+        assert_eq!(cookies(&req), [b"a=\xff; b=%20".to_vec()]);
+        assert_eq!(req.headers()["x-y"], "z");
+        // Several Cookie headers: only the one with the pair changes, or goes if left empty.
+        let req = stripped(
+            get("/")
+                .header("cookie", "a=1")
+                .header("cookie", "k=abc")
+                .header("cookie", "b=2"),
+            &k,
+        );
+        assert_eq!(cookies(&req), [b"a=1".to_vec(), b"b=2".to_vec()]);
+        let req = stripped(
+            get("/")
+                .header("cookie", "a=1")
+                .header("cookie", "b=2; k=abc"),
+            &k,
+        );
+        assert_eq!(cookies(&req), [b"a=1".to_vec(), b"b=2".to_vec()]);
+    }
+
+    #[test]
+    fn strips_headers() {
+        let req = stripped(
+            get("/")
+                .header("authorization", "Bearer abc")
+                .header("x-other", "1"),
+            &all(),
+        );
+        assert!(req.headers().get(AUTHORIZATION).is_none());
+        assert_eq!(req.headers()["x-other"], "1");
+        let req = stripped(
+            get("/?key2=x")
+                .header("x-api-key", "abc")
+                .header("authorization", "Basic dTpw"),
+            &all(),
+        );
+        assert!(req.headers().get("x-api-key").is_none());
+        assert_eq!(req.headers()[AUTHORIZATION], "Basic dTpw");
+        assert_eq!(req.uri(), "/?key2=x");
+    }
+
+    #[test]
+    fn custom_sources_strip_with_their_hook() {
+        struct Token;
+        impl ExtractCredential for Token {
+            fn extract(&self, h: &RequestHead<'_>) -> Result<Option<String>, CredentialError> {
+                Ok(h.headers.get("x-t").map(|_| "zz".to_owned()))
+            }
+            fn strip(&self, headers: &mut HeaderMap, uri: &mut Uri) {
+                headers.remove("x-t");
+                *uri = Uri::from_static("/stripped");
+            }
+        }
+        let req = stripped(
+            get("/?a=1").header("x-t", "zz"),
+            &[CredentialSource::custom(Token)],
+        );
+        assert!(req.headers().get("x-t").is_none());
+        assert_eq!(req.uri(), "/stripped");
+        // A closure has the default hook: the request stays as it was.
+        let closure = CredentialSource::custom(|h: &RequestHead<'_>| {
+            Ok(h.headers.get("x-t").map(|_| "zz".to_owned()))
+        });
+        let req = stripped(get("/?a=1").header("x-t", "zz"), &[closure]);
+        assert_eq!(req.headers()["x-t"], "zz");
+        assert_eq!(req.uri(), "/?a=1");
     }
 
     #[test]

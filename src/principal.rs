@@ -25,9 +25,10 @@ pub enum PrincipalKind {
 /// The authenticated caller, inserted into request extensions by
 /// [`AuthLayer`](crate::auth::AuthLayer).
 ///
-/// Cloning is cheap (one reference count). `Debug` and serialisation show the id, kind, owner
-/// and scopes, never a secret. With the `axum` feature it is an extractor; in tonic, read it from
-/// `request.extensions()`.
+/// Cloning is cheap (a reference count, two for a key of an
+/// [environment](Self::environment)). `Debug` and serialisation show the id, kind, owner, scopes
+/// and, when there is one, environment, never a secret. With the `axum` feature
+/// it is an extractor; in tonic, read it from `request.extensions()`.
 ///
 /// ```
 /// use keygate::{Principal, PrincipalKind};
@@ -41,7 +42,11 @@ pub enum PrincipalKind {
 /// );
 /// ```
 #[derive(Clone)]
-pub struct Principal(Repr);
+pub struct Principal {
+    repr: Repr,
+    /// The environment of the key's format (see [`Principal::environment`]).
+    environment: Option<Arc<str>>,
+}
 
 #[derive(Clone)]
 enum Repr {
@@ -63,7 +68,7 @@ struct Identity {
 impl Principal {
     /// A principal made by hand (a custom layer, a test).
     pub fn new(id: impl Into<String>, kind: PrincipalKind) -> Self {
-        Self(Repr::Identity(Arc::new(Identity {
+        Self::of(Repr::Identity(Arc::new(Identity {
             id: id.into(),
             kind,
             owner: None,
@@ -76,12 +81,19 @@ impl Principal {
 
     /// The principal of an API key's record.
     pub fn from_key_record(record: Arc<KeyRecord>) -> Self {
-        Self(Repr::Key(record))
+        Self::of(Repr::Key(record))
+    }
+
+    fn of(repr: Repr) -> Self {
+        Self {
+            repr,
+            environment: None,
+        }
     }
 
     fn identity_mut(&mut self) -> &mut Identity {
-        if let Repr::Key(record) = &self.0 {
-            self.0 = Repr::Identity(Arc::new(Identity {
+        if let Repr::Key(record) = &self.repr {
+            self.repr = Repr::Identity(Arc::new(Identity {
                 id: record.id.clone(),
                 kind: PrincipalKind::ApiKey,
                 owner: Some(record.owner.clone()),
@@ -91,7 +103,7 @@ impl Principal {
                 credits: record.credits.is_some(),
             }));
         }
-        match &mut self.0 {
+        match &mut self.repr {
             Repr::Identity(identity) => Arc::make_mut(identity),
             Repr::Key(_) => unreachable!("replaced above"),
         }
@@ -130,10 +142,44 @@ impl Principal {
     /// Whether the caller spends credits: an API key with a budget of them, or a principal
     /// marked so ([`with_credits`](Self::with_credits)).
     pub fn spends_credits(&self) -> bool {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => r.credits.is_some(),
             Repr::Identity(i) => i.credits,
         }
+    }
+
+    /// Sets the environment, as [`AuthLayer::key_environment`](crate::auth::AuthLayer::key_environment)
+    /// does for a key of an environment's format.
+    ///
+    /// ```
+    /// use keygate::{Principal, PrincipalKind};
+    ///
+    /// let p = Principal::new("key_1", PrincipalKind::Other).with_environment("test");
+    /// assert_eq!(p.environment(), Some("test"));
+    /// ```
+    #[must_use]
+    pub fn with_environment(mut self, environment: impl Into<Arc<str>>) -> Self {
+        self.environment = Some(environment.into());
+        self
+    }
+
+    /// Sets the environment without making a new string: the layer hands every key of an
+    /// environment the same one.
+    pub(crate) fn in_environment(mut self, environment: Option<Arc<str>>) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// The environment the caller's key belongs to, such as `"live"` or `"test"`: the one
+    /// [`AuthLayer::key_environment`](crate::auth::AuthLayer::key_environment) configured for
+    /// the format whose prefix the key has. `None` for a key of no configured environment, and
+    /// for a JWT.
+    ///
+    /// It comes from the key's prefix, which a caller cannot change: the store finds a key by the
+    /// digest of all of it, prefix included, so a test key with its prefix swapped for the live
+    /// one is an unknown key.
+    pub fn environment(&self) -> Option<&str> {
+        self.environment.as_deref()
     }
 
     /// Sets the rate-limit tier (mapped to a quota by the rate-limit layer).
@@ -145,7 +191,7 @@ impl Principal {
 
     /// The caller's stable id: the key record's id, or the token's subject. Never a secret.
     pub fn id(&self) -> &str {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => &r.id,
             Repr::Identity(i) => &i.id,
         }
@@ -153,7 +199,7 @@ impl Principal {
 
     /// How the caller authenticated.
     pub fn kind(&self) -> PrincipalKind {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(_) => PrincipalKind::ApiKey,
             Repr::Identity(i) => i.kind,
         }
@@ -161,7 +207,7 @@ impl Principal {
 
     /// Who owns the credential, when known.
     pub fn owner(&self) -> Option<&str> {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => Some(&r.owner),
             Repr::Identity(i) => i.owner.as_deref(),
         }
@@ -169,7 +215,7 @@ impl Principal {
 
     /// The caller's scopes.
     pub fn scopes(&self) -> &Scopes {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => &r.scopes,
             Repr::Identity(i) => &i.scopes,
         }
@@ -182,7 +228,7 @@ impl Principal {
 
     /// The caller's own limits, when its key or token sets them.
     pub fn quota(&self) -> Option<&Limits> {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => r.quota.as_ref(),
             Repr::Identity(i) => i.quota.as_ref(),
         }
@@ -190,7 +236,7 @@ impl Principal {
 
     /// The caller's rate-limit tier, when its key record or token names one.
     pub fn tier(&self) -> Option<&str> {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => r.tier.as_deref(),
             Repr::Identity(i) => i.tier.as_deref(),
         }
@@ -198,7 +244,7 @@ impl Principal {
 
     /// The key record, for an API-key caller: its metadata, expiry and the rest.
     pub fn key_record(&self) -> Option<&KeyRecord> {
-        match &self.0 {
+        match &self.repr {
             Repr::Key(r) => Some(r),
             Repr::Identity(_) => None,
         }
@@ -207,22 +253,67 @@ impl Principal {
 
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Principal")
-            .field("id", &self.id())
+        let mut d = f.debug_struct("Principal");
+        d.field("id", &self.id())
             .field("kind", &self.kind())
             .field("owner", &self.owner())
-            .field("scopes", self.scopes())
-            .finish()
+            .field("scopes", self.scopes());
+        // As in serialisation, only a principal of an environment shows one.
+        if let Some(environment) = self.environment() {
+            d.field("environment", &environment);
+        }
+        d.finish()
     }
 }
 
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Principal", 4)?;
+        let environment = self.environment();
+        let len = 4 + usize::from(environment.is_some());
+        let mut s = serializer.serialize_struct("Principal", len)?;
         s.serialize_field("id", self.id())?;
         s.serialize_field("kind", &self.kind())?;
         s.serialize_field("owner", &self.owner())?;
         s.serialize_field("scopes", self.scopes())?;
+        match environment {
+            Some(environment) => s.serialize_field("environment", environment)?,
+            None => s.skip_field("environment")?,
+        }
         s.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_is_shown_and_kept() {
+        let record = Arc::new(KeyRecord::new("key_1", "acme"));
+        let p = Principal::from_key_record(record.clone());
+        assert_eq!(p.environment(), None);
+        assert_eq!(
+            format!("{p:?}"),
+            r#"Principal { id: "key_1", kind: ApiKey, owner: Some("acme"), scopes: {} }"#
+        );
+        assert_eq!(
+            serde_json::to_value(&p).unwrap(),
+            serde_json::json!({"id": "key_1", "kind": "api_key", "owner": "acme", "scopes": []})
+        );
+
+        let live: Arc<str> = "live".into();
+        let p = Principal::from_key_record(record).in_environment(Some(live.clone()));
+        assert_eq!(p.environment(), Some("live"));
+        assert_eq!(
+            format!("{p:?}"),
+            r#"Principal { id: "key_1", kind: ApiKey, owner: Some("acme"), scopes: {}, environment: "live" }"#
+        );
+        assert_eq!(serde_json::to_value(&p).unwrap()["environment"], "live");
+        // The layer's one string is shared, not copied.
+        assert!(std::ptr::eq(p.environment().unwrap(), &*live));
+        // Changing the principal keeps its environment.
+        let p = p.with_scopes(["weather:read"]).with_owner("other");
+        assert_eq!(p.environment(), Some("live"));
+        assert_eq!(p.kind(), PrincipalKind::ApiKey);
     }
 }

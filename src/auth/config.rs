@@ -9,7 +9,7 @@ use crate::caller::Passed;
 use crate::clock::SharedClock;
 use crate::credential::{self, CredentialError, CredentialSource, RequestHead};
 use crate::error::{AuthError, Forbidden, InvalidCredential, Rendering, Unavailable};
-use crate::key::{KeyDigest, KeyFormat, KeyStatus};
+use crate::key::{KeyDigest, KeyFormats, KeyStatus};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::principal::Principal;
 use crate::store::{KeyStore, Lookup, LookupResult};
@@ -21,7 +21,8 @@ pub(crate) const DEFAULT_MAX_KEY_LEN: usize = 512;
 #[derive(Clone)]
 pub(crate) struct KeyAuth {
     pub(crate) store: Arc<dyn KeyStore>,
-    pub(crate) format: Option<KeyFormat>,
+    /// The formats keys are checked against before the store, with their environments.
+    pub(crate) formats: KeyFormats,
     pub(crate) max_len: usize,
     pub(crate) outage: Arc<OutageLog>,
     /// The proxies whose forwarding headers are believed, for keys with an IP allowlist.
@@ -32,7 +33,7 @@ impl KeyAuth {
     pub(crate) fn new(store: impl KeyStore) -> Self {
         Self {
             store: Arc::new(store),
-            format: None,
+            formats: KeyFormats::default(),
             max_len: DEFAULT_MAX_KEY_LEN,
             outage: Default::default(),
             trusted_proxies: Default::default(),
@@ -47,6 +48,8 @@ pub(crate) struct AuthConfig {
     #[cfg(feature = "jwt")]
     pub(crate) jwt: Option<crate::jwt::JwtIssuers>,
     pub(crate) optional: bool,
+    /// Whether an admitted request's credential is taken out before the inner service sees it.
+    pub(crate) strip: bool,
     pub(crate) rendering: Rendering,
     pub(crate) clock: SharedClock,
 }
@@ -64,8 +67,8 @@ pub(crate) enum Admission {
 
 /// What a request waits for.
 pub(crate) enum Pending {
-    /// The key store.
-    Key(Lookup),
+    /// The key store; the environment of the key's format.
+    Key(Lookup, Option<Arc<str>>),
     /// New JWT keys; then the token is checked again.
     #[cfg(feature = "jwt")]
     Token(crate::MaybeReady<crate::jwt::Refetch>, Box<str>),
@@ -114,13 +117,22 @@ impl AuthConfig {
         keys
     }
 
-    pub(crate) fn decide(&self, head: &RequestHead<'_>) -> Decision {
+    /// Judges the request of `head`. When the layer strips credentials, `found_in` is set to
+    /// where its credential was (see [`strip`](Self::strip)).
+    pub(crate) fn decide(
+        &self,
+        head: &RequestHead<'_>,
+        found_in: &mut Option<credential::FoundIn>,
+    ) -> Decision {
         let found = match credential::extract(&self.sources, head, self.max_credential_len()) {
             Ok(Some(found)) => found,
             Ok(None) if self.optional => return Decision::Admit(Admission::Anonymous),
             Ok(None) => return Decision::Reject(AuthError::MissingCredential),
             Err(e) => return Decision::Reject(AuthError::InvalidRequest(e)),
         };
+        if self.strip {
+            *found_in = Some(found.at);
+        }
         let key = &*found.value;
         #[cfg(feature = "jwt")]
         if let Some(jwt) = &self.jwt
@@ -140,22 +152,20 @@ impl AuthConfig {
         if key.len() > keys.max_len {
             return Decision::Reject(AuthError::InvalidRequest(CredentialError::TooLong));
         }
-        if let Some(format) = &keys.format {
-            // Keys with the format's prefix must carry a valid checksum; keys without it (brought
-            // from an older system) go to the store as they are.
-            if format.has_prefix(key) && format.check(key).is_err() {
-                return Decision::Reject(AuthError::InvalidCredential(
-                    InvalidCredential::MalformedKey,
-                ));
-            }
-        }
+        // Keys with a format's prefix must carry a valid checksum; keys without any (brought
+        // from an older system) go to the store as they are, of no environment.
+        let Ok(environment) = keys.formats.check(key) else {
+            return Decision::Reject(AuthError::InvalidCredential(
+                InvalidCredential::MalformedKey,
+            ));
+        };
         let mut lookup = keys.store.lookup(&KeyDigest::of(key));
         match lookup.take_ready() {
             Some(result) => match self.finish_key(result, head) {
-                Ok(p) => Decision::Admit(Admission::Key(p)),
+                Ok(p) => Decision::Admit(Admission::Key(p.in_environment(environment.cloned()))),
                 Err(e) => Decision::Reject(e),
             },
-            None => Decision::Wait(Pending::Key(lookup)),
+            None => Decision::Wait(Pending::Key(lookup, environment.cloned())),
         }
     }
 
@@ -250,6 +260,15 @@ impl AuthConfig {
                     claims.insert_into(extensions);
                 }
             }
+        }
+    }
+
+    /// Takes the credential found in `found_in` out of the admitted `req`; nothing when the
+    /// layer does not strip credentials (`decide` then leaves `found_in` empty).
+    #[inline]
+    pub(crate) fn strip<B>(&self, req: &mut Request<B>, found_in: Option<credential::FoundIn>) {
+        if let Some(at) = found_in {
+            credential::strip(&self.sources, at, req);
         }
     }
 

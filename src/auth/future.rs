@@ -7,16 +7,27 @@ use bytes::Bytes;
 use http::{Request, Response};
 
 use super::config::{Admission, AuthConfig, Pending};
+use crate::credential::FoundIn;
 
 /// A request waiting for the key store (or for new JWT keys).
 pub(crate) struct AuthWait {
     pending: Pending,
     config: Arc<AuthConfig>,
+    /// Where the credential is, when the layer strips it once the request is admitted.
+    found_in: Option<FoundIn>,
 }
 
 impl AuthWait {
-    pub(crate) fn new(pending: Pending, config: Arc<AuthConfig>) -> Self {
-        Self { pending, config }
+    pub(crate) fn new(
+        pending: Pending,
+        config: Arc<AuthConfig>,
+        found_in: Option<FoundIn>,
+    ) -> Self {
+        Self {
+            pending,
+            config,
+            found_in,
+        }
     }
 }
 
@@ -30,10 +41,12 @@ impl<B> crate::future::Wait<B> for AuthWait {
     ) -> Poll<Result<(), Response<Bytes>>> {
         let config = &self.config;
         let result = match &mut self.pending {
-            Pending::Key(lookup) => {
+            Pending::Key(lookup, environment) => {
                 let result = ready!(Pin::new(lookup).poll(cx));
                 let head = crate::credential::RequestHead::of(request);
-                config.finish_key(result, &head).map(Admission::Key)
+                config
+                    .finish_key(result, &head)
+                    .map(|p| Admission::Key(p.in_environment(environment.take())))
             }
             #[cfg(feature = "jwt")]
             Pending::Token(refetch, token) => match ready!(Pin::new(refetch).poll(cx)) {
@@ -44,7 +57,11 @@ impl<B> crate::future::Wait<B> for AuthWait {
                 )),
             },
         };
-        Poll::Ready(config.conclude(request, result))
+        let concluded = config.conclude(request, result);
+        if concluded.is_ok() {
+            config.strip(request, self.found_in);
+        }
+        Poll::Ready(concluded)
     }
 }
 

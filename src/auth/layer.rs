@@ -80,6 +80,7 @@ impl<M> AuthLayer<M> {
                 #[cfg(feature = "jwt")]
                 jwt: None,
                 optional: false,
+                strip: false,
                 rendering: Rendering::default(),
                 clock: crate::clock::system(),
             }),
@@ -117,6 +118,31 @@ impl<M> AuthLayer<M> {
     /// A credential that is present but bad is still turned away.
     pub fn optional(mut self) -> Self {
         self.config().optional = true;
+        self
+    }
+
+    /// Takes the credential out of every admitted request before the inner service sees it, so
+    /// that handlers, their logs and the services they forward requests to never hold it: the
+    /// `Authorization` header (for `Bearer`, API key or JWT alike) or the named header; the
+    /// credential's cookie pair, keeping the other cookies byte for byte (and dropping a
+    /// `Cookie` header left empty); or the query parameter's `name=value` pair, keeping every
+    /// other byte of the query in order (and the `?` only if something is left). The
+    /// [`Principal`](crate::Principal) says who called.
+    ///
+    /// A [custom source](CredentialSource::custom) strips with
+    /// [`ExtractCredential::strip`](crate::credential::ExtractCredential::strip), which by
+    /// default leaves the request as it is. Rejected requests never reach the inner service.
+    /// Without this setting the request is passed on untouched, at no cost.
+    ///
+    /// ```
+    /// use keygate::{auth::AuthLayer, store::MemoryStore};
+    ///
+    /// // `GET /v1/echo?q=London&key=KEY` reaches the handler as `GET /v1/echo?q=London`.
+    /// let layer = AuthLayer::new(MemoryStore::new()).strip_credential();
+    /// # let _ = layer;
+    /// ```
+    pub fn strip_credential(mut self) -> Self {
+        self.config().strip = true;
         self
     }
 
@@ -168,9 +194,62 @@ impl AuthLayer<WithKeys> {
     }
 
     /// Keys that start with `format`'s prefix must pass its checksum, or they are turned away
-    /// (401) without asking the store. Keys without the prefix still go to the store.
-    pub fn key_format(mut self, format: KeyFormat) -> Self {
-        self.keys().format = Some(format);
+    /// (401) without asking the store. Keys without the prefix still go to the store. Called
+    /// again, it adds another format; its keys are of no environment (see
+    /// [`key_environment`](Self::key_environment)).
+    ///
+    /// # Panics
+    ///
+    /// If `format`'s prefix is already that of an environment's format.
+    pub fn key_format(self, format: KeyFormat) -> Self {
+        self.add_format("key_format", format, None)
+    }
+
+    /// Keys of `format` belong to the environment `name` (such as `"live"` or `"test"`): they
+    /// must pass its checksum, as with [`key_format`](Self::key_format), and their
+    /// [`Principal::environment`](crate::Principal::environment) is `name`. Called once per
+    /// environment; keys of no configured prefix still go to the store, of no environment. When
+    /// prefixes overlap (`wk_` and `wk_live_`), a key is read with the longest prefix it has,
+    /// unless it is a well-formed key of a shorter one.
+    ///
+    /// ```
+    /// use keygate::{auth::AuthLayer, key::KeyFormat, store::MemoryStore};
+    ///
+    /// let live = KeyFormat::new("wk_live_")?;
+    /// let test = KeyFormat::new("wk_test_")?;
+    /// let layer = AuthLayer::new(MemoryStore::with_format(live.clone()))
+    ///     .key_environment("live", live)
+    ///     .key_environment("test", test);
+    /// # let _ = layer;
+    /// # Ok::<(), keygate::key::FormatError>(())
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `format`'s prefix is already that of another environment's format, or of one without
+    /// an environment: a key of that prefix would belong to two.
+    pub fn key_environment(self, name: impl Into<Arc<str>>, format: KeyFormat) -> Self {
+        self.add_format("key_environment", format, Some(name.into()))
+    }
+
+    fn add_format(
+        mut self,
+        method: &str,
+        format: KeyFormat,
+        environment: Option<Arc<str>>,
+    ) -> Self {
+        if let Err(taken) = self.keys().formats.add(format, environment) {
+            match taken.environment {
+                Some(other) => panic!(
+                    "AuthLayer::{method}: the prefix {:?} is already the format of the environment {other:?}",
+                    taken.prefix
+                ),
+                None => panic!(
+                    "AuthLayer::{method}: the prefix {:?} is already a format without an environment",
+                    taken.prefix
+                ),
+            }
+        }
         self
     }
 
@@ -240,6 +319,7 @@ impl<M> fmt::Debug for AuthLayer<M> {
             .field("sources", &self.config.sources)
             .field("api_keys", &self.config.keys.is_some())
             .field("optional", &self.config.optional)
+            .field("strip_credential", &self.config.strip)
             .field("rendering", &self.config.rendering)
             .finish_non_exhaustive()
     }
@@ -249,6 +329,26 @@ impl<M> fmt::Debug for AuthLayer<M> {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    #[test]
+    #[should_panic(
+        expected = "the prefix \"wk_live_\" is already the format of the environment \"live\""
+    )]
+    fn one_prefix_in_two_environments_is_a_configuration_error() {
+        let format = KeyFormat::new("wk_live_").unwrap();
+        let _ = AuthLayer::new(MemoryStore::new())
+            .key_environment("live", format.clone())
+            .key_environment("test", format);
+    }
+
+    #[test]
+    #[should_panic(expected = "already a format without an environment")]
+    fn a_prefix_with_and_without_an_environment_is_a_configuration_error() {
+        let format = KeyFormat::new("wk_").unwrap();
+        let _ = AuthLayer::new(MemoryStore::new())
+            .key_format(format.clone())
+            .key_environment("live", format);
+    }
 
     #[test]
     #[should_panic(expected = "no request could carry a credential")]

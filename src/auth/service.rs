@@ -36,14 +36,16 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         // Never trust a Principal that arrived with the request from further out.
         req.extensions_mut().remove::<Principal>();
-        let deferred = match self.config.decide(&RequestHead::of(&req)) {
+        let mut found_in = None;
+        let deferred = match self.config.decide(&RequestHead::of(&req), &mut found_in) {
             Decision::Admit(admission) => {
                 self.config.admit(&mut req, admission);
+                self.config.strip(&mut req, found_in);
                 Deferred::called(self.inner.call(req), ())
             }
             Decision::Reject(error) => Deferred::answered(self.config.reject(&error, &req)),
             Decision::Wait(pending) => {
-                let wait = AuthWait::new(pending, self.config.clone());
+                let wait = AuthWait::new(pending, self.config.clone(), found_in);
                 Deferred::waiting(wait, &mut self.inner, req)
             }
         };

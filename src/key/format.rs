@@ -1,5 +1,7 @@
 //! The key format: `<prefix><32 random base62 characters><6 base62 characters of CRC32>`.
 
+use std::sync::Arc;
+
 use super::ApiKey;
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -135,6 +137,70 @@ impl KeyFormat {
     }
 }
 
+/// The key formats an [`AuthLayer`](crate::auth::AuthLayer) checks keys against, each of an
+/// environment or of none, longest prefix first.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KeyFormats {
+    formats: Vec<(KeyFormat, Option<Arc<str>>)>,
+}
+
+/// A format's prefix is already that of another environment's format (or of the format without
+/// one, `None`).
+#[derive(Debug)]
+pub(crate) struct PrefixTaken {
+    pub(crate) prefix: Box<str>,
+    pub(crate) environment: Option<Arc<str>>,
+}
+
+impl KeyFormats {
+    /// Adds `format`, of `environment`. The same format of the same environment again changes
+    /// nothing.
+    pub(crate) fn add(
+        &mut self,
+        format: KeyFormat,
+        environment: Option<Arc<str>>,
+    ) -> Result<(), PrefixTaken> {
+        if let Some((_, taken)) = self.formats.iter().find(|(f, _)| *f == format) {
+            if *taken == environment {
+                return Ok(());
+            }
+            return Err(PrefixTaken {
+                prefix: format.prefix,
+                environment: taken.clone(),
+            });
+        }
+        self.formats.push((format, environment));
+        // Longest first, so that `wk_live_` is tried before `wk_`; stable, so that equal
+        // lengths keep the order they were added in.
+        self.formats
+            .sort_by_key(|(f, _)| std::cmp::Reverse(f.prefix.len()));
+        Ok(())
+    }
+
+    /// Checks `key` against the formats whose prefix it has: `Ok` with the environment of the
+    /// one it passes (`None` for a format without one), `Ok(None)` when it has no format's
+    /// prefix, the first format's error when it passes none.
+    ///
+    /// A key passes at most one of them: formats with different prefixes have keys of different
+    /// lengths. So the longest matching prefix is the one a key of overlapping prefixes is read
+    /// with, unless the key is a well-formed key of the shorter one. No allocation.
+    pub(crate) fn check(&self, key: &str) -> Result<Option<&Arc<str>>, FormatError> {
+        let mut refused = None;
+        for (format, environment) in &self.formats {
+            if !format.has_prefix(key) {
+                continue;
+            }
+            match format.check(key) {
+                Ok(()) => return Ok(environment.as_ref()),
+                Err(e) => {
+                    refused.get_or_insert(e);
+                }
+            }
+        }
+        refused.map_or(Ok(None), Err)
+    }
+}
+
 /// Appends `n` as exactly six base62 digits, most significant first.
 fn push_base62(out: &mut String, n: u32) {
     out.extend(base62(n).iter().map(|&b| b as char));
@@ -218,6 +284,49 @@ mod tests {
         assert!(KeyFormat::new("has space").is_err());
         assert!(KeyFormat::new(&"a".repeat(33)).is_err());
         assert!(KeyFormat::new("sk-proj-").is_ok());
+    }
+
+    #[test]
+    fn formats_of_environments() {
+        let live = KeyFormat::new("wk_live_").unwrap();
+        let test = KeyFormat::new("wk_test_").unwrap();
+        let short = KeyFormat::new("wk_").unwrap();
+        let mut formats = KeyFormats::default();
+        formats.add(short.clone(), None).unwrap();
+        formats.add(live.clone(), Some("live".into())).unwrap();
+        formats.add(test.clone(), Some("test".into())).unwrap();
+        // The same format of the same environment again is no change; of another, an error.
+        formats.add(live.clone(), Some("live".into())).unwrap();
+        let taken = formats.add(live.clone(), Some("test".into())).unwrap_err();
+        assert_eq!(&*taken.prefix, "wk_live_");
+        assert_eq!(taken.environment.as_deref(), Some("live"));
+        assert!(formats.add(short.clone(), Some("x".into())).is_err());
+
+        let env = |key: &ApiKey| formats.check(key.expose_secret()).map(|e| e.cloned());
+        assert_eq!(env(&live.generate()), Ok(Some("live".into())));
+        assert_eq!(env(&test.generate()), Ok(Some("test".into())));
+        // A key of the shorter prefix is read with it, even where a longer one matches too.
+        assert_eq!(env(&short.generate()), Ok(None));
+        // Overlapping prefixes: a key of `kg` whose random part starts with `A` has the prefix
+        // `kgA` too, and is still read as a key of `kg`.
+        let mut overlapping = KeyFormats::default();
+        let kg = KeyFormat::new("kg").unwrap();
+        overlapping.add(kg.clone(), Some("kg".into())).unwrap();
+        overlapping
+            .add(KeyFormat::new("kgA").unwrap(), Some("kgA".into()))
+            .unwrap();
+        let key = std::iter::repeat_with(|| kg.generate())
+            .take(10_000)
+            .find(|k| k.expose_secret().starts_with("kgA"))
+            .unwrap();
+        let found = overlapping.check(key.expose_secret()).unwrap();
+        assert_eq!(found.map(|e| &**e), Some("kg"));
+        assert_eq!(formats.check("legacy_123"), Ok(None));
+        // A longer prefix's key with a bad checksum is refused by that format.
+        let mut typo = live.generate().expose_secret().to_owned();
+        let c = if typo.ends_with('A') { "B" } else { "A" };
+        typo.replace_range(typo.len() - 1.., c);
+        assert_eq!(formats.check(&typo), Err(FormatError::BadChecksum));
     }
 
     #[test]

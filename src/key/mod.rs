@@ -17,6 +17,7 @@
 mod format;
 mod record;
 
+pub(crate) use format::KeyFormats;
 pub use format::{FormatError, KeyFormat};
 pub use record::{Credits, KeyRecord, KeyStatus, Refill, Scopes};
 
