@@ -40,6 +40,7 @@
 //! | `OIDC_AUDIENCE` | required with `OIDC_ISSUERS` | the `aud` tokens of those issuers must carry |
 //! | `OIDC_ALLOW_HTTP` | `0` | `1`: `http://` issuers and key sets are allowed (for tests on 127.0.0.1; never in production) |
 //! | `TRUSTED_PROXIES` | unset: none | comma-separated addresses or CIDRs (`10.0.0.0/8, ::1`) of the proxies in front whose `X-Forwarded-For`/`Forwarded` is believed: the client of a request through them is the right-most address that is not one of them; from any other peer those headers change nothing |
+//! | `STRIP_CREDENTIAL` | `0` | `1`: the credential a request authenticated with (the `Authorization` or `x-api-key` header, or the `key` query parameter) is removed before the handlers see it, the rest of the query kept byte for byte |
 //! | `RESOURCE_METADATA` | `0` | `1`: serve the RFC 9728 protected-resource metadata at `/.well-known/oauth-protected-resource` (`resource`: `http://ADDR`, the address served; `authorization_servers`: the `OIDC_ISSUERS`; `scopes_supported`: the scopes the routes ask for) and point every `WWW-Authenticate` challenge to it with `resource_metadata="http://ADDR/.well-known/oauth-protected-resource"` |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
@@ -85,6 +86,9 @@
 //!   with `scope="weather:read forecast:read"` in its challenge.
 //! - `GET /v1/alerts.json?q=CITY` (any of the scopes `alerts:read` or `weather:admin`): the
 //!   city's weather alerts, `{"location": ..., "alerts": {"alert": [...]}}`.
+//! - `GET /v1/echo`: `{"headers": [the names of the request headers this handler saw, lower
+//!   case, each once], "query": "the raw query string it saw"}`; with `STRIP_CREDENTIAL=1` the
+//!   credential is gone from both, and the rest of the query is unchanged byte for byte.
 //! - `GET /v1/me`: the caller's [`Principal`] as JSON (id, kind, owner, scopes; never the key).
 //! - `POST /v1/token`: exchanges an API key for a JWT, `{"access_token":"...",
 //!   "token_type":"Bearer","expires_in":7200}`, signed with `JWT_SECRET` (HS256), valid 2 h, whose
@@ -282,6 +286,8 @@ pub struct Config {
     /// Whether the protected-resource metadata is served and named in challenges
     /// (`RESOURCE_METADATA`).
     pub resource_metadata: bool,
+    /// Whether the credential is removed before the handlers see it (`STRIP_CREDENTIAL`).
+    pub strip_credential: bool,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -317,6 +323,7 @@ impl std::fmt::Debug for Config {
             .field("oidc_allow_http", &self.oidc_allow_http)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("resource_metadata", &self.resource_metadata)
+            .field("strip_credential", &self.strip_credential)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -401,6 +408,9 @@ pub enum ConfigError {
     /// `TRUSTED_PROXIES` is not a list of addresses or CIDRs.
     #[error("TRUSTED_PROXIES: {0} is not an address or a CIDR such as 10.0.0.0/8")]
     TrustedProxies(String),
+    /// `STRIP_CREDENTIAL` is neither on nor off.
+    #[error("STRIP_CREDENTIAL={0:?} is not 1 (hide the credential from the handlers) or 0")]
+    StripCredential(String),
     /// `RESOURCE_METADATA` is neither on nor off.
     #[error("RESOURCE_METADATA={0:?} is not 1 (serve the protected-resource metadata) or 0")]
     ResourceMetadata(String),
@@ -576,6 +586,7 @@ impl Config {
         let rate_limit_shadow = switch("RATE_LIMIT_SHADOW", ConfigError::Shadow)?;
         let oidc_allow_http = switch("OIDC_ALLOW_HTTP", ConfigError::OidcAllowHttp)?;
         let resource_metadata = switch("RESOURCE_METADATA", ConfigError::ResourceMetadata)?;
+        let strip_credential = switch("STRIP_CREDENTIAL", ConfigError::StripCredential)?;
         let jwt_require_typ = match set("JWT_REQUIRE_TYP").map(|t| t.trim().to_owned()) {
             Some(typ)
                 if !typ
@@ -622,6 +633,7 @@ impl Config {
             oidc_allow_http,
             trusted_proxies,
             resource_metadata,
+            strip_credential,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -950,6 +962,8 @@ pub struct Services {
     pub oidc_issuers: Vec<String>,
     /// Whether the protected-resource metadata is served and named in challenges.
     pub resource_metadata: bool,
+    /// Whether the credential is removed before the handlers see it.
+    pub strip_credential: bool,
     /// Stops the usage flush and flushes one last time, on shutdown.
     pub usage_flush: Arc<std::sync::Mutex<Option<keygate::ratelimit::FlushTask>>>,
 }
@@ -1056,6 +1070,7 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         trusted_proxies: config.trusted_proxies.clone(),
         oidc_issuers: config.oidc_issuers.clone(),
         resource_metadata: config.resource_metadata,
+        strip_credential: config.strip_credential,
         usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
 }
@@ -1192,6 +1207,9 @@ pub fn app(services: &Services, addr: SocketAddr) -> Router {
     if let Some(metadata) = &metadata {
         auth = auth.resource_metadata(metadata.metadata_url());
     }
+    if services.strip_credential {
+        auth = auth.strip_credential();
+    }
     let limit = rate_limit_layer(services);
     let state = Api {
         tokens: services.tokens.clone(),
@@ -1216,6 +1234,7 @@ pub fn app(services: &Services, addr: SocketAddr) -> Router {
             get(alerts).route_layer(RequireScopeLayer::any(ALERTS_SCOPES)),
         )
         .route("/v1/me", get(me))
+        .route("/v1/echo", get(echo))
         .route("/v1/token", post(token))
         // `route_layer`: only the routes above need a credential, and unknown paths stay 404.
         // Outermost first: who is calling (a `Principal`), then may they call now (limited by
@@ -1570,6 +1589,15 @@ async fn alerts(params: Result<Query<CurrentParams>, QueryRejection>) -> Respons
 
 async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
+}
+
+/// `GET /v1/echo`: the header names and the raw query string this handler saw.
+async fn echo(headers: axum::http::HeaderMap, uri: axum::http::Uri) -> Json<Value> {
+    let names: Vec<&str> = headers.keys().map(|name| name.as_str()).collect();
+    Json(serde_json::json!({
+        "headers": names,
+        "query": uri.query().unwrap_or(""),
+    }))
 }
 
 /// `POST /v1/token`: a JWT for the calling API key.
