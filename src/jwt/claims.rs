@@ -16,6 +16,8 @@ pub(crate) struct ClaimNames {
     pub(crate) quota: Option<Box<str>>,
     pub(crate) owner: Option<Box<str>>,
     pub(crate) credits: Option<Box<str>>,
+    /// The one claim holding the scopes; `None`: `scope`, `scp` and `permissions`.
+    pub(crate) scope: Option<Box<str>>,
 }
 
 /// What keygate reads from a payload.
@@ -41,6 +43,16 @@ impl Registered {
         let r = Seed(names).deserialize(&mut de)?;
         de.end()?;
         Ok(r)
+    }
+}
+
+impl Registered {
+    /// Adds the scopes of a scope claim: space-separated strings, one or many.
+    fn add_scopes(&mut self, OneOrMany(list): OneOrMany) {
+        for s in list {
+            self.scopes
+                .extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
+        }
     }
 }
 
@@ -95,6 +107,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                 r.owner = Some(map.next_value::<Subject>()?.0);
             } else if self.0.credits.as_deref() == Some(k) {
                 r.credits = map.next_value::<bool>()?;
+            } else if self.0.scope.as_deref() == Some(k) {
+                r.add_scopes(map.next_value()?);
             } else {
                 match k {
                     "exp" => r.exp = Some(map.next_value::<NumericDate>()?.0),
@@ -103,12 +117,8 @@ impl<'de> Visitor<'de> for Seed<'_> {
                     "iss" => r.iss = Some(map.next_value()?),
                     "jti" => r.jti = Some(map.next_value()?),
                     "aud" => r.aud = map.next_value::<OneOrMany>()?.0,
-                    "scope" | "scp" | "permissions" => {
-                        let OneOrMany(list) = map.next_value()?;
-                        for s in list {
-                            r.scopes
-                                .extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
-                        }
+                    "scope" | "scp" | "permissions" if self.0.scope.is_none() => {
+                        r.add_scopes(map.next_value()?);
                     }
                     _ => {
                         map.next_value::<Skip>()?;
@@ -143,6 +153,8 @@ impl<'de> Seen<'de> {
             Some(KNOWN.len() + 3)
         } else if names.credits.as_deref() == Some(&**key) {
             Some(KNOWN.len() + 4)
+        } else if names.scope.as_deref() == Some(&**key) {
+            Some(KNOWN.len() + 5)
         } else {
             KNOWN.iter().position(|k| *k == &**key).map(|i| i + 2)
         };
@@ -340,6 +352,7 @@ mod tests {
             quota: None,
             owner: None,
             credits: None,
+            scope: None,
         }
     }
 
@@ -367,6 +380,7 @@ mod tests {
             quota: None,
             owner: None,
             credits: None,
+            scope: None,
         };
         let r = Registered::parse(br#"{"userId":12345}"#, &n).unwrap();
         assert_eq!(r.sub.as_deref(), Some("12345"));

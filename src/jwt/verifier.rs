@@ -269,6 +269,7 @@ impl JwtVerifier {
                     quota: None,
                     owner: None,
                     credits: None,
+                    scope: None,
                 },
                 claims: None,
                 revocations: None,
@@ -315,8 +316,8 @@ impl JwtVerifier {
     /// type (an ID token, a logout token), is refused. The comparison ignores case and an
     /// `application/` prefix (RFC 7515 §4.1.9).
     ///
-    /// Without it the verifier is lenient: a token without `typ`, or with `JWT` or `at+jwt`,
-    /// is accepted; a token that says it is something else (`logout+jwt`, `secevent+jwt`,
+    /// Without it the verifier is lenient: a token without `typ`, or with `JWT`, `at+jwt` or
+    /// the generic `JOSE` (RFC 7515 §4.1.9), is accepted; a token that says it is something else (`logout+jwt`, `secevent+jwt`,
     /// `dpop+jwt`, ...) is meant for another purpose and is refused.
     ///
     /// ```
@@ -368,6 +369,14 @@ impl JwtVerifier {
     /// integers are turned into their decimal text.
     pub fn subject_claim(mut self, claim: &str) -> Self {
         self.rules().names.subject = claim.into();
+        self
+    }
+
+    /// The one claim holding the caller's scopes (a space-separated string, or an array of
+    /// them), for an issuer that puts them elsewhere (`roles`, `groups`, ...). By default they
+    /// are read from `scope`, `scp` and `permissions`; with this set, those are not read.
+    pub fn scope_claim(mut self, claim: &str) -> Self {
+        self.rules().names.scope = Some(claim.into());
         self
     }
 
@@ -666,7 +675,7 @@ fn typ_accepted(required: Option<&str>, typ: Option<&str>) -> bool {
         (Some(want), Some(typ)) => same(typ, want),
         (Some(_), None) => false,
         (None, None) => true,
-        (None, Some(typ)) => same(typ, "jwt") || same(typ, "at+jwt"),
+        (None, Some(typ)) => ["jwt", "at+jwt", "jose"].iter().any(|want| same(typ, want)),
     }
 }
 
@@ -908,6 +917,7 @@ mod tests {
             Some("jwt"),
             Some("at+jwt"),
             Some("application/AT+JWT"),
+            Some("JOSE"),
         ] {
             assert!(typ_accepted(None, typ), "{typ:?}");
         }
@@ -939,6 +949,26 @@ mod tests {
             verifier.verify(&plain.access_token).unwrap_err(),
             VerifyError::WrongType
         );
+    }
+
+    #[test]
+    fn scope_claim_reads_only_that_claim() {
+        let issuer = TokenIssuer::hmac(SECRET);
+        let token = issuer
+            .issue_with(
+                "u",
+                ["from-scope"],
+                serde_json::json!({ "roles": ["a", "b c"] }),
+            )
+            .unwrap()
+            .access_token;
+        let default = JwtVerifier::with_keys([JwtKey::hmac(SECRET)]);
+        let p = default.verify(&token).unwrap();
+        assert!(p.has_scope("from-scope") && !p.has_scope("a"));
+        let roles = default.scope_claim("roles");
+        let p = roles.verify(&token).unwrap();
+        assert!(p.has_scope("a") && p.has_scope("b") && p.has_scope("c"));
+        assert!(!p.has_scope("from-scope"));
     }
 
     #[test]
