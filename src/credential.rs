@@ -306,7 +306,15 @@ pub(crate) fn strip<B>(sources: &[CredentialSource], at: FoundIn, req: &mut Requ
         Source::Header(name) => {
             req.headers_mut().remove(name);
         }
-        Source::Query(name) => strip_query(req.uri_mut(), name),
+        Source::Query(name) => {
+            strip_query(req.uri_mut(), name);
+            // axum's router keeps a copy of the URI as it arrived, for `OriginalUri`: the
+            // credential goes from that copy too.
+            #[cfg(feature = "axum")]
+            if let Some(original) = req.extensions_mut().get_mut::<axum::extract::OriginalUri>() {
+                strip_query(&mut original.0, name);
+            }
+        }
         Source::Cookie(name) => strip_cookie(req.headers_mut(), name),
         Source::Custom(f) => {
             // Headers and URI are borrowed from the request at once.

@@ -518,3 +518,34 @@ fn hs_token(sub: &str) -> String {
     )
     .unwrap()
 }
+
+/// axum's router keeps the URI as it arrived for `OriginalUri`, before any layer runs: the
+/// credential goes from that copy too, under `layer` and `route_layer` alike, in a nested
+/// router too.
+#[tokio::test]
+async fn the_original_uri_loses_the_credential_too() {
+    use axum::extract::OriginalUri;
+    let (store, key) = store_with_key();
+    let both =
+        |OriginalUri(original): OriginalUri, uri: Uri| async move { format!("{original} {uri}") };
+    let layered = Router::new()
+        .route("/echo", get(both))
+        .layer(stripping(store.clone()));
+    let route_layered = Router::new()
+        .route("/echo", get(both))
+        .route_layer(stripping(store.clone()));
+    let nested = Router::new().nest("/v1", route_layered.clone());
+    for (app, path, inner) in [
+        (&layered, "/echo", "/echo"),
+        (&route_layered, "/echo", "/echo"),
+        (&nested, "/v1/echo", "/echo"),
+    ] {
+        let uri = format!("{path}?a=1&key={}&b=%26", key.expose_secret());
+        let reply = send(app.clone(), Request::get(uri).body(Body::empty()).unwrap()).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.body,
+            format!("{path}?a=1&b=%26 {inner}?a=1&b=%26").as_bytes()
+        );
+    }
+}
