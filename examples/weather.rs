@@ -35,7 +35,7 @@
 //! | `JWT_SUBJECT_CLAIM` | `sub` | the claim that names the caller (tokens minted elsewhere often use `userId`); minted tokens carry the id in `sub` and in this claim |
 //! | `JWT_ISSUER`, `JWT_AUDIENCE` | unset: unchecked | the `iss` and `aud` minted tokens carry and accepted tokens must carry |
 //! | `JWT_KID` | `weather-1` | the `kid` header of minted tokens; accepted tokens that name a key must name this one |
-//! | `JWT_REQUIRE_TYP` | unset: absent, `JWT` or `at+jwt` | the `typ` header every accepted token must carry, such as `at+jwt` (minted tokens carry it) |
+//! | `JWT_REQUIRE_TYP` | unset: absent, `JWT`, `at+jwt` or `JOSE` | the `typ` header every accepted token must carry, such as `at+jwt` (minted tokens carry it) |
 //! | `OIDC_ISSUERS` | unset: none | space-separated issuer URLs of OpenID providers whose tokens are accepted too, each discovered at start (`{issuer}/.well-known/openid-configuration`, whose `issuer` must be the same, then its keys); needs `--features jwks` |
 //! | `OIDC_AUDIENCE` | required with `OIDC_ISSUERS` | the `aud` tokens of those issuers must carry |
 //! | `OIDC_ALLOW_HTTP` | `0` | `1`: `http://` issuers and key sets are allowed (for tests on 127.0.0.1; never in production) |
@@ -588,10 +588,12 @@ impl Config {
         let resource_metadata = switch("RESOURCE_METADATA", ConfigError::ResourceMetadata)?;
         let strip_credential = switch("STRIP_CREDENTIAL", ConfigError::StripCredential)?;
         let jwt_require_typ = match set("JWT_REQUIRE_TYP").map(|t| t.trim().to_owned()) {
+            // A media type without its `application/` prefix is what a token's `typ` holds.
             Some(typ)
                 if !typ
                     .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') =>
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+                    || typ.eq_ignore_ascii_case("application/") =>
             {
                 return Err(ConfigError::RequireTyp(typ));
             }
@@ -872,14 +874,7 @@ fn cache<S: KeyStore>(config: &Config, store: S) -> keygate::store::CachedStore<
 
 /// A store error at start, as the operator sees it: the error and its causes.
 fn unavailable(e: impl std::error::Error) -> ConfigError {
-    let mut message = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        message.push_str(": ");
-        message.push_str(&c.to_string());
-        cause = c.source();
-    }
-    ConfigError::KeyStoreUnavailable(message)
+    ConfigError::KeyStoreUnavailable(with_causes(&e))
 }
 
 /// Eight random base62 characters.
@@ -1088,12 +1083,13 @@ async fn oidc_verifiers(config: &Config) -> Result<Vec<JwtVerifier>, ConfigError
             .discover()
             .await
             .map_err(|e| fail(&e))?;
-        // Serve only once the provider's keys are here: a token of it must not get 503.
+        // Serve only once the provider's keys are here: a token of it must not get 503. The
+        // first fetch was made by `discover`, so there is nothing to wait for.
         provider
             .jwks()
-            .wait_ready(Duration::from_secs(10))
+            .wait_ready(Duration::ZERO)
             .await
-            .map_err(|e| fail(&e))?;
+            .map_err(|e| fail(&with_causes(&e)))?;
         let mut verifier = provider.verifier();
         if let Some(aud) = &config.oidc_audience {
             verifier = verifier.audience([aud.clone()]);
@@ -1104,6 +1100,18 @@ async fn oidc_verifiers(config: &Config) -> Result<Vec<JwtVerifier>, ConfigError
         verifiers.push(verifier);
     }
     Ok(verifiers)
+}
+
+/// `e` and the errors it was caused by, `: `-separated.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    message
 }
 
 /// Without the `jwks` feature there are none (`Config::from_vars` refuses `OIDC_ISSUERS`).
@@ -1618,6 +1626,11 @@ async fn token(State(api): State<Api>, principal: Principal) -> Response {
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             res
         }
+        Err(IssueError::AddressBound) => problem(
+            StatusCode::FORBIDDEN,
+            "Tokens are not issued for keys limited to some client addresses: a token would \
+             work from anywhere. Call with your API key.",
+        ),
         Err(e) => {
             tracing::error!(caller = principal.id(), error = %e, "token not issued");
             problem(

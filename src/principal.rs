@@ -63,6 +63,7 @@ struct Identity {
     quota: Option<Limits>,
     tier: Option<String>,
     credits: bool,
+    address_bound: bool,
 }
 
 impl Principal {
@@ -76,6 +77,7 @@ impl Principal {
             quota: None,
             tier: None,
             credits: false,
+            address_bound: false,
         })))
     }
 
@@ -101,6 +103,7 @@ impl Principal {
                 quota: record.quota.clone(),
                 tier: record.tier.clone(),
                 credits: record.credits.is_some(),
+                address_bound: record.allowed_ips.is_some(),
             }));
         }
         match &mut self.repr {
@@ -239,6 +242,17 @@ impl Principal {
         match &self.repr {
             Repr::Key(r) => r.tier.as_deref(),
             Repr::Identity(i) => i.tier.as_deref(),
+        }
+    }
+
+    /// Whether the caller's key may be used from some addresses only (its record lists
+    /// `allowed_ips`). A token cannot carry that list, so
+    /// [`TokenIssuer::issue_for`](crate::jwt::TokenIssuer::issue_for) mints none for such a
+    /// caller.
+    pub fn is_address_bound(&self) -> bool {
+        match &self.repr {
+            Repr::Key(r) => r.allowed_ips.is_some(),
+            Repr::Identity(i) => i.address_bound,
         }
     }
 

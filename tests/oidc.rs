@@ -1,7 +1,7 @@
 //! Several issuers, OpenID Connect Discovery and typed tokens, against real HTTP servers on
-//! 127.0.0.1 started by each test: small OpenID providers (an axum app serving
-//! `/.well-known/openid-configuration` under any issuer path, and JWK sets at paths the test
-//! chooses), whose document, keys and failures the test changes at run time, counting the
+//! 127.0.0.1 started by each test: small OpenID providers (`common::oidc_provider`: an axum app
+//! serving `/.well-known/openid-configuration` under any issuer path, and JWK sets at paths the
+//! test chooses), whose document, keys and failures the test changes at run time, counting the
 //! requests they get. Tokens go through a real axum `Router` behind an `AuthLayer` with one
 //! verifier per provider.
 //!
@@ -11,310 +11,28 @@
 #![cfg(all(feature = "jwks", feature = "axum"))]
 
 mod common;
-mod jwt_support;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
 use axum::routing::get;
+use common::oidc_provider::{
+    DOCUMENT_PATH, Mode, Provider, STEP, Signer, a1, a2, attacker, b1, now,
+};
 use common::{INVALID_TOKEN, REALM, Reply, me, send, with_bearer};
-use jsonwebtoken::EncodingKey;
-use jsonwebtoken::jwk::Jwk;
-use jwt_support::{attacker_signing_key, ec_signing_key, fixture, rsa_signing_key, sign_raw};
 use keygate::auth::AuthLayer;
 use keygate::jwt::{
     Algorithm, DiscoveryError, IssuersError, JwksError, JwtIssuers, JwtVerifier, OidcProvider,
-    TokenIssuer, VerifyError,
+    VerifyError,
 };
 use keygate::store::MemoryStore;
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-
-/// The longest any one step of a test may take: a request, a discovery, a shutdown.
-const STEP: Duration = Duration::from_secs(5);
-
-const DOCUMENT_PATH: &str = "/.well-known/openid-configuration";
 
 // ---------------------------------------------------------------------------------------------
-// The test's OpenID provider
-
-/// What an endpoint does with the next requests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// 200 with the current body.
-    Serve,
-    /// This status, with a short body.
-    Status(u16),
-    /// 200 with the current body, after this long.
-    Slow(Duration),
-}
-
-#[derive(Default)]
-struct Endpoints {
-    /// The discovery document's body, served under any path ending in [`DOCUMENT_PATH`].
-    document: Mutex<String>,
-    document_mode: Mutex<Option<Mode>>,
-    /// The paths the document was asked for, in order.
-    document_paths: Mutex<Vec<String>>,
-    /// JWK sets by path.
-    jwks: Mutex<HashMap<String, String>>,
-    jwks_mode: Mutex<Option<Mode>>,
-    jwks_hits: Mutex<HashMap<String, usize>>,
-    /// Every request, whatever its path.
-    hits: AtomicUsize,
-}
-
-async fn answer(mode: Mode, body: String) -> Response {
-    match mode {
-        Mode::Serve => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Mode::Status(s) => (StatusCode::from_u16(s).unwrap(), "no").into_response(),
-        Mode::Slow(d) => {
-            tokio::time::sleep(d).await;
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-        }
-    }
-}
-
-async fn serve(State(e): State<Arc<Endpoints>>, uri: Uri) -> Response {
-    e.hits.fetch_add(1, Ordering::SeqCst);
-    let path = uri.path().to_owned();
-    if path.ends_with(DOCUMENT_PATH) {
-        e.document_paths.lock().unwrap().push(path);
-        let mode = e.document_mode.lock().unwrap().unwrap_or(Mode::Serve);
-        let body = e.document.lock().unwrap().clone();
-        if body.is_empty() {
-            return (StatusCode::NOT_FOUND, "not found").into_response();
-        }
-        return answer(mode, body).await;
-    }
-    let body = e.jwks.lock().unwrap().get(&path).cloned();
-    match body {
-        Some(body) => {
-            *e.jwks_hits.lock().unwrap().entry(path).or_default() += 1;
-            let mode = e.jwks_mode.lock().unwrap().unwrap_or(Mode::Serve);
-            answer(mode, body).await
-        }
-        None => (StatusCode::NOT_FOUND, "not found").into_response(),
-    }
-}
-
-/// One OpenID provider on 127.0.0.1.
-struct Server {
-    /// `http://127.0.0.1:PORT`, without a trailing slash.
-    base: String,
-    endpoints: Arc<Endpoints>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Server {
-    async fn start() -> Self {
-        let endpoints = Arc::new(Endpoints::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new()
-            .fallback(get(serve))
-            .with_state(endpoints.clone());
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
-        Self {
-            base: format!("http://{addr}"),
-            endpoints,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// The URL of `path` on this server.
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// Serves a document for `issuer` whose key set is at `jwks_path` on this server.
-    fn document(&self, issuer: &str, jwks_path: &str) {
-        self.document_json(&json!({
-            "issuer": issuer,
-            "jwks_uri": self.url(jwks_path),
-            "authorization_endpoint": self.url("/authorize"),
-            "token_endpoint": self.url("/token"),
-            "response_types_supported": ["code"],
-            "id_token_signing_alg_values_supported": ["RS256", "ES256"],
-        }));
-    }
-
-    fn document_json(&self, document: &Value) {
-        self.document_raw(document.to_string());
-    }
-
-    fn document_raw(&self, body: String) {
-        *self.endpoints.document.lock().unwrap() = body;
-    }
-
-    fn document_mode(&self, mode: Mode) {
-        *self.endpoints.document_mode.lock().unwrap() = Some(mode);
-    }
-
-    /// Serves these keys at `path`.
-    fn publish(&self, path: &str, keys: &[&Signer]) {
-        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
-        let body = json!({ "keys": keys }).to_string();
-        self.endpoints
-            .jwks
-            .lock()
-            .unwrap()
-            .insert(path.into(), body);
-    }
-
-    fn jwks_mode(&self, mode: Mode) {
-        *self.endpoints.jwks_mode.lock().unwrap() = Some(mode);
-    }
-
-    fn document_hits(&self) -> usize {
-        self.endpoints.document_paths.lock().unwrap().len()
-    }
-
-    fn document_paths(&self) -> Vec<String> {
-        self.endpoints.document_paths.lock().unwrap().clone()
-    }
-
-    fn jwks_hits(&self, path: &str) -> usize {
-        self.endpoints
-            .jwks_hits
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// Requests of any kind.
-    fn hits(&self) -> usize {
-        self.endpoints.hits.load(Ordering::SeqCst)
-    }
-
-    /// Stops accepting connections and closes the idle ones: the provider is down, its port
-    /// closed.
-    async fn down(&mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(STEP, &mut self.task)
-            .await
-            .expect("the server shuts down")
-            .unwrap();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keys and tokens
-
-/// A signing key of a provider, with its `kid`.
-struct Signer {
-    key: EncodingKey,
-    alg: Algorithm,
-    kid: &'static str,
-}
-
-impl Signer {
-    /// The public JWK of the key, with its `kid` and `alg`.
-    fn jwk(&self) -> Value {
-        let _ = jsonwebtoken::crypto::CryptoProvider::install_default(
-            &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER,
-        );
-        let mut jwk = Jwk::from_encoding_key(&self.key, self.alg).expect("a public JWK");
-        jwk.common.key_id = Some(self.kid.into());
-        serde_json::to_value(jwk).unwrap()
-    }
-
-    /// A `TokenIssuer` of this key for `iss` and `aud`.
-    fn issuer(&self, iss: &str, aud: &str) -> TokenIssuer {
-        TokenIssuer::new(self.key.clone(), self.alg)
-            .kid(self.kid)
-            .issuer(iss)
-            .audience(aud)
-    }
-
-    /// A token of this key with these exact claims, and a header of `alg`, `kid` and, if
-    /// given, `typ`.
-    fn craft(&self, typ: Option<&str>, claims: &Value) -> String {
-        let mut header = json!({ "alg": self.alg, "kid": self.kid });
-        if let Some(typ) = typ {
-            header["typ"] = json!(typ);
-        }
-        sign_raw(
-            header.to_string().as_bytes(),
-            claims.to_string().as_bytes(),
-            &self.key,
-            self.alg,
-        )
-    }
-
-    /// The same key under another `kid`, or another algorithm's name in the header.
-    fn posing_as(&self, kid: &'static str, alg: Algorithm) -> Self {
-        Self {
-            key: self.key.clone(),
-            alg,
-            kid,
-        }
-    }
-}
-
-/// Provider A's first key: the RSA fixture.
-fn a1() -> Signer {
-    Signer {
-        key: rsa_signing_key(),
-        alg: Algorithm::RS256,
-        kid: "a-1",
-    }
-}
-
-/// Provider A's next key: another RSA key.
-fn a2() -> Signer {
-    Signer {
-        key: EncodingKey::from_rsa_pem(&fixture("jwks_rsa_private.pem")).unwrap(),
-        alg: Algorithm::RS256,
-        kid: "a-2",
-    }
-}
-
-/// Provider B's key: the EC P-256 fixture.
-fn b1() -> Signer {
-    Signer {
-        key: ec_signing_key(),
-        alg: Algorithm::ES256,
-        kid: "b-1",
-    }
-}
-
-/// The attacker's RSA key, under A's `kid`.
-fn attacker() -> Signer {
-    Signer {
-        key: attacker_signing_key(),
-        alg: Algorithm::RS256,
-        kid: "a-1",
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
+// Tokens
 
 /// Claims valid now for ten minutes: `iss` if given, the subject in `sub_claim`, `aud`.
 fn claims(iss: Option<&str>, sub_claim: &str, sub: &str, aud: &str) -> Value {
@@ -402,8 +120,8 @@ async fn refused(app: &Router, token: &str, why: &str) {
 /// Providers A (a path issuer, RSA) and B (a trailing-slash issuer, EC), serving their
 /// documents and their keys.
 struct Two {
-    a_srv: Server,
-    b_srv: Server,
+    a_srv: Provider,
+    b_srv: Provider,
     a_iss: String,
     b_iss: String,
 }
@@ -412,8 +130,8 @@ const A_JWKS: &str = "/realms/a/protocol/openid-connect/certs";
 const B_JWKS: &str = "/keys";
 
 async fn two_servers() -> Two {
-    let a_srv = Server::start().await;
-    let b_srv = Server::start().await;
+    let a_srv = Provider::start().await;
+    let b_srv = Provider::start().await;
     let a_iss = a_srv.url("/realms/a");
     let b_iss = b_srv.url("/");
     a_srv.publish(A_JWKS, &[&a1()]);
@@ -601,7 +319,7 @@ async fn two_discovered_providers_each_verify_with_their_own_keys_and_rules() {
 
 #[tokio::test]
 async fn discovery_refuses_documents_of_other_issuers_and_bad_documents() {
-    let srv = Server::start().await;
+    let srv = Provider::start().await;
     srv.publish("/jwks", &[&a1()]);
     let issuer = srv.url("/realms/a");
 
@@ -711,7 +429,7 @@ async fn discovery_refuses_documents_of_other_issuers_and_bad_documents() {
 
 #[tokio::test]
 async fn http_issuers_are_refused_unless_allowed_before_any_request() {
-    let srv = Server::start().await;
+    let srv = Provider::start().await;
     srv.publish("/jwks", &[&a1()]);
     let issuer = srv.url("/realms/a");
     srv.document(&issuer, "/jwks");
@@ -736,7 +454,7 @@ async fn http_issuers_are_refused_unless_allowed_before_any_request() {
     assert_eq!(srv.jwks_hits("/jwks"), 1);
 
     // A server without a document.
-    let other = Server::start().await;
+    let other = Provider::start().await;
     let e = discover(&other.url("/realms/a")).await.unwrap_err();
     assert!(matches!(e, DiscoveryError::Status(404)), "{e:?}");
     assert_eq!(
@@ -744,7 +462,7 @@ async fn http_issuers_are_refused_unless_allowed_before_any_request() {
         ["/realms/a/.well-known/openid-configuration"]
     );
     // A closed port.
-    let mut closed = Server::start().await;
+    let mut closed = Provider::start().await;
     let url = closed.url("");
     closed.down().await;
     let e = discover(&url).await.unwrap_err();
@@ -862,7 +580,7 @@ async fn a_provider_down_keeps_its_last_good_keys() {
 
 #[tokio::test]
 async fn the_document_refresh_follows_a_new_jwks_uri_but_not_another_issuer() {
-    let srv = Server::start().await;
+    let srv = Provider::start().await;
     let issuer = srv.url("/");
     srv.publish("/jwks/1", &[&a1()]);
     srv.document(&issuer, "/jwks/1");
@@ -1018,7 +736,7 @@ async fn typ_is_required_at_one_issuer_and_lenient_at_the_other() {
 
 #[tokio::test]
 async fn the_document_refresh_stops_with_the_last_handle() {
-    let srv = Server::start().await;
+    let srv = Provider::start().await;
     let issuer = srv.url("/realms/a");
     srv.publish("/jwks", &[&a1()]);
     srv.document(&issuer, "/jwks");
@@ -1043,7 +761,7 @@ async fn the_document_refresh_stops_with_the_last_handle() {
 #[tokio::test]
 #[should_panic(expected = "AuthLayer::jwt: two verifiers accept the issuer \"http://127.0.0.1:")]
 async fn two_verifiers_of_one_issuer_in_a_layer_panic() {
-    let srv = Server::start().await;
+    let srv = Provider::start().await;
     let issuer = srv.url("/realms/a");
     srv.publish("/jwks", &[&a1()]);
     srv.document(&issuer, "/jwks");

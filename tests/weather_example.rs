@@ -9,6 +9,9 @@
 
 #![cfg(all(feature = "axum", feature = "jwt"))]
 
+// The OpenID providers of the `OIDC_ISSUERS` tests.
+#[cfg(feature = "jwks")]
+mod common;
 #[cfg(feature = "redis")]
 mod services;
 #[allow(dead_code)] // `main` and `shutdown_signal` are the binary's, not the test's.
@@ -28,6 +31,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+#[cfg(feature = "jwks")]
+use common::oidc_provider::{Provider, a1, attacker, b1, now};
 
 /// A `JWT_SECRET` for the tests that mint or check tokens themselves.
 const SECRET: &str = "a test secret of at least 32 bytes, for HS256";
@@ -1770,6 +1776,57 @@ fn the_example_in_a_child_process() {
     });
 }
 
+/// Runs the example in a copy of this binary with these variables, `KEYGATE_ADDR=127.0.0.1:0`
+/// and nothing of this process's configuration: its exit code, stdout and stderr.
+async fn run_example(vars: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "the_example_in_a_child_process",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (var, _) in std::env::vars_os() {
+        let config = var.to_str().is_some_and(|v| {
+            v == "RUST_LOG"
+                || [
+                    "KEYGATE_",
+                    "WEATHER_",
+                    "REDIS_",
+                    "KEY_",
+                    "ADMIN_",
+                    "JWT_",
+                    "RATE_",
+                    "CONCURRENCY_",
+                    "LIMIT_",
+                    "OIDC_",
+                    "TRUSTED_",
+                    "RESOURCE_",
+                ]
+                .iter()
+                .any(|p| v.starts_with(p))
+        });
+        if config {
+            cmd.env_remove(var);
+        }
+    }
+    cmd.env(CHILD, "1")
+        .env("KEYGATE_ADDR", "127.0.0.1:0")
+        .envs(vars.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{vars:?}: still running after 20 s"))
+        .expect("the child runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[tokio::test]
 async fn a_malformed_setting_stops_the_process_with_exit_1() {
     let cases = [
@@ -1783,48 +1840,9 @@ async fn a_malformed_setting_stops_the_process_with_exit_1() {
         ("LIMIT_BY", "tenant", "LIMIT_BY="),
     ];
     for (name, value, named) in cases {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let mut cmd = tokio::process::Command::new(exe);
-        cmd.args([
-            "the_example_in_a_child_process",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ]);
-        // Nothing of this process's configuration, only the variable under test.
-        for (var, _) in std::env::vars_os() {
-            let config = var.to_str().is_some_and(|v| {
-                v == "RUST_LOG"
-                    || [
-                        "KEYGATE_",
-                        "WEATHER_",
-                        "REDIS_",
-                        "KEY_",
-                        "ADMIN_",
-                        "JWT_",
-                        "RATE_",
-                        "CONCURRENCY_",
-                        "LIMIT_",
-                    ]
-                    .iter()
-                    .any(|p| v.starts_with(p))
-            });
-            if config {
-                cmd.env_remove(var);
-            }
-        }
-        cmd.env(CHILD, "1")
-            .env("KEYGATE_ADDR", "127.0.0.1:0")
-            .env(name, value)
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out = tokio::time::timeout(std::time::Duration::from_secs(20), cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("{name}={value}: still running after 20 s"))
-            .expect("the child runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{name}={value}: {stderr}");
+        // Only the variable under test.
+        let (code, stdout, stderr) = run_example(&[(name, value)]).await;
+        assert_eq!(code, Some(1), "{name}={value}: {stderr}");
         assert!(
             stderr.starts_with(&format!("error: {name}=")),
             "{name}={value}: {stderr}"
@@ -2645,4 +2663,1453 @@ async fn two_instances_on_one_redis_key_store_spend_one_count_of_credits() {
     a.stop().await;
     b.stop().await;
     delete_redis_keys(&url, &base).await;
+}
+
+// --- issue 12: OpenID providers, typed tokens, scope expressions, IP allowlists, metadata
+
+/// A token's JOSE header, decoded without checking anything.
+fn jose_header(token: &str) -> Value {
+    let header = token.split('.').next().expect("a compact JWS");
+    let bytes = URL_SAFE_NO_PAD.decode(header).expect("base64url");
+    serde_json::from_slice(&bytes).expect("a JSON header")
+}
+
+/// The challenge of a 403 for a caller that lacks the scopes a route asks for.
+fn insufficient_scope(scope: &str) -> String {
+    format!(r#"Bearer realm="weather", error="insufficient_scope", scope="{scope}""#)
+}
+
+/// The detail of a 403 of `/v1/alerts.json`, which needs any of its scopes.
+#[cfg(any(feature = "admin", feature = "jwks"))]
+const ALERTS_DETAIL: &str =
+    r#"The credential needs any of the scopes "alerts:read" or "weather:admin"."#;
+
+/// The detail of a 403 for an address a key's allowlist does not name.
+#[cfg(feature = "admin")]
+const ADDRESS_DETAIL: &str = "The client's address is not allowed for this key.";
+
+impl Reply {
+    /// A 403 `insufficient_scope` whose challenge names `scope` and whose detail is `detail`.
+    #[cfg(any(feature = "admin", feature = "jwks"))]
+    #[track_caller]
+    fn assert_insufficient_scope(&self, scope: &str, detail: &str) {
+        self.assert_problem(StatusCode::FORBIDDEN);
+        assert_eq!(
+            self.header(WWW_AUTHENTICATE),
+            Some(insufficient_scope(scope).as_str()),
+            "{}",
+            self.body
+        );
+        assert_eq!(self.json()["detail"], detail, "{}", self.body);
+    }
+
+    /// A 403 for a key used from an address its allowlist does not name: no challenge (another
+    /// credential would not help), and never the key.
+    #[cfg(feature = "admin")]
+    #[track_caller]
+    fn assert_address_not_allowed(&self, key: &str) {
+        self.assert_problem(StatusCode::FORBIDDEN);
+        assert_eq!(self.json()["detail"], ADDRESS_DETAIL, "{}", self.body);
+        assert!(
+            self.header(WWW_AUTHENTICATE).is_none(),
+            "{:?}",
+            self.headers
+        );
+        assert!(!self.body.contains(key), "{}", self.body);
+        assert!(!self.body.contains(&key[weather::KEY_PREFIX.len()..]));
+    }
+
+    /// A 200 of `/v1/alerts.json` for `city`.
+    #[cfg(any(feature = "admin", feature = "jwks"))]
+    #[track_caller]
+    fn assert_alerts(&self, city: &str) {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
+        assert_eq!(self.header(CONTENT_TYPE), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["location"]["name"], city, "{body}");
+        assert!(body["alerts"]["alert"].is_array(), "{body}");
+    }
+
+    /// A 200 of `/v1/forecast.json` for `city`: the current weather and three days.
+    #[cfg(any(feature = "admin", feature = "jwks"))]
+    #[track_caller]
+    fn assert_forecast(&self, city: &str) {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
+        assert_eq!(self.header(CONTENT_TYPE), Some("application/json"));
+        let body = self.json();
+        assert_eq!(body["location"]["name"], city, "{body}");
+        assert!(body["current"]["temp_c"].is_f64(), "{body}");
+        let days = body["forecast"]["forecastday"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no forecast.forecastday: {body}"));
+        assert_eq!(days.len(), 3, "{body}");
+        for (i, day) in days.iter().enumerate() {
+            assert_eq!(day["day_offset"], i + 1, "{body}");
+            let (max, min) = (
+                day["day"]["maxtemp_c"].as_f64().expect("a maxtemp_c"),
+                day["day"]["mintemp_c"].as_f64().expect("a mintemp_c"),
+            );
+            assert!(min < max, "{body}");
+            assert!(day["day"]["condition"]["text"].is_string(), "{body}");
+        }
+    }
+}
+
+// --- OIDC_ISSUERS
+
+/// Claims of a token of an OpenID provider, valid for ten minutes: `iss`, `sub`, `aud` and the
+/// scopes, a string in `scope` or an array in `scp`.
+#[cfg(feature = "jwks")]
+fn oidc_claims(iss: &str, sub: &str, aud: &str, scopes: Value) -> Value {
+    let mut c = json!({ "iss": iss, "sub": sub, "aud": aud, "iat": now(), "exp": now() + 600 });
+    let claim = if scopes.is_array() { "scp" } else { "scope" };
+    c[claim] = scopes;
+    c
+}
+
+/// The variables that accept the tokens of `issuers` for the audience `weather`, over http.
+#[cfg(feature = "jwks")]
+fn oidc_vars(issuers: &str) -> Vec<(&'static str, &str)> {
+    vec![
+        ("OIDC_ISSUERS", issuers),
+        ("OIDC_AUDIENCE", "weather"),
+        ("OIDC_ALLOW_HTTP", "1"),
+    ]
+}
+
+/// `vars` and `more`.
+#[cfg(feature = "jwks")]
+fn with<'a>(vars: &[(&'a str, &'a str)], more: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    [vars, more].concat()
+}
+
+/// Provider A (the RSA key, an issuer with a path) and provider B (the EC key, an issuer with a
+/// trailing slash), each serving its document and its keys at `/jwks`.
+#[cfg(feature = "jwks")]
+struct Providers {
+    a: Provider,
+    a_iss: String,
+    b: Provider,
+    b_iss: String,
+}
+
+#[cfg(feature = "jwks")]
+impl Providers {
+    async fn start() -> Self {
+        let (a, a_iss) = Provider::serving("/realms/a", &[&a1()]).await;
+        let (b, b_iss) = Provider::serving("/", &[&b1()]).await;
+        Self { a, a_iss, b, b_iss }
+    }
+
+    /// Both, as `OIDC_ISSUERS` lists them.
+    fn issuers(&self) -> String {
+        format!("{} {}", self.a_iss, self.b_iss)
+    }
+}
+
+#[cfg(feature = "jwks")]
+#[tokio::test]
+async fn tokens_of_two_oidc_issuers_work_beside_keys_and_minted_tokens() {
+    use keygate::jwt::Algorithm;
+
+    let p = Providers::start().await;
+    let issuers = p.issuers();
+    let server = Server::start(&with(
+        &oidc_vars(&issuers),
+        &[("JWT_SECRET", SECRET), ("RATE_LIMIT", "100/s")],
+    ))
+    .await;
+    // Both were discovered at start: each document (under the issuer's path), then its keys.
+    assert_eq!(
+        p.a.document_paths(),
+        ["/realms/a/.well-known/openid-configuration"]
+    );
+    assert_eq!(p.b.document_paths(), ["/.well-known/openid-configuration"]);
+    assert_eq!((p.a.jwks_hits("/jwks"), p.b.jwks_hits("/jwks")), (1, 1));
+
+    // A token of each: A's made byte for byte (RS256), B's by TokenIssuer (ES256).
+    let alice = a1().craft(
+        None,
+        &oidc_claims(&p.a_iss, "alice", "weather", json!("weather:read")),
+    );
+    let bob = b1()
+        .issuer(&p.b_iss, "weather")
+        .issue("bob", [weather::SCOPE])
+        .unwrap()
+        .access_token;
+    for (token, id) in [(&alice, "alice"), (&bob, "bob")] {
+        server
+            .get_bearer("/v1/current.json?q=London", token)
+            .await
+            .assert_weather("London");
+        let me = server.get_bearer("/v1/me", token).await;
+        assert_eq!(me.status, StatusCode::OK, "{id}: {}", me.body);
+        let me = me.json();
+        assert_eq!(me["id"], id, "{me}");
+        assert_eq!(me["kind"], "jwt", "{me}");
+        assert_eq!(me["scopes"], json!(["weather:read"]), "{me}");
+        // Only an API key mints tokens.
+        let bearer = format!("Bearer {token}");
+        server
+            .post("/v1/token", &[("authorization", &bearer)])
+            .await
+            .assert_problem(StatusCode::FORBIDDEN);
+    }
+
+    // Scopes in an `scp` array, and the routes' scope expressions over them.
+    let carol = a1().craft(
+        None,
+        &oidc_claims(
+            &p.a_iss,
+            "carol",
+            "weather",
+            json!(["weather:read", "alerts:read"]),
+        ),
+    );
+    server
+        .get_bearer("/v1/current.json?q=London", &carol)
+        .await
+        .assert_weather("London");
+    let me = server.get_bearer("/v1/me", &carol).await.json();
+    let mut scopes: Vec<&str> = me["scopes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{me}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    scopes.sort_unstable();
+    assert_eq!(scopes, ["alerts:read", "weather:read"], "{me}");
+    server
+        .get_bearer("/v1/alerts.json?q=London", &carol)
+        .await
+        .assert_alerts("London");
+    server
+        .get_bearer("/v1/forecast.json?q=London", &carol)
+        .await
+        .assert_insufficient_scope(
+            "weather:read forecast:read",
+            r#"The credential lacks the scope "forecast:read"."#,
+        );
+    let dave = b1().craft(
+        None,
+        &oidc_claims(
+            &p.b_iss,
+            "dave",
+            "weather",
+            json!("weather:read forecast:read"),
+        ),
+    );
+    server
+        .get_bearer("/v1/forecast.json?q=London", &dave)
+        .await
+        .assert_forecast("London");
+    server
+        .get_bearer("/v1/alerts.json?q=London", &dave)
+        .await
+        .assert_insufficient_scope("alerts:read weather:admin", ALERTS_DETAIL);
+
+    // Refused with 401 invalid_token, the token never echoed.
+    let read = || json!("weather:read");
+    let mut no_aud = oidc_claims(&p.a_iss, "alice", "weather", read());
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let mut no_iss = oidc_claims(&p.a_iss, "alice", "weather", read());
+    no_iss.as_object_mut().unwrap().remove("iss");
+    let refused = [
+        (
+            "another audience, at A",
+            a1().craft(None, &oidc_claims(&p.a_iss, "alice", "billing", read())),
+        ),
+        (
+            "another audience, at B",
+            b1().issuer(&p.b_iss, "billing")
+                .issue("bob", [weather::SCOPE])
+                .unwrap()
+                .access_token,
+        ),
+        ("no audience", a1().craft(None, &no_aud)),
+        (
+            "A's iss, B's key and kid",
+            b1().craft(None, &oidc_claims(&p.a_iss, "alice", "weather", read())),
+        ),
+        (
+            "A's iss and kid, B's key",
+            b1().posing_as("a-1", Algorithm::ES256)
+                .craft(None, &oidc_claims(&p.a_iss, "alice", "weather", read())),
+        ),
+        (
+            "A's iss and kid, the attacker's key",
+            attacker().craft(None, &oidc_claims(&p.a_iss, "alice", "weather", read())),
+        ),
+        (
+            "B's iss and kid, A's key",
+            a1().posing_as("b-1", Algorithm::RS256)
+                .craft(None, &oidc_claims(&p.b_iss, "bob", "weather", read())),
+        ),
+        (
+            "A's iss, the service's own secret",
+            TokenIssuer::hmac(SECRET.as_bytes())
+                .issuer(p.a_iss.clone())
+                .audience("weather")
+                .issue("alice", [weather::SCOPE])
+                .unwrap()
+                .access_token,
+        ),
+        (
+            "an unknown iss",
+            a1().craft(
+                None,
+                &oidc_claims("http://127.0.0.1:1/realms/a", "alice", "weather", read()),
+            ),
+        ),
+        (
+            "B's issuer without its slash",
+            b1().craft(
+                None,
+                &oidc_claims(p.b_iss.trim_end_matches('/'), "bob", "weather", read()),
+            ),
+        ),
+        ("no iss, A's key", a1().craft(None, &no_iss)),
+    ];
+    for (why, token) in &refused {
+        for path in ["/v1/me", "/v1/current.json?q=London"] {
+            let reply = server.get_bearer(path, token).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{why}: {}",
+                reply.body
+            );
+            reply.assert_invalid_token();
+            assert!(
+                !reply.body.contains(token.as_str()),
+                "{why}: {}",
+                reply.body
+            );
+        }
+    }
+
+    // API keys, minted tokens and tokens signed with JWT_SECRET work as before.
+    let key = server.demo_key().to_owned();
+    server
+        .get("/v1/current.json?q=London", &[("x-api-key", &key)])
+        .await
+        .assert_weather("London");
+    let me = server.get("/v1/me", &[("x-api-key", &key)]).await.json();
+    assert_eq!(
+        (&me["id"], &me["kind"]),
+        (&json!("demo"), &json!("api_key"))
+    );
+    let minted = server.token_for(&key).await;
+    let me = server.get_bearer("/v1/me", &minted).await.json();
+    assert_eq!((&me["id"], &me["kind"]), (&json!("demo"), &json!("jwt")));
+    let ours = TokenIssuer::hmac(SECRET.as_bytes())
+        .issue("someone", [weather::SCOPE])
+        .unwrap()
+        .access_token;
+    let me = server.get_bearer("/v1/me", &ours).await.json();
+    assert_eq!((&me["id"], &me["kind"]), (&json!("someone"), &json!("jwt")));
+    // And the providers' tokens still do; B was never asked for its keys again.
+    let me = server.get_bearer("/v1/me", &alice).await;
+    assert_eq!(me.json()["id"], "alice", "{}", me.body);
+    assert_eq!(p.b.jwks_hits("/jwks"), 1);
+    server.stop().await;
+}
+
+/// What `services` says of these variables, which must not start.
+#[cfg(feature = "jwks")]
+async fn start_error(vars: &[(&str, &str)]) -> weather::ConfigError {
+    let config = config(vars).expect("a valid configuration");
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        weather::services(&config),
+    )
+    .await
+    .expect("services() ends within 20 s");
+    match started {
+        Ok(_) => panic!("{vars:?}: the service started"),
+        Err(e) => e,
+    }
+}
+
+/// Asserts that `e` is an `OIDC_ISSUERS` error naming `issuer`, and returns its text.
+#[cfg(feature = "jwks")]
+#[track_caller]
+fn oidc_error(e: &weather::ConfigError, issuer: &str) -> String {
+    assert!(matches!(e, weather::ConfigError::Oidc(_)), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("OIDC_ISSUERS: {issuer}: ")),
+        "{text}"
+    );
+    text
+}
+
+#[cfg(feature = "jwks")]
+#[tokio::test]
+async fn an_oidc_issuer_that_cannot_be_used_stops_the_start() {
+    let p = Providers::start().await;
+
+    // An http:// issuer without OIDC_ALLOW_HTTP=1: refused before any request.
+    for allow in [None, Some("0")] {
+        let mut vars = vec![
+            ("OIDC_ISSUERS", p.a_iss.as_str()),
+            ("OIDC_AUDIENCE", "weather"),
+        ];
+        vars.extend(allow.map(|a| ("OIDC_ALLOW_HTTP", a)));
+        let text = oidc_error(&start_error(&vars).await, &p.a_iss);
+        assert!(text.contains("https"), "{text}");
+    }
+    assert_eq!(p.a.hits(), 0, "no request to an http:// issuer not allowed");
+
+    // A document for another issuer than the one asked: its keys are never fetched, even after
+    // a good issuer.
+    let other = Provider::start().await;
+    let asked = other.url("/realms/a");
+    other.publish("/jwks", &[&a1()]);
+    other.document(&other.url("/realms/b"), "/jwks");
+    for issuers in [asked.clone(), format!("{} {asked}", p.b_iss)] {
+        let text = oidc_error(&start_error(&oidc_vars(&issuers)).await, &asked);
+        assert!(
+            text.contains(&format!("{:?}", other.url("/realms/b"))),
+            "{text}"
+        );
+    }
+    assert_eq!(other.jwks_hits("/jwks"), 0);
+    // The same issuer with a trailing slash the document does not have.
+    other.document(&asked, "/jwks");
+    let slashed = format!("{asked}/");
+    oidc_error(&start_error(&oidc_vars(&slashed)).await, &slashed);
+    assert_eq!(other.jwks_hits("/jwks"), 0);
+
+    // No document (404), a closed port, a document whose key set is not there.
+    let empty = Provider::start().await;
+    let nothing = empty.url("/realms/x");
+    let text = oidc_error(&start_error(&oidc_vars(&nothing)).await, &nothing);
+    assert!(text.contains("404"), "{text}");
+    let mut closed = Provider::start().await;
+    let gone = closed.url("/realms/a");
+    closed.down().await;
+    oidc_error(&start_error(&oidc_vars(&gone)).await, &gone);
+    let keyless = Provider::start().await;
+    let no_keys = keyless.url("/realms/k");
+    keyless.document(&no_keys, "/missing-jwks");
+    // (A key set that cannot be fetched is waited for, 10 s, in case it comes.)
+    let text = oidc_error(&start_error(&oidc_vars(&no_keys)).await, &no_keys);
+    assert!(text.contains("JWK set"), "{text}");
+
+    // And the good ones start.
+    let issuers = p.issuers();
+    let config = config(&oidc_vars(&issuers)).expect("a valid configuration");
+    assert!(weather::services(&config).await.is_ok());
+}
+
+#[test]
+fn oidc_configuration() {
+    let none = config(&[]).unwrap();
+    assert!(none.oidc_issuers.is_empty(), "{none:?}");
+    assert!(
+        none.oidc_audience.is_none() && !none.oidc_allow_http,
+        "{none:?}"
+    );
+
+    // One issuer twice (whatever the whitespace between), or JWT_ISSUER's: each must have one
+    // set of rules.
+    for (issuers, jwt_issuer) in [
+        ("https://a.example https://a.example", None),
+        (
+            "https://a.example\thttps://b.example  https://a.example",
+            None,
+        ),
+        (
+            "https://b.example https://a.example",
+            Some("https://a.example"),
+        ),
+    ] {
+        let mut vars = vec![("OIDC_ISSUERS", issuers), ("OIDC_AUDIENCE", "weather")];
+        vars.extend(jwt_issuer.map(|iss| ("JWT_ISSUER", iss)));
+        match config(&vars) {
+            Err(e @ weather::ConfigError::OidcDuplicate(_)) => {
+                let text = e.to_string();
+                assert!(text.starts_with("OIDC_ISSUERS "), "{text}");
+                assert!(text.contains(r#""https://a.example""#), "{text}");
+            }
+            other => panic!("{vars:?}: {other:?}"),
+        }
+    }
+    for bad in ["yes", "true", "2"] {
+        match config(&[("OIDC_ALLOW_HTTP", bad)]) {
+            Err(e @ weather::ConfigError::OidcAllowHttp(_)) => {
+                assert!(e.to_string().starts_with("OIDC_ALLOW_HTTP="), "{e}");
+            }
+            other => panic!("OIDC_ALLOW_HTTP={bad}: {other:?}"),
+        }
+    }
+
+    #[cfg(feature = "jwks")]
+    {
+        let c = config(&[
+            ("OIDC_ISSUERS", " https://a.example \n https://b.example/ "),
+            ("OIDC_AUDIENCE", " weather "),
+            ("OIDC_ALLOW_HTTP", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.oidc_issuers, ["https://a.example", "https://b.example/"]);
+        assert_eq!(c.oidc_audience.as_deref(), Some("weather"));
+        assert!(c.oidc_allow_http);
+        // Without an audience, a token its provider minted for any other service would pass.
+        for audience in [None, Some(""), Some("  ")] {
+            let mut vars = vec![("OIDC_ISSUERS", "https://a.example")];
+            vars.extend(audience.map(|a| ("OIDC_AUDIENCE", a)));
+            match config(&vars) {
+                Err(e @ weather::ConfigError::OidcAudience) => {
+                    assert!(e.to_string().contains("OIDC_AUDIENCE"), "{e}");
+                }
+                other => panic!("{vars:?}: {other:?}"),
+            }
+        }
+    }
+    // A build that cannot discover issuers refuses them rather than ignore them.
+    #[cfg(not(feature = "jwks"))]
+    {
+        let e = config(&[
+            ("OIDC_ISSUERS", "https://a.example"),
+            ("OIDC_AUDIENCE", "weather"),
+        ])
+        .unwrap_err();
+        assert!(matches!(e, weather::ConfigError::OidcFeature), "{e:?}");
+        assert!(e.to_string().contains("--features jwks"), "{e}");
+    }
+}
+
+// --- JWT_REQUIRE_TYP
+
+#[test]
+fn jwt_require_typ_configuration() {
+    assert!(config(&[]).unwrap().jwt_require_typ.is_none());
+    let c = config(&[("JWT_REQUIRE_TYP", " at+jwt ")]).unwrap();
+    assert_eq!(c.jwt_require_typ.as_deref(), Some("at+jwt"));
+    for bad in ["at jwt", "at+\"jwt", "at+jwt\\"] {
+        match config(&[("JWT_REQUIRE_TYP", bad)]) {
+            Err(e @ weather::ConfigError::RequireTyp(_)) => {
+                assert!(e.to_string().starts_with("JWT_REQUIRE_TYP="), "{e}");
+            }
+            other => panic!("JWT_REQUIRE_TYP={bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn jwt_require_typ_is_carried_by_minted_tokens_and_required_of_the_others() {
+    // Without it, minted tokens say JWT.
+    let plain = Server::start(&[("JWT_SECRET", SECRET)]).await;
+    let minted = plain.token_for(plain.demo_key()).await;
+    assert_eq!(jose_header(&minted)["typ"], "JWT");
+    plain.stop().await;
+
+    let server = Server::start(&[("JWT_SECRET", SECRET), ("JWT_REQUIRE_TYP", "at+jwt")]).await;
+    let key = server.demo_key().to_owned();
+    let token = server.token_for(&key).await;
+    let header = jose_header(&token);
+    assert_eq!(header["typ"], "at+jwt", "{header}");
+    assert_eq!(header["alg"], "HS256", "{header}");
+    assert_eq!(header["kid"], weather::DEFAULT_JWT_KID, "{header}");
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    assert_eq!(
+        (&me.json()["id"], &me.json()["kind"]),
+        (&json!("demo"), &json!("jwt"))
+    );
+    server
+        .get_bearer("/v1/current.json?q=Oslo", &token)
+        .await
+        .assert_weather("Oslo");
+
+    // Signed with JWT_SECRET, under the right kid, but of another type: 401.
+    let ours = TokenIssuer::hmac(SECRET.as_bytes()).kid(weather::DEFAULT_JWT_KID);
+    for typ in [None, Some("JWT"), Some("logout+jwt")] {
+        let issuer = match typ {
+            Some(typ) => ours.clone().typ(typ),
+            None => ours.clone(),
+        };
+        let other = issuer.issue("demo", [weather::SCOPE]).unwrap().access_token;
+        assert_eq!(jose_header(&other)["typ"], typ.unwrap_or("JWT"));
+        for path in ["/v1/me", "/v1/current.json?q=Oslo"] {
+            let reply = server.get_bearer(path, &other).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNAUTHORIZED,
+                "{typ:?}: {}",
+                reply.body
+            );
+            reply.assert_invalid_token();
+        }
+    }
+    // The same token typed at+jwt passes: the type was all that was wrong.
+    let typed = ours
+        .typ("at+jwt")
+        .issue("someone", [weather::SCOPE])
+        .unwrap()
+        .access_token;
+    let me = server.get_bearer("/v1/me", &typed).await;
+    assert_eq!(me.json()["id"], "someone", "{}", me.body);
+    // An API key has no type to check.
+    let me = server.get("/v1/me", &[("x-api-key", &key)]).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    server.stop().await;
+}
+
+#[cfg(feature = "jwks")]
+#[tokio::test]
+async fn jwt_require_typ_applies_to_the_oidc_issuers_tokens() {
+    let (_provider, iss) = Provider::serving("/realms/a", &[&a1()]).await;
+    let server = Server::start(&with(
+        &oidc_vars(&iss),
+        &[("JWT_REQUIRE_TYP", "at+jwt"), ("RATE_LIMIT", "100/s")],
+    ))
+    .await;
+    let claims = oidc_claims(&iss, "alice", "weather", json!("weather:read"));
+    // `at+jwt`, whatever its case, with or without `application/`.
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+        let me = server
+            .get_bearer("/v1/me", &a1().craft(Some(typ), &claims))
+            .await;
+        assert_eq!(me.status, StatusCode::OK, "{typ}: {}", me.body);
+        assert_eq!(me.json()["id"], "alice");
+    }
+    let issued = a1()
+        .issuer(&iss, "weather")
+        .typ("at+jwt")
+        .issue("alice", [weather::SCOPE])
+        .unwrap()
+        .access_token;
+    server
+        .get_bearer("/v1/current.json?q=Oslo", &issued)
+        .await
+        .assert_weather("Oslo");
+    // No typ, JWT (TokenIssuer's default too), another kind of token: 401.
+    let default_typ = a1()
+        .issuer(&iss, "weather")
+        .issue("alice", [weather::SCOPE])
+        .unwrap()
+        .access_token;
+    let mut refused = vec![default_typ];
+    for typ in [None, Some("JWT"), Some("logout+jwt")] {
+        refused.push(a1().craft(typ, &claims));
+    }
+    for token in &refused {
+        let reply = server.get_bearer("/v1/me", token).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{}", reply.body);
+        reply.assert_invalid_token();
+    }
+    server.stop().await;
+}
+
+// --- scope expressions: /v1/alerts.json (any of), /v1/forecast.json (all of)
+
+/// Creates a key through the admin API with this body and returns its plaintext.
+#[cfg(feature = "admin")]
+async fn create_key(server: &Server, body: Value) -> String {
+    let created = server
+        .send_json(
+            Method::POST,
+            "/admin/keys",
+            &[("x-api-key", ADMIN_KEY)],
+            &body,
+        )
+        .await;
+    assert_eq!(
+        created.status,
+        StatusCode::CREATED,
+        "{body}: {}",
+        created.body
+    );
+    created.json()["key"]
+        .as_str()
+        .expect("the key, once")
+        .to_owned()
+}
+
+/// Changes the record `id` through the admin API and returns it.
+#[cfg(feature = "admin")]
+async fn patch_key(server: &Server, id: &str, body: Value) -> Value {
+    let patched = server
+        .send_json(
+            Method::PATCH,
+            &format!("/admin/keys/{id}"),
+            &[("x-api-key", ADMIN_KEY)],
+            &body,
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{body}: {}", patched.body);
+    patched.json()
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn alerts_need_any_of_their_scopes_and_the_forecast_all_of_its() {
+    let server = Server::start(&[
+        ("ADMIN_API_KEY", ADMIN_KEY),
+        ("JWT_SECRET", SECRET),
+        ("RATE_LIMIT", "100/s"),
+    ])
+    .await;
+    const BOTH: &str = r#"The credential lacks the scopes "weather:read" and "forecast:read"."#;
+    const NO_FORECAST: &str = r#"The credential lacks the scope "forecast:read"."#;
+    const NO_READ: &str = r#"The credential lacks the scope "weather:read"."#;
+    // Each key's scopes, and what it gets from the alerts and from the forecast: 200, or the
+    // detail of its 403.
+    let cases = [
+        ("alerts", json!(["alerts:read"]), None, Some(BOTH)),
+        ("admin", json!(["weather:admin"]), None, Some(BOTH)),
+        (
+            "reader",
+            json!(["weather:read"]),
+            Some(ALERTS_DETAIL),
+            Some(NO_FORECAST),
+        ),
+        (
+            "forecaster",
+            json!(["weather:read", "forecast:read"]),
+            Some(ALERTS_DETAIL),
+            None,
+        ),
+        (
+            "forecast-only",
+            json!(["forecast:read"]),
+            Some(ALERTS_DETAIL),
+            Some(NO_READ),
+        ),
+        ("nothing", json!([]), Some(ALERTS_DETAIL), Some(BOTH)),
+    ];
+    for (id, scopes, alerts, forecast) in cases {
+        let key = create_key(
+            &server,
+            json!({"owner": "acme", "id": id, "scopes": scopes}),
+        )
+        .await;
+        // The key, and a token minted for it, which carries the key's scopes.
+        let token = server.token_for(&key).await;
+        let bearer = format!("Bearer {token}");
+        for headers in [
+            [("x-api-key", key.as_str())],
+            [("authorization", bearer.as_str())],
+        ] {
+            let reply = server.get("/v1/alerts.json?q=Oslo", &headers).await;
+            match alerts {
+                None => reply.assert_alerts("Oslo"),
+                Some(detail) => {
+                    reply.assert_insufficient_scope("alerts:read weather:admin", detail)
+                }
+            }
+            let reply = server.get("/v1/forecast.json?q=Oslo", &headers).await;
+            match forecast {
+                None => reply.assert_forecast("Oslo"),
+                Some(detail) => {
+                    reply.assert_insufficient_scope("weather:read forecast:read", detail);
+                }
+            }
+            assert!(!reply.body.contains(&key) && !reply.body.contains(&token));
+        }
+    }
+
+    // The forecast's current weather is the current weather's.
+    let forecaster = create_key(
+        &server,
+        json!({"owner": "acme", "id": "all-scopes", "scopes": weather::SCOPES_SUPPORTED}),
+    )
+    .await;
+    let headers = [("x-api-key", forecaster.as_str())];
+    let forecast = server.get("/v1/forecast.json?q=Oslo", &headers).await;
+    forecast.assert_forecast("Oslo");
+    let current = server.get("/v1/current.json?q=Oslo", &headers).await.json();
+    assert_eq!(forecast.json()["current"], current["current"]);
+    assert_eq!(forecast.json()["location"], current["location"]);
+    // Deterministic, and another city has another forecast.
+    assert_eq!(
+        server.get("/v1/forecast.json?q=Oslo", &headers).await.body,
+        forecast.body
+    );
+    let lima = server.get("/v1/forecast.json?q=Lima", &headers).await;
+    lima.assert_forecast("Lima");
+    assert_ne!(lima.json()["forecast"], forecast.json()["forecast"]);
+    // `q` is required here too.
+    server
+        .get("/v1/forecast.json", &headers)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+    server
+        .get("/v1/alerts.json?q=", &headers)
+        .await
+        .assert_problem(StatusCode::BAD_REQUEST);
+
+    // A scope added through the admin API opens the alerts to the key at once; the token
+    // minted before the change is revoked, a new one carries the new scope.
+    let reader = create_key(
+        &server,
+        json!({"owner": "acme", "id": "reader-2", "scopes": ["weather:read"]}),
+    )
+    .await;
+    let old_token = server.token_for(&reader).await;
+    let record = patch_key(
+        &server,
+        "reader-2",
+        json!({"scopes": ["weather:read", "alerts:read"]}),
+    )
+    .await;
+    assert_eq!(
+        record["scopes"],
+        json!(["alerts:read", "weather:read"]),
+        "{record}"
+    );
+    server
+        .get("/v1/alerts.json?q=Oslo", &[("x-api-key", &reader)])
+        .await
+        .assert_alerts("Oslo");
+    server
+        .get_bearer("/v1/alerts.json?q=Oslo", &old_token)
+        .await
+        .assert_invalid_token();
+    let new_token = server.token_for(&reader).await;
+    server
+        .get_bearer("/v1/alerts.json?q=Oslo", &new_token)
+        .await
+        .assert_alerts("Oslo");
+    server.stop().await;
+}
+
+// --- allowed_ips and TRUSTED_PROXIES
+
+#[test]
+fn trusted_proxies_configuration() {
+    assert!(config(&[]).unwrap().trusted_proxies.is_empty());
+    assert!(
+        config(&[("TRUSTED_PROXIES", "  ")])
+            .unwrap()
+            .trusted_proxies
+            .is_empty()
+    );
+    let c = config(&[("TRUSTED_PROXIES", "10.0.0.0/8, ::1,192.0.2.7")]).unwrap();
+    let proxies = &c.trusted_proxies;
+    assert_eq!(proxies.len(), 3, "{proxies:?}");
+    for (addr, trusted) in [
+        ("10.1.2.3", true),
+        ("::1", true),
+        ("192.0.2.7", true),
+        ("192.0.2.8", false),
+        ("11.0.0.1", false),
+        ("127.0.0.1", false),
+    ] {
+        assert_eq!(proxies.contains(addr.parse().unwrap()), trusted, "{addr}");
+    }
+    for (bad, named) in [
+        ("nonsense", "nonsense"),
+        ("10.0.0.0/8, bogus", "bogus"),
+        ("10.0.0.0/33", "10.0.0.0/33"),
+    ] {
+        match config(&[("TRUSTED_PROXIES", bad)]) {
+            Err(e @ weather::ConfigError::TrustedProxies(_)) => {
+                let text = e.to_string();
+                assert!(text.starts_with("TRUSTED_PROXIES: "), "{text}");
+                assert!(text.contains(named), "{text}");
+            }
+            other => panic!("TRUSTED_PROXIES={bad:?}: {other:?}"),
+        }
+    }
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn a_keys_allowed_ips_are_checked_against_the_tcp_peer() {
+    let server = Server::start(&[("ADMIN_API_KEY", ADMIN_KEY), ("RATE_LIMIT", "100/s")]).await;
+    let key_of = |id: &str, allowed_ips: Value| json!({"owner": "acme", "id": id, "scopes": [weather::SCOPE], "allowed_ips": allowed_ips});
+    // The server sees the connection's peer, 127.0.0.1.
+    let loopback = create_key(&server, key_of("loopback", json!(["127.0.0.0/8"]))).await;
+    server
+        .get("/v1/current.json?q=Oslo", &[("x-api-key", &loopback)])
+        .await
+        .assert_weather("Oslo");
+
+    let remote = create_key(&server, key_of("remote", json!(["203.0.113.0/24"]))).await;
+    let headers = [("x-api-key", remote.as_str())];
+    for path in ["/v1/current.json?q=Oslo", "/v1/me", "/v1/quota"] {
+        server
+            .get(path, &headers)
+            .await
+            .assert_address_not_allowed(&remote);
+    }
+    // Nor a token for it.
+    server
+        .post("/v1/token", &headers)
+        .await
+        .assert_address_not_allowed(&remote);
+    // From a peer that is no trusted proxy, forwarding headers change nothing: neither for the
+    // key they would let in, nor for the key they would keep out.
+    for forged in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-for", "127.0.0.1, 203.0.113.9"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        server
+            .get("/v1/me", &[headers[0], forged])
+            .await
+            .assert_address_not_allowed(&remote);
+        server
+            .get(
+                "/v1/current.json?q=Oslo",
+                &[("x-api-key", &loopback), forged],
+            )
+            .await
+            .assert_weather("Oslo");
+    }
+
+    // PATCH adds the loopback address: the key works at once.
+    let record = patch_key(
+        &server,
+        "remote",
+        json!({"allowed_ips": ["203.0.113.0/24", "127.0.0.1/32"]}),
+    )
+    .await;
+    assert_eq!(
+        record["allowed_ips"],
+        json!(["127.0.0.1/32", "203.0.113.0/24"]),
+        "{record}"
+    );
+    server
+        .get("/v1/current.json?q=Oslo", &headers)
+        .await
+        .assert_weather("Oslo");
+    // No token for a key bound to addresses: the token would work from anywhere.
+    let refused = server.post("/v1/token", &headers).await;
+    refused.assert_problem(StatusCode::FORBIDDEN);
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not issued for keys limited to some client addresses"),
+        "{}",
+        refused.body
+    );
+    // A token minted before the key got its allowlist is revoked when it does.
+    let later = create_key(&server, key_of("later", Value::Null)).await;
+    let token = server.token_for(&later).await;
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+    patch_key(&server, "later", json!({"allowed_ips": ["203.0.113.0/24"]})).await;
+    let me = server.get_bearer("/v1/me", &token).await;
+    assert_eq!(me.status, StatusCode::UNAUTHORIZED, "{}", me.body);
+    server
+        .get("/v1/me", &[("x-api-key", &later)])
+        .await
+        .assert_address_not_allowed(&later);
+
+    // IPv6 loopback only: not the IPv4 one.
+    let v6 = create_key(&server, key_of("v6-only", json!(["::1/128"]))).await;
+    server
+        .get("/v1/me", &[("x-api-key", &v6)])
+        .await
+        .assert_address_not_allowed(&v6);
+    // `null`: from anywhere.
+    let record = patch_key(&server, "v6-only", json!({"allowed_ips": null})).await;
+    assert_eq!(record["allowed_ips"], Value::Null, "{record}");
+    let me = server.get("/v1/me", &[("x-api-key", &v6)]).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.body);
+
+    // Entries that are not networks: 400 naming the entry, and nothing created or changed
+    // (the record shows its networks normalised and sorted).
+    for (bad, entry) in [
+        (json!(["203.0.113.0/33"]), "allowed_ips[0]"),
+        (json!(["127.0.0.1", "not-an-address"]), "allowed_ips[1]"),
+        (json!(["10.0.0.0/8/8"]), "allowed_ips[0]"),
+        (json!([]), "allowed_ips"),
+    ] {
+        let created = server
+            .send_json(
+                Method::POST,
+                "/admin/keys",
+                &[("x-api-key", ADMIN_KEY)],
+                &key_of("bad", bad.clone()),
+            )
+            .await;
+        created.assert_problem(StatusCode::BAD_REQUEST);
+        assert!(
+            created.json()["detail"].as_str().unwrap().contains(entry),
+            "{bad}: {}",
+            created.body
+        );
+        let patched = server
+            .send_json(
+                Method::PATCH,
+                "/admin/keys/remote",
+                &[("x-api-key", ADMIN_KEY)],
+                &json!({"allowed_ips": bad}),
+            )
+            .await;
+        patched.assert_problem(StatusCode::BAD_REQUEST);
+    }
+    server
+        .get("/admin/keys/bad", &[("x-api-key", ADMIN_KEY)])
+        .await
+        .assert_problem(StatusCode::NOT_FOUND);
+    let read = server
+        .get("/admin/keys/remote", &[("x-api-key", ADMIN_KEY)])
+        .await;
+    assert_eq!(
+        read.json()["allowed_ips"],
+        json!(["127.0.0.1/32", "203.0.113.0/24"]),
+        "{}",
+        read.body
+    );
+    server.stop().await;
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn through_a_trusted_proxy_the_forwarded_client_is_checked() {
+    let server = Server::start(&[
+        ("ADMIN_API_KEY", ADMIN_KEY),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("RATE_LIMIT", "100/s"),
+    ])
+    .await;
+    let remote = create_key(
+        &server,
+        json!({"owner": "acme", "id": "remote", "scopes": [weather::SCOPE],
+               "allowed_ips": ["203.0.113.0/24"]}),
+    )
+    .await;
+    let loopback = create_key(
+        &server,
+        json!({"owner": "acme", "id": "loopback", "scopes": [weather::SCOPE],
+               "allowed_ips": ["127.0.0.0/8"]}),
+    )
+    .await;
+    let key = ("x-api-key", remote.as_str());
+    // The client is the right-most forwarded address that is not a trusted proxy.
+    for forwarded in [
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-forwarded-for", "198.51.100.1, 203.0.113.9"),
+        ("x-forwarded-for", "203.0.113.9, 127.0.0.1"),
+        ("forwarded", "for=203.0.113.9"),
+    ] {
+        server
+            .get("/v1/current.json?q=Oslo", &[key, forwarded])
+            .await
+            .assert_weather("Oslo");
+    }
+    for forwarded in [
+        ("x-forwarded-for", "198.51.100.1"),
+        // What the client wrote on the left; the proxy appended the address it saw.
+        ("x-forwarded-for", "203.0.113.9, 198.51.100.1"),
+        ("forwarded", "for=198.51.100.1"),
+    ] {
+        server
+            .get("/v1/current.json?q=Oslo", &[key, forwarded])
+            .await
+            .assert_address_not_allowed(&remote);
+    }
+    // Without a forwarding header the client is the proxy itself.
+    server
+        .get("/v1/current.json?q=Oslo", &[key])
+        .await
+        .assert_address_not_allowed(&remote);
+    let loopback = ("x-api-key", loopback.as_str());
+    server
+        .get("/v1/current.json?q=Oslo", &[loopback])
+        .await
+        .assert_weather("Oslo");
+    // The loopback key used by a client behind the proxy is used from that client.
+    server
+        .get(
+            "/v1/current.json?q=Oslo",
+            &[loopback, ("x-forwarded-for", "203.0.113.9")],
+        )
+        .await
+        .assert_address_not_allowed(loopback.1);
+    server.stop().await;
+}
+
+// --- RESOURCE_METADATA
+
+#[test]
+fn resource_metadata_configuration() {
+    assert!(!config(&[]).unwrap().resource_metadata);
+    assert!(
+        !config(&[("RESOURCE_METADATA", "0")])
+            .unwrap()
+            .resource_metadata
+    );
+    assert!(
+        config(&[("RESOURCE_METADATA", " 1 ")])
+            .unwrap()
+            .resource_metadata
+    );
+    match config(&[("RESOURCE_METADATA", "yes")]) {
+        Err(e @ weather::ConfigError::ResourceMetadata(_)) => {
+            assert!(
+                e.to_string().starts_with("RESOURCE_METADATA=\"yes\""),
+                "{e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The `resource_metadata` parameter of `server`'s challenges.
+fn metadata_param(server: &Server) -> String {
+    format!(
+        r#"resource_metadata="http://{}/.well-known/oauth-protected-resource""#,
+        server.addr
+    )
+}
+
+/// The challenges of `server` for: no credential, an unknown key, two credentials, the demo
+/// key on the alerts and on the forecast (which it lacks the scopes of), and a token minted
+/// for it on the alerts.
+async fn challenges(server: &Server) -> Vec<(String, StatusCode, Option<String>)> {
+    let key = server.demo_key();
+    let token = server.token_for(key).await;
+    let two = format!("/v1/current.json?key={key}&q=Oslo");
+    let cases = [
+        ("no credential", "/v1/current.json?q=Oslo", vec![]),
+        ("no credential, /v1/quota", "/v1/quota", vec![]),
+        (
+            "an unknown key",
+            "/v1/me",
+            vec![("x-api-key", "nobody-knows-this-key")],
+        ),
+        ("two credentials", two.as_str(), vec![("x-api-key", key)]),
+        (
+            "the alerts",
+            "/v1/alerts.json?q=Oslo",
+            vec![("x-api-key", key)],
+        ),
+        (
+            "the forecast",
+            "/v1/forecast.json?q=Oslo",
+            vec![("x-api-key", key)],
+        ),
+        ("a token on the alerts", "/v1/alerts.json?q=Oslo", vec![]),
+    ];
+    let mut out = Vec::new();
+    for (what, path, headers) in cases {
+        let reply = if what.starts_with("a token") {
+            server.get_bearer(path, &token).await
+        } else {
+            server.get(path, &headers).await
+        };
+        out.push((
+            what.to_owned(),
+            reply.status,
+            reply.header(WWW_AUTHENTICATE).map(str::to_owned),
+        ));
+    }
+    out
+}
+
+/// What [`challenges`] finds, without `resource_metadata`.
+fn plain_challenges() -> Vec<(StatusCode, String)> {
+    let alerts = insufficient_scope("alerts:read weather:admin");
+    vec![
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="weather""#.to_owned(),
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="weather""#.to_owned(),
+        ),
+        (
+            StatusCode::UNAUTHORIZED,
+            r#"Bearer realm="weather", error="invalid_token""#.to_owned(),
+        ),
+        (
+            StatusCode::BAD_REQUEST,
+            r#"Bearer realm="weather", error="invalid_request""#.to_owned(),
+        ),
+        (StatusCode::FORBIDDEN, alerts.clone()),
+        (
+            StatusCode::FORBIDDEN,
+            insufficient_scope("weather:read forecast:read"),
+        ),
+        (StatusCode::FORBIDDEN, alerts),
+    ]
+}
+
+#[tokio::test]
+async fn resource_metadata_is_served_and_named_in_every_challenge() {
+    let server = Server::start(&[("RESOURCE_METADATA", "1")]).await;
+    // No credential needed, not rate limited.
+    let doc = server
+        .get("/.well-known/oauth-protected-resource", &[])
+        .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.body);
+    assert_eq!(doc.header(CONTENT_TYPE), Some("application/json"));
+    assert!(doc.header("ratelimit").is_none(), "{:?}", doc.headers);
+    let body = doc.json();
+    assert_eq!(
+        body["resource"],
+        format!("http://{}", server.addr),
+        "{body}"
+    );
+    assert!(body.get("authorization_servers").is_none(), "{body}");
+    let mut scopes: Vec<&str> = body["scopes_supported"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    scopes.sort_unstable();
+    assert_eq!(
+        scopes,
+        [
+            "alerts:read",
+            "forecast:read",
+            "weather:admin",
+            "weather:read"
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        body["bearer_methods_supported"],
+        json!(["header"]),
+        "{body}"
+    );
+    assert_eq!(body["resource_name"], "Weather API", "{body}");
+    // With a key, the same document.
+    let key = server.demo_key().to_owned();
+    let with_key = server
+        .get(
+            "/.well-known/oauth-protected-resource",
+            &[("x-api-key", &key)],
+        )
+        .await;
+    assert_eq!(with_key.json(), body);
+
+    let param = metadata_param(&server);
+    let found = challenges(&server).await;
+    for ((what, status, challenge), (want_status, want)) in found.iter().zip(plain_challenges()) {
+        assert_eq!(*status, want_status, "{what}");
+        assert_eq!(
+            challenge.as_deref(),
+            Some(format!("{want}, {param}").as_str()),
+            "{what}"
+        );
+    }
+    // A request that succeeds has no challenge.
+    let ok = server.get("/v1/me", &[("x-api-key", &key)]).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    assert!(ok.header(WWW_AUTHENTICATE).is_none());
+    server.stop().await;
+
+    // Without RESOURCE_METADATA: no document, no parameter.
+    let plain = Server::start(&[]).await;
+    let doc = plain
+        .get("/.well-known/oauth-protected-resource", &[])
+        .await;
+    assert_eq!(doc.status, StatusCode::NOT_FOUND, "{}", doc.body);
+    let found = challenges(&plain).await;
+    for ((what, status, challenge), (want_status, want)) in found.iter().zip(plain_challenges()) {
+        assert_eq!(*status, want_status, "{what}");
+        assert_eq!(challenge.as_deref(), Some(want.as_str()), "{what}");
+    }
+    plain.stop().await;
+}
+
+#[cfg(feature = "admin")]
+#[tokio::test]
+async fn the_admin_apis_challenges_name_the_resource_metadata_too() {
+    let server = Server::start(&[("RESOURCE_METADATA", "1"), ("ADMIN_API_KEY", ADMIN_KEY)]).await;
+    let param = metadata_param(&server);
+    let reply = server.get("/admin/keys?owner=acme", &[]).await;
+    reply.assert_problem(StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(format!(r#"Bearer realm="weather-admin", {param}"#).as_str())
+    );
+    let reply = server
+        .get(
+            "/admin/keys?owner=acme",
+            &[("x-api-key", server.demo_key())],
+        )
+        .await;
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(format!(r#"Bearer realm="weather-admin", error="invalid_token", {param}"#).as_str())
+    );
+    server.stop().await;
+}
+
+#[cfg(feature = "jwks")]
+#[tokio::test]
+async fn the_resource_metadata_names_the_oidc_issuers() {
+    let p = Providers::start().await;
+    let issuers = p.issuers();
+    let server = Server::start(&with(&oidc_vars(&issuers), &[("RESOURCE_METADATA", "1")])).await;
+    let doc = server
+        .get("/.well-known/oauth-protected-resource", &[])
+        .await;
+    assert_eq!(doc.status, StatusCode::OK, "{}", doc.body);
+    let body = doc.json();
+    assert_eq!(
+        body["resource"],
+        format!("http://{}", server.addr),
+        "{body}"
+    );
+    assert_eq!(
+        body["authorization_servers"],
+        json!([p.a_iss, p.b_iss]),
+        "{body}"
+    );
+    assert_eq!(
+        body["scopes_supported"].as_array().map(Vec::len),
+        Some(4),
+        "{body}"
+    );
+
+    // The challenges for the providers' tokens point to it as well.
+    let param = metadata_param(&server);
+    let reader = a1().craft(
+        None,
+        &oidc_claims(&p.a_iss, "alice", "weather", json!("weather:read")),
+    );
+    let reply = server.get_bearer("/v1/alerts.json?q=Oslo", &reader).await;
+    reply.assert_problem(StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(
+            format!(
+                "{}, {param}",
+                insufficient_scope("alerts:read weather:admin")
+            )
+            .as_str()
+        )
+    );
+    let elsewhere = b1().craft(
+        None,
+        &oidc_claims(&p.b_iss, "bob", "billing", json!("weather:read")),
+    );
+    let reply = server.get_bearer("/v1/me", &elsewhere).await;
+    reply.assert_problem(StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.header(WWW_AUTHENTICATE),
+        Some(format!(r#"Bearer realm="weather", error="invalid_token", {param}"#).as_str())
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unusable_proxy_list_or_issuer_stops_the_process_with_exit_1() {
+    let (code, stdout, stderr) = run_example(&[("TRUSTED_PROXIES", "10.0.0.0/8, nonsense")]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: TRUSTED_PROXIES: \"nonsense\" is not an address or a CIDR such as 10.0.0.0/8\n"
+    );
+    assert!(!stdout.contains("listening on"), "{stdout}");
+
+    // An issuer is discovered before the service listens: one whose document names another
+    // issuer stops it.
+    #[cfg(feature = "jwks")]
+    {
+        let provider = Provider::start().await;
+        let asked = provider.url("/realms/a");
+        provider.publish("/jwks", &[&a1()]);
+        provider.document(&provider.url("/realms/b"), "/jwks");
+        let mut vars = oidc_vars(&asked);
+        vars.push(("RUST_LOG", "off"));
+        let (code, stdout, stderr) = run_example(&vars).await;
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.starts_with(&format!("error: OIDC_ISSUERS: {asked}: ")),
+            "{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(!stdout.contains("listening on"), "{stdout}");
+        assert_eq!(
+            provider.document_hits(),
+            1,
+            "the child asked for the document"
+        );
+        assert_eq!(provider.jwks_hits("/jwks"), 0);
+    }
+}
+
+/// `GET /v1/echo` shows the header names and the raw query the handler saw; with
+/// `STRIP_CREDENTIAL=1` the credential is gone from both, whatever carried it, and the rest of
+/// the query is unchanged byte for byte.
+#[tokio::test]
+async fn echo_shows_what_the_handler_saw_and_strip_credential_hides_the_credential() {
+    let names = |reply: &Reply| -> Vec<String> {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+        reply.json()["headers"]
+            .as_array()
+            .expect("a list of header names")
+            .iter()
+            .map(|n| n.as_str().expect("a name").to_owned())
+            .collect()
+    };
+    let query = |reply: &Reply| reply.json()["query"].as_str().unwrap().to_owned();
+    let rest = "a=1&b=%26x%3D&c=d+e&a=2&&empty=";
+
+    let plain = Server::start(&[]).await;
+    let key = plain.demo_key().to_owned();
+    let seen = plain
+        .get("/v1/echo?a=1", &[("x-api-key", &key), ("x-extra", "1")])
+        .await;
+    let seen_names = names(&seen);
+    assert!(
+        seen_names.iter().any(|n| n == "x-api-key"),
+        "{seen_names:?}"
+    );
+    assert!(seen_names.iter().any(|n| n == "x-extra"), "{seen_names:?}");
+    assert!(seen_names.iter().all(|n| *n == n.to_lowercase()));
+    assert_eq!(query(&seen), "a=1");
+    let seen = plain.get(&format!("/v1/echo?key={key}&{rest}"), &[]).await;
+    assert_eq!(query(&seen), format!("key={key}&{rest}"));
+    plain.stop().await;
+
+    let server = Server::start(&[("STRIP_CREDENTIAL", "1")]).await;
+    let key = server.demo_key().to_owned();
+    // In the middle, first and last of the query, and alone.
+    for (sent, kept) in [
+        (
+            format!("a=1&key={key}&b=%26x%3D&c=d+e&a=2&&empty="),
+            rest.to_owned(),
+        ),
+        (format!("key={key}&{rest}"), rest.to_owned()),
+        (format!("{rest}&key={key}"), rest.to_owned()),
+        (format!("key={key}"), String::new()),
+    ] {
+        let seen = server
+            .get(&format!("/v1/echo?{sent}"), &[("x-extra", "1")])
+            .await;
+        assert_eq!(query(&seen), kept, "{sent}");
+        assert!(!seen.body.contains(&key), "{}", seen.body);
+        assert!(names(&seen).iter().any(|n| n == "x-extra"));
+    }
+    // In a header, as a key or as a bearer token, and a minted token.
+    let token = server.token_for(&key).await;
+    for (name, value) in [
+        ("x-api-key", key.clone()),
+        ("authorization", format!("Bearer {key}")),
+        ("authorization", format!("Bearer {token}")),
+    ] {
+        let seen = server
+            .get(
+                &format!("/v1/echo?{rest}"),
+                &[(name, &value), ("x-extra", "1")],
+            )
+            .await;
+        let seen_names = names(&seen);
+        assert!(!seen_names.iter().any(|n| n == name), "{seen_names:?}");
+        assert!(seen_names.iter().any(|n| n == "x-extra"), "{seen_names:?}");
+        assert_eq!(query(&seen), rest);
+        assert!(!seen.body.contains(&key) && !seen.body.contains(&token));
+    }
+    // Not authenticated: 401, and the handler never sees the request.
+    server
+        .get(&format!("/v1/echo?{rest}"), &[])
+        .await
+        .assert_problem(StatusCode::UNAUTHORIZED);
+    server.stop().await;
 }

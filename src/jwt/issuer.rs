@@ -42,6 +42,10 @@ pub enum IssueError {
     /// The extra claims do not serialise to a JSON object.
     #[error("extra claims must serialise to a JSON object")]
     ExtraNotAnObject,
+    /// [`TokenIssuer::issue_for`] a caller whose key may be used from some addresses only
+    /// (`allowed_ips`): the token would not carry the list, and would work from anywhere.
+    #[error("no token is issued for a key limited to some client addresses")]
+    AddressBound,
 }
 
 /// The claims the issuer writes, and those a verifier reads as scopes: none may come from the
@@ -294,7 +298,15 @@ impl TokenIssuer {
     /// let p = verifier.verify(&token.access_token).unwrap();
     /// assert_eq!((p.id(), p.tier()), ("key_1", Some("gold")));
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`IssueError::AddressBound`] for a caller whose key may be used from some addresses
+    /// only: a token carries no address list, so it would work from anywhere.
     pub fn issue_for(&self, principal: &crate::Principal) -> Result<IssuedToken, IssueError> {
+        if principal.is_address_bound() {
+            return Err(IssueError::AddressBound);
+        }
         let mut claims = serde_json::Map::new();
         if let (Some(claim), Some(tier)) = (&self.tier_claim, principal.tier()) {
             claims.insert(claim.clone(), tier.into());

@@ -368,8 +368,12 @@ impl<M: KeyManager, R: SubjectRevoker> KeyManager for RevokeMintedTokens<M, R> {
             // as they were when it was minted: new ones apply to tokens minted from now on, and
             // the older tokens are revoked. A new count of credits for a key that had credits
             // already changes nothing its tokens carry.
-            let mut reshapes =
-                update.scopes.is_some() || update.quota.is_some() || update.tier.is_some();
+            // Tokens carry no address list: a key's tokens minted before its allowlist was set
+            // or changed would work from anywhere, so they go too.
+            let mut reshapes = update.scopes.is_some()
+                || update.quota.is_some()
+                || update.tier.is_some()
+                || update.allowed_ips.is_some();
             let current = if update.status == Some(KeyStatus::Active) || update.credits.is_some() {
                 self.keys.get(&id).await?
             } else {

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+#[cfg(feature = "jwks")]
+pub mod oidc_provider;
 pub mod proxy;
 
 use std::fmt::Debug;
