@@ -187,6 +187,13 @@ impl OidcProvider {
     }
 
     /// A verifier of this provider's keys that accepts only tokens whose `iss` is its issuer.
+    ///
+    /// Give it an [`audience`](JwtVerifier::audience): a provider signs tokens for every
+    /// client it serves with the same keys, so without one this verifier accepts tokens minted
+    /// for other services of the provider (and ID tokens, unless
+    /// [`require_typ`](JwtVerifier::require_typ) asks for `at+jwt`). With several issuers,
+    /// consider a [`subject_prefix`](JwtVerifier::subject_prefix), so that its subjects cannot
+    /// share limits with those of another issuer or with API keys of the same id.
     pub fn verifier(&self) -> JwtVerifier {
         JwtVerifier::new(self.clone()).issuer([self.inner.issuer.clone()])
     }
@@ -218,7 +225,9 @@ impl OidcBuilder {
         self
     }
 
-    /// Fetches with this client (document and key set), instead of keygate's own.
+    /// Fetches with this client (document and key set), instead of keygate's own. keygate's own
+    /// follows at most 5 redirects and never from `https` to `http`; a client of your own
+    /// follows its own redirect policy, so give it one that does not downgrade either.
     pub fn http_client(mut self, client: reqwest::Client) -> Self {
         self.client = Some(client);
         self

@@ -189,6 +189,8 @@ struct Config {
     issuers: Option<Vec<String>>,
     /// The one `typ` accepted (lower case, without `application/`); `None`: lenient.
     typ: Option<Box<str>>,
+    /// Put before the subject in the principal's id.
+    subject_prefix: Option<Box<str>>,
     audiences: Option<Vec<String>>,
     leeway: u64,
     require_exp: bool,
@@ -259,6 +261,7 @@ impl JwtVerifier {
                 source: Arc::new(source),
                 issuers: None,
                 typ: None,
+                subject_prefix: None,
                 audiences: None,
                 leeway: 60,
                 require_exp: true,
@@ -377,6 +380,24 @@ impl JwtVerifier {
     /// are read from `scope`, `scp` and `permissions`; with this set, those are not read.
     pub fn scope_claim(mut self, claim: &str) -> Self {
         self.rules().names.scope = Some(claim.into());
+        self
+    }
+
+    /// Puts `prefix` before the subject in the principal's id, such as `"partner:"`: the id is
+    /// what rate limits, usage counts and subject revocations go by, so with several issuers
+    /// (see [`JwtIssuers`](super::JwtIssuers)) a prefix per issuer keeps one issuer's `user-1`
+    /// from sharing the limits of another's, or of an API key whose record id is `user-1`.
+    ///
+    /// ```
+    /// use keygate::jwt::{JwtKey, JwtVerifier, TokenIssuer};
+    ///
+    /// let secret = b"a secret of at least 32 bytes, please!";
+    /// let verifier = JwtVerifier::with_keys([JwtKey::hmac(secret)]).subject_prefix("partner:");
+    /// let token = TokenIssuer::hmac(secret).issue("user-1", ["a"]).unwrap();
+    /// assert_eq!(verifier.verify(&token.access_token).unwrap().id(), "partner:user-1");
+    /// ```
+    pub fn subject_prefix(mut self, prefix: &str) -> Self {
+        self.rules().subject_prefix = (!prefix.is_empty()).then(|| prefix.into());
         self
     }
 
@@ -616,7 +637,11 @@ impl JwtVerifier {
             Some(decode) => Some(decode(&payload).map_err(|_| refuse(VerifyError::ClaimsType))?),
             None => None,
         };
-        let mut principal = Principal::new(sub, PrincipalKind::Jwt).with_scopes(r.scopes);
+        let id = match &c.subject_prefix {
+            Some(prefix) => format!("{prefix}{sub}"),
+            None => sub,
+        };
+        let mut principal = Principal::new(id, PrincipalKind::Jwt).with_scopes(r.scopes);
         if let Some(owner) = r.owner {
             principal = principal.with_owner(owner);
         } else if let Some(iss) = r.iss {
