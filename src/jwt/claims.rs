@@ -198,7 +198,9 @@ pub(crate) fn issuer_of(payload: &[u8]) -> Result<Option<String>, serde_json::Er
                 if &*key == "iss" && iss.is_none() {
                     iss = Some(map.next_value::<String>()?);
                 } else {
-                    map.next_value::<Skip>()?;
+                    // serde_json skips without recursing; the verifier's own parse, which
+                    // follows, refuses what is nested too deep.
+                    map.next_value::<IgnoredAny>()?;
                 }
             }
             Ok(iss)
