@@ -110,7 +110,9 @@ fn issuers(c: &mut Criterion) {
             &[
                 ("one_issuer", &|t| one_uncached.verify(t).is_ok()),
                 ("second_of_two", &|t| two_uncached.verify(t).is_ok()),
-                ("second_of_two_own_claims", &|t| two_own_claims.verify(t).is_ok()),
+                ("second_of_two_own_claims", &|t| {
+                    two_own_claims.verify(t).is_ok()
+                }),
             ],
             &token,
         );
