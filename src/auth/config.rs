@@ -84,6 +84,24 @@ pub(crate) enum Decision {
     Wait(Pending),
 }
 
+/// Records the caller and the outcome on the current span, in the fields it declares (a span
+/// ignores fields it does not): `enduser.id` and `user.id` (OpenTelemetry's names for the
+/// caller; the principal's id, never a key), `keygate.auth.kind` (`api_key` or `jwt`) and
+/// `keygate.auth.outcome` (`authenticated`, `anonymous`, or why the request was refused, as
+/// [`AuthError::kind`] names it).
+fn record_on_span(caller: Option<(&str, &'static str)>, outcome: &'static str) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some((id, kind)) = caller {
+        span.record("enduser.id", id);
+        span.record("user.id", id);
+        span.record("keygate.auth.kind", kind);
+    }
+    span.record("keygate.auth.outcome", outcome);
+}
+
 /// The answer to a token's rejection: the verifier says why, the client is told only what the
 /// error contract lets it know.
 #[cfg(feature = "jwt")]
@@ -247,14 +265,17 @@ impl AuthConfig {
         match admission {
             Admission::Anonymous => {
                 tracing::debug!(target: "keygate", outcome = "anonymous");
+                record_on_span(None, "anonymous");
             }
             Admission::Key(p) => {
                 tracing::debug!(target: "keygate", principal = p.id(), kind = "api_key", outcome = "authenticated");
+                record_on_span(Some((p.id(), "api_key")), "authenticated");
                 extensions.insert(p);
             }
             #[cfg(feature = "jwt")]
             Admission::Token(v) => {
                 tracing::debug!(target: "keygate", principal = v.principal.id(), kind = "jwt", outcome = "authenticated");
+                record_on_span(Some((v.principal.id(), "jwt")), "authenticated");
                 extensions.insert(v.principal.clone());
                 if let Some(claims) = &v.claims {
                     claims.insert_into(extensions);
@@ -275,6 +296,7 @@ impl AuthConfig {
     /// The response turning `req` away with `error`.
     pub(crate) fn reject<B>(&self, error: &AuthError, req: &Request<B>) -> Response<Bytes> {
         tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
+        record_on_span(None, error.kind());
         self.rendering.render(error, req)
     }
 
