@@ -228,9 +228,9 @@ async fn a_jwt_has_no_environment() {
     use keygate::jwt::{JwtKey, JwtVerifier};
 
     let keys = keys();
-    let verifier = JwtVerifier::with_keys([JwtKey::hmac(HMAC_SECRET).kid("hs-1")]);
+    let verifier = JwtVerifier::with_keys([JwtKey::hmac(HS256_SECRET).kid("hs-1")]);
     let app = router().layer(layer(keys.store.clone()).jwt(verifier));
-    let token = hs_token("user-7");
+    let token = hs256_token("user-7");
     let reply = send(app.clone(), with_bearer("/who", &token)).await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
     let json = reply.json();
@@ -252,26 +252,4 @@ fn one_prefix_in_two_environments_is_a_configuration_error() {
     let _ = AuthLayer::new(MemoryStore::new())
         .key_environment("live", live())
         .key_environment("test", live());
-}
-
-/// The HMAC secret of the test verifier (test-only).
-#[cfg(feature = "jwt")]
-const HMAC_SECRET: &[u8] = b"keygate tests: a test-only HMAC secret of 48 b";
-
-/// An HS256 token for `sub` with kid `hs-1`, valid for five minutes from now.
-#[cfg(feature = "jwt")]
-fn hs_token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs-1".to_owned());
-    let claims = json!({"sub": sub, "iat": now, "exp": now + 300});
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET),
-    )
-    .unwrap()
 }

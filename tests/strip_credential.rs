@@ -318,9 +318,9 @@ async fn a_jwt_bearer_token_is_stripped() {
     use keygate::jwt::{JwtKey, JwtVerifier};
 
     let (store, key) = store_with_key();
-    let verifier = JwtVerifier::with_keys([JwtKey::hmac(HMAC_SECRET).kid("hs-1")]);
+    let verifier = JwtVerifier::with_keys([JwtKey::hmac(HS256_SECRET).kid("hs-1")]);
     let app = router().layer(stripping(store).jwt(verifier));
-    let token = hs_token("user-7");
+    let token = hs256_token("user-7");
 
     let seen_bearer = seen(
         &app,
@@ -495,28 +495,6 @@ async fn rejected_requests_are_answered_as_without_stripping() {
         }
     }
     assert_eq!(hits.get(), 0);
-}
-
-/// The HMAC secret of the test verifier (test-only).
-#[cfg(feature = "jwt")]
-const HMAC_SECRET: &[u8] = b"keygate tests: a test-only HMAC secret of 48 b";
-
-/// An HS256 token for `sub` with kid `hs-1`, valid for five minutes from now.
-#[cfg(feature = "jwt")]
-fn hs_token(sub: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.kid = Some("hs-1".to_owned());
-    let claims = json!({"sub": sub, "iat": now, "exp": now + 300});
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(HMAC_SECRET),
-    )
-    .unwrap()
 }
 
 /// axum's router keeps the URI as it arrived for `OriginalUri`, before any layer runs: the

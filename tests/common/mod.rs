@@ -468,3 +468,27 @@ impl LogCapture {
             .count()
     }
 }
+
+/// The HMAC secret of the test verifiers made with `JwtKey::hmac(HS256_SECRET).kid("hs-1")`
+/// (test-only).
+#[cfg(feature = "jwt")]
+pub const HS256_SECRET: &[u8] = b"keygate tests: a test-only HMAC secret of 48 b";
+
+/// An HS256 token for `sub` with kid `hs-1`, signed with [`HS256_SECRET`], valid for five
+/// minutes from now.
+#[cfg(feature = "jwt")]
+pub fn hs256_token(sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("hs-1".to_owned());
+    let claims = serde_json::json!({"sub": sub, "iat": now, "exp": now + 300});
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HS256_SECRET),
+    )
+    .unwrap()
+}
