@@ -42,6 +42,7 @@
 //! | `TRUSTED_PROXIES` | unset: none | comma-separated addresses or CIDRs (`10.0.0.0/8, ::1`) of the proxies in front whose `X-Forwarded-For`/`Forwarded` is believed: the client of a request through them is the right-most address that is not one of them; from any other peer those headers change nothing |
 //! | `STRIP_CREDENTIAL` | `0` | `1`: the credential a request authenticated with (the `Authorization` or `x-api-key` header, or the `key` query parameter) is removed before the handlers see it, the rest of the query kept byte for byte |
 //! | `RESOURCE_METADATA` | `0` | `1`: serve the RFC 9728 protected-resource metadata at `/.well-known/oauth-protected-resource` (`resource`: `http://ADDR`, the address served; `authorization_servers`: the `OIDC_ISSUERS`; `scopes_supported`: the scopes the routes ask for) and point every `WWW-Authenticate` challenge to it with `resource_metadata="http://ADDR/.well-known/oauth-protected-resource"` |
+//! | `METRICS` | `0` | `1`: keygate's metrics (see `keygate::metrics`) in the Prometheus text format at `GET /metrics`, without a credential or a rate limit (needs `--features metrics`) |
 //! | `RUST_LOG` | `info,keygate=debug` | log filter (logs go to stderr) |
 //!
 //! A malformed value (an address, a quota or an item of a list of them, which the error names,
@@ -108,6 +109,8 @@
 //!   for a fixed cap until its window ends) are whole seconds, rounded up. `credits` is the
 //!   key's remaining credits, or `null` when it has no budget of them.
 //! - `GET /healthz`: 200, no credential, no rate limit.
+//! - `GET /metrics` (only with `METRICS=1`): the Prometheus text format of keygate's metrics
+//!   (`keygate_auth_requests_total`, ...), no credential, no rate limit.
 //! - `GET /.well-known/oauth-protected-resource` (only with `RESOURCE_METADATA=1`): the RFC 9728
 //!   metadata, `{"resource": "http://ADDR", "authorization_servers": [...], "scopes_supported":
 //!   [...], "bearer_methods_supported": ["header"], "resource_name": "Weather API"}`, no
@@ -288,6 +291,8 @@ pub struct Config {
     pub resource_metadata: bool,
     /// Whether the credential is removed before the handlers see it (`STRIP_CREDENTIAL`).
     pub strip_credential: bool,
+    /// Whether `GET /metrics` serves keygate's metrics (`METRICS`).
+    pub metrics: bool,
     /// The log filter (`RUST_LOG`).
     pub log_filter: String,
 }
@@ -324,6 +329,7 @@ impl std::fmt::Debug for Config {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("resource_metadata", &self.resource_metadata)
             .field("strip_credential", &self.strip_credential)
+            .field("metrics", &self.metrics)
             .field("log_filter", &self.log_filter)
             .finish()
     }
@@ -414,6 +420,16 @@ pub enum ConfigError {
     /// `RESOURCE_METADATA` is neither on nor off.
     #[error("RESOURCE_METADATA={0:?} is not 1 (serve the protected-resource metadata) or 0")]
     ResourceMetadata(String),
+    /// `METRICS` is neither on nor off.
+    #[error("METRICS={0:?} is not 1 (serve the metrics at /metrics) or 0")]
+    Metrics(String),
+    /// `METRICS=1`, but this build records no metrics.
+    #[cfg(not(feature = "metrics"))]
+    #[error(
+        "METRICS=1, but this build records no metrics: run with `--features metrics`, or unset \
+         METRICS"
+    )]
+    MetricsFeature,
     /// `JWT_REQUIRE_TYP` is not a media type such as `at+jwt`.
     #[error("JWT_REQUIRE_TYP={0:?} is not a token type such as at+jwt")]
     RequireTyp(String),
@@ -587,6 +603,11 @@ impl Config {
         let oidc_allow_http = switch("OIDC_ALLOW_HTTP", ConfigError::OidcAllowHttp)?;
         let resource_metadata = switch("RESOURCE_METADATA", ConfigError::ResourceMetadata)?;
         let strip_credential = switch("STRIP_CREDENTIAL", ConfigError::StripCredential)?;
+        let metrics = switch("METRICS", ConfigError::Metrics)?;
+        #[cfg(not(feature = "metrics"))]
+        if metrics {
+            return Err(ConfigError::MetricsFeature);
+        }
         let jwt_require_typ = match set("JWT_REQUIRE_TYP").map(|t| t.trim().to_owned()) {
             // A media type without its `application/` prefix is what a token's `typ` holds.
             Some(typ)
@@ -636,6 +657,7 @@ impl Config {
             trusted_proxies,
             resource_metadata,
             strip_credential,
+            metrics,
             log_filter: var("RUST_LOG").unwrap_or_else(|| "info,keygate=debug".to_owned()),
         })
     }
@@ -959,6 +981,9 @@ pub struct Services {
     pub resource_metadata: bool,
     /// Whether the credential is removed before the handlers see it.
     pub strip_credential: bool,
+    /// What `GET /metrics` renders, with `METRICS=1`.
+    #[cfg(feature = "metrics")]
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Stops the usage flush and flushes one last time, on shutdown.
     pub usage_flush: Arc<std::sync::Mutex<Option<keygate::ratelimit::FlushTask>>>,
 }
@@ -982,6 +1007,10 @@ impl std::fmt::Debug for Services {
 /// `JWT_SECRET`, or 32 random bytes), the rate limiter, the token revocations and the usage
 /// counts (on Redis when `REDIS_URL` is set, connecting to it now, else in memory).
 pub async fn services(config: &Config) -> Result<Services, ConfigError> {
+    // First: the stores and layers register their metrics with the recorder installed when
+    // they are built.
+    #[cfg(feature = "metrics")]
+    let metrics = config.metrics.then(prometheus);
     let keys = keys(config).await?;
 
     let secret = config.jwt_secret.clone().unwrap_or_else(|| {
@@ -1066,8 +1095,30 @@ pub async fn services(config: &Config) -> Result<Services, ConfigError> {
         oidc_issuers: config.oidc_issuers.clone(),
         resource_metadata: config.resource_metadata,
         strip_credential: config.strip_credential,
+        #[cfg(feature = "metrics")]
+        metrics,
         usage_flush: Arc::new(std::sync::Mutex::new(Some(flush))),
     })
+}
+
+/// The Prometheus recorder of this process, installed on first use (every `Services` of a
+/// process shares it: a process has one global recorder), with keygate's metrics described.
+#[cfg(feature = "metrics")]
+fn prometheus() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder installed by the embedding program wins; /metrics then shows
+            // only what this one was given, which is nothing.
+            if metrics::set_global_recorder(recorder).is_ok() {
+                keygate::metrics::describe();
+            }
+            handle
+        })
+        .clone()
 }
 
 /// A verifier per issuer of `OIDC_ISSUERS`, each discovered now (its document fetched and
@@ -1256,6 +1307,10 @@ pub fn app(services: &Services, addr: SocketAddr) -> Router {
         .merge(unlimited)
         .route("/healthz", get(healthz))
         .with_state(state);
+    #[cfg(feature = "metrics")]
+    if let Some(handle) = services.metrics.clone() {
+        api = api.route("/metrics", get(move || metrics_text(handle.clone())));
+    }
     if let Some(metadata) = &metadata {
         api = api.route_service(metadata.metadata_path(), metadata.service());
     }
@@ -1271,6 +1326,20 @@ pub fn app(services: &Services, addr: SocketAddr) -> Router {
         );
     }
     api
+}
+
+/// `GET /metrics`: the Prometheus text exposition format (version 0.0.4).
+#[cfg(feature = "metrics")]
+async fn metrics_text(handle: metrics_exporter_prometheus::PrometheusHandle) -> Response {
+    let body = handle.render();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 /// The admin API, behind an `AuthLayer` whose store holds the admin key and nothing else: a

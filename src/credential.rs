@@ -200,6 +200,17 @@ impl CredentialSource {
         }
     }
 
+    /// The name of the header, query parameter or cookie of a named source; `None` for
+    /// `Bearer` (always `Authorization`) and custom sources.
+    #[cfg(feature = "utoipa")]
+    pub(crate) fn name(&self) -> Option<&str> {
+        match &self.0 {
+            Source::Header(name) => Some(name.as_str()),
+            Source::Query(name) | Source::Cookie(name) => Some(name),
+            Source::Bearer | Source::Custom(_) => None,
+        }
+    }
+
     /// The credential of this source, if any. The built-in sources check a value's raw length
     /// against `max_len` before they validate or decode it, so an oversized value costs no
     /// allocation and no pass over its bytes.

@@ -86,6 +86,7 @@ pub mod client_addr;
 pub mod clock;
 pub mod credential;
 pub mod error;
+pub mod events;
 mod future;
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
@@ -93,6 +94,10 @@ pub mod jwt;
 pub mod key;
 mod limits;
 mod maybe;
+pub mod metrics;
+#[cfg(feature = "utoipa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "utoipa")))]
+pub mod openapi;
 mod outage;
 mod principal;
 mod quota;

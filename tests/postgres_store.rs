@@ -119,35 +119,7 @@ impl Schema {
 
 impl Drop for Schema {
     fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        // A runtime of its own: this may run while the test's runtime unwinds.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                let mut conn = PgConnection::connect(&url).await?;
-                // The test's own sessions may still hold locks (its runtime is stopped here).
-                sqlx::query(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                     WHERE application_name = $1 AND pid <> pg_backend_pid()",
-                )
-                .bind(&name)
-                .execute(&mut conn)
-                .await?;
-                sqlx::raw_sql(&format!(
-                    r#"SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS "{name}" CASCADE"#
-                ))
-                .execute(&mut conn)
-                .await?;
-                conn.close().await
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop the test schema {}", self.name);
-        }
+        services::drop_schema(&self.url, &self.name);
     }
 }
 

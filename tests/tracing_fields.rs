@@ -10,7 +10,9 @@ mod common;
 use axum::routing::get;
 use common::*;
 use http::StatusCode;
+use keygate::Quota;
 use keygate::auth::AuthLayer;
+use keygate::ratelimit::RateLimitLayer;
 use tower_http::trace::TraceLayer;
 
 #[tokio::test]
@@ -77,4 +79,44 @@ async fn the_request_span_carries_the_caller_and_the_outcome() {
         answered[2]
     );
     assert!(!text.contains(key.expose_secret()) && !text.contains("kg_not_a_known_key"));
+
+    // A rate limit behind the authentication records its decision too.
+    let (store, key) = store_with_key();
+    let (limiter, _clock) = limiter();
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &http::Request<_>| {
+            tracing::info_span!(
+                "limited",
+                path = req.uri().path(),
+                enduser.id = tracing::field::Empty,
+                keygate.ratelimit.decision = tracing::field::Empty,
+            )
+        })
+        .on_response(
+            |res: &http::Response<_>, _: std::time::Duration, _: &tracing::Span| {
+                tracing::info!(status = res.status().as_u16(), "limited answer");
+            },
+        );
+    let app = axum::Router::new()
+        .route("/me", get(|| async { "ok" }))
+        .layer(RateLimitLayer::new(limiter, Quota::per_minute(1)))
+        .layer(AuthLayer::new(store).realm(REALM))
+        .layer(trace);
+    let first = send(app.clone(), with_key_at("/me", key.expose_secret())).await;
+    let second = send(app, with_key_at("/me", key.expose_secret())).await;
+    assert_eq!(
+        (first.status, second.status),
+        (StatusCode::OK, StatusCode::TOO_MANY_REQUESTS)
+    );
+    let text = logs.text();
+    let answered: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("limited answer"))
+        .collect();
+    assert_eq!(answered.len(), 2, "{text}");
+    for (line, decision) in answered.iter().zip(["allowed", "limited"]) {
+        let field = format!(r#"keygate.ratelimit.decision="{decision}""#);
+        assert!(line.contains(&field), "{field} not in {line}");
+        assert!(line.contains(r#"enduser.id="key_1""#), "{line}");
+    }
 }

@@ -4113,3 +4113,108 @@ async fn echo_shows_what_the_handler_saw_and_strip_credential_hides_the_credenti
         .assert_problem(StatusCode::UNAUTHORIZED);
     server.stop().await;
 }
+
+// --- METRICS
+
+#[test]
+fn metrics_configuration() {
+    assert!(!config(&[]).unwrap().metrics);
+    assert!(!config(&[("METRICS", "0")]).unwrap().metrics);
+    match config(&[("METRICS", "yes")]) {
+        Err(e @ weather::ConfigError::Metrics(_)) => {
+            assert!(e.to_string().starts_with("METRICS=\"yes\""), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A build that records no metrics refuses to pretend it serves them.
+    #[cfg(not(feature = "metrics"))]
+    match config(&[("METRICS", "1")]) {
+        Err(e @ weather::ConfigError::MetricsFeature) => {
+            assert!(e.to_string().contains("--features metrics"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    #[cfg(feature = "metrics")]
+    assert!(config(&[("METRICS", " 1 ")]).unwrap().metrics);
+}
+
+/// `GET /metrics` serves the Prometheus text format of what keygate recorded, without a
+/// credential and without the rate limit.
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn metrics_are_served_in_the_prometheus_format_without_a_credential() {
+    let server = Server::start(&[("METRICS", "1"), ("RATE_LIMIT", "1/min")]).await;
+    let key = server.demo_key().to_owned();
+    // A process has one global recorder, shared by the tests of this binary that serve
+    // metrics: the counts are read as differences.
+    let count = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = server.get("/metrics", &[]).await;
+    assert_eq!(before.status, StatusCode::OK);
+    assert_eq!(
+        before.header(CONTENT_TYPE),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let unknown = r#"keygate_auth_requests_total{outcome="unknown_key",kind="api_key"}"#;
+    let limited = r#"keygate_ratelimit_decisions_total{decision="limited",policy="default"}"#;
+    let allowed = r#"keygate_ratelimit_decisions_total{decision="allowed",policy="default"}"#;
+
+    let ok = server
+        .get("/v1/current.json?q=Oslo", &[("x-api-key", &key)])
+        .await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let over = server
+        .get("/v1/current.json?q=Oslo", &[("x-api-key", &key)])
+        .await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    let bad = server
+        .get("/v1/me", &[("x-api-key", "nobody-knows-this-key")])
+        .await;
+    assert_eq!(bad.status, StatusCode::UNAUTHORIZED);
+
+    // Many scrapes within the 1/min limit, none refused, none carrying rate-limit headers.
+    let mut after = None;
+    for _ in 0..5 {
+        let reply = server.get("/metrics", &[]).await;
+        assert_eq!(reply.status, StatusCode::OK);
+        assert!(reply.header("ratelimit").is_none(), "{:?}", reply.headers);
+        after = Some(reply);
+    }
+    let after = after.unwrap();
+    assert!(
+        after
+            .body
+            .contains("# TYPE keygate_auth_requests_total counter"),
+        "{}",
+        after.body
+    );
+    assert_eq!(
+        count(&after.body, unknown) - count(&before.body, unknown),
+        1
+    );
+    assert_eq!(
+        count(&after.body, allowed) - count(&before.body, allowed),
+        1
+    );
+    assert_eq!(
+        count(&after.body, limited) - count(&before.body, limited),
+        1
+    );
+    // No label holds the key or the principal's id.
+    assert!(!after.body.contains(&key) && !after.body.contains("demo"));
+    server.stop().await;
+}
+
+/// Without `METRICS=1` there is no `/metrics`.
+#[tokio::test]
+async fn no_metrics_route_unless_asked_for() {
+    let server = Server::start(&[]).await;
+    assert_eq!(
+        server.get("/metrics", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    server.stop().await;
+}

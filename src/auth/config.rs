@@ -9,7 +9,9 @@ use crate::caller::Passed;
 use crate::clock::SharedClock;
 use crate::credential::{self, CredentialError, CredentialSource, RequestHead};
 use crate::error::{AuthError, Forbidden, InvalidCredential, Rendering, Unavailable};
-use crate::key::{KeyDigest, KeyFormats, KeyStatus};
+use crate::events::{AuthEvent, AuthEvents};
+use crate::key::{KeyDigest, KeyFormats, KeyRecord, KeyStatus};
+use crate::metrics::{AuthOutcome, CredentialKind};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::principal::Principal;
 use crate::store::{KeyStore, Lookup, LookupResult};
@@ -52,6 +54,10 @@ pub(crate) struct AuthConfig {
     pub(crate) strip: bool,
     pub(crate) rendering: Rendering,
     pub(crate) clock: SharedClock,
+    /// Told of every decision, when set.
+    pub(crate) events: Option<Arc<dyn AuthEvents>>,
+    /// Counts the decisions (with the `metrics` feature).
+    pub(crate) counters: crate::metrics::AuthCounters,
 }
 
 /// Who a request was admitted as.
@@ -79,9 +85,22 @@ pub(crate) enum Decision {
     /// Let it through.
     Admit(Admission),
     /// Turn it away.
-    Reject(AuthError),
+    Reject(Refusal),
     /// Wait first.
     Wait(Pending),
+}
+
+/// Why a request is turned away: the error, and the record of the key it presented when a key
+/// the store knows was refused (for the events hook to name it).
+pub(crate) struct Refusal {
+    pub(crate) error: AuthError,
+    pub(crate) key: Option<Arc<KeyRecord>>,
+}
+
+impl From<AuthError> for Refusal {
+    fn from(error: AuthError) -> Self {
+        Self { error, key: None }
+    }
 }
 
 /// Records the caller and the outcome on the current span, in the fields it declares (a span
@@ -90,6 +109,10 @@ pub(crate) enum Decision {
 /// `keygate.auth.outcome` (`authenticated`, `anonymous`, or why the request was refused, as
 /// [`AuthError::kind`] names it).
 fn record_on_span(caller: Option<(&str, &'static str)>, outcome: &'static str) {
+    // Without any subscriber there is no span to record on, and asking costs a request.
+    if !tracing::dispatcher::has_been_set() {
+        return;
+    }
     let span = tracing::Span::current();
     if span.is_disabled() {
         return;
@@ -145,8 +168,8 @@ impl AuthConfig {
         let found = match credential::extract(&self.sources, head, self.max_credential_len()) {
             Ok(Some(found)) => found,
             Ok(None) if self.optional => return Decision::Admit(Admission::Anonymous),
-            Ok(None) => return Decision::Reject(AuthError::MissingCredential),
-            Err(e) => return Decision::Reject(AuthError::InvalidRequest(e)),
+            Ok(None) => return Decision::Reject(AuthError::MissingCredential.into()),
+            Err(e) => return Decision::Reject(AuthError::InvalidRequest(e).into()),
         };
         if self.strip {
             *found_in = Some(found.at);
@@ -158,24 +181,24 @@ impl AuthConfig {
         {
             return match jwt.check(key, crate::jwt::UnknownKid::Refetch) {
                 crate::jwt::Outcome::Done(Ok(v)) => Decision::Admit(Admission::Token(v)),
-                crate::jwt::Outcome::Done(Err(e)) => Decision::Reject(token_error(e)),
+                crate::jwt::Outcome::Done(Err(e)) => Decision::Reject(token_error(e).into()),
                 crate::jwt::Outcome::Refetch(wait) => {
                     Decision::Wait(Pending::Token(wait, key.into()))
                 }
             };
         }
         let Some(keys) = &self.keys else {
-            return Decision::Reject(AuthError::InvalidCredential(InvalidCredential::UnknownKey));
+            let unknown = AuthError::InvalidCredential(InvalidCredential::UnknownKey);
+            return Decision::Reject(unknown.into());
         };
         if key.len() > keys.max_len {
-            return Decision::Reject(AuthError::InvalidRequest(CredentialError::TooLong));
+            return Decision::Reject(AuthError::InvalidRequest(CredentialError::TooLong).into());
         }
         // Keys with a format's prefix must carry a valid checksum; keys without any (brought
         // from an older system) go to the store as they are, of no environment.
         let Ok(environment) = keys.formats.check(key) else {
-            return Decision::Reject(AuthError::InvalidCredential(
-                InvalidCredential::MalformedKey,
-            ));
+            let malformed = AuthError::InvalidCredential(InvalidCredential::MalformedKey);
+            return Decision::Reject(malformed.into());
         };
         let mut lookup = keys.store.lookup(&KeyDigest::of(key));
         match lookup.take_ready() {
@@ -208,8 +231,7 @@ impl AuthConfig {
         &self,
         result: LookupResult,
         head: &RequestHead<'_>,
-    ) -> Result<Principal, AuthError> {
-        let invalid = |why| Err(AuthError::InvalidCredential(why));
+    ) -> Result<Principal, Refusal> {
         let outage = self.keys.as_ref().map(|k| &*k.outage);
         let record = match result {
             Ok(found) => {
@@ -218,16 +240,32 @@ impl AuthConfig {
                 }
                 match found {
                     Some(record) => record,
-                    None => return invalid(InvalidCredential::UnknownKey),
+                    None => {
+                        let unknown = AuthError::InvalidCredential(InvalidCredential::UnknownKey);
+                        return Err(unknown.into());
+                    }
                 }
             }
             Err(e) => {
                 if let Some(outage) = outage {
                     warn_outage!(outage, e, "key store");
                 }
-                return Err(AuthError::Unavailable(Unavailable::KeyStore(Arc::new(e))));
+                let down = AuthError::Unavailable(Unavailable::KeyStore(Arc::new(e)));
+                return Err(down.into());
             }
         };
+        match self.check_record(&record, head) {
+            Ok(()) => Ok(Principal::from_key_record(record)),
+            Err(error) => Err(Refusal {
+                error,
+                key: Some(record),
+            }),
+        }
+    }
+
+    /// Whether the key of `record` may be used now, by the client of `head`.
+    fn check_record(&self, record: &KeyRecord, head: &RequestHead<'_>) -> Result<(), AuthError> {
+        let invalid = |why| Err(AuthError::InvalidCredential(why));
         match record.status {
             KeyStatus::Active => {}
             KeyStatus::Revoked => return invalid(InvalidCredential::RevokedKey),
@@ -238,11 +276,7 @@ impl AuthConfig {
         }
         // Only a key with an allowlist costs the client address's resolution.
         if let Some(allowed) = &record.allowed_ips {
-            let trusted = self
-                .keys
-                .as_ref()
-                .map_or(&[][..], |k| k.trusted_proxies.as_slice());
-            let client = crate::client_addr::resolve_in(head, trusted);
+            let client = crate::client_addr::resolve_in(head, self.trusted_proxies());
             if !client.is_some_and(|addr| allowed.contains(addr)) {
                 let reason = match client {
                     Some(_) => "address_not_listed",
@@ -252,12 +286,22 @@ impl AuthConfig {
                 return Err(AuthError::Forbidden(Forbidden::AddressNotAllowed));
             }
         }
-        Ok(Principal::from_key_record(record))
+        Ok(())
+    }
+
+    /// The proxies whose forwarding headers are believed (none for a layer without keys).
+    fn trusted_proxies(&self) -> &[crate::client_addr::IpNet] {
+        self.keys
+            .as_ref()
+            .map_or(&[][..], |k| k.trusted_proxies.as_slice())
     }
 
     /// Lets `req` through as `admission`: its `Principal` (and a token's claims) and this
     /// layer's rendering go into the extensions.
     pub(crate) fn admit<B>(&self, req: &mut Request<B>, admission: Admission) {
+        if let Some(events) = &self.events {
+            self.emit_admitted(&**events, &RequestHead::of(req), &admission);
+        }
         let extensions = req.extensions_mut();
         extensions.insert(Passed {
             rendering: self.rendering.clone(),
@@ -266,16 +310,21 @@ impl AuthConfig {
             Admission::Anonymous => {
                 tracing::debug!(target: "keygate", outcome = "anonymous");
                 record_on_span(None, "anonymous");
+                self.counters.count(AuthOutcome::Anonymous);
             }
             Admission::Key(p) => {
                 tracing::debug!(target: "keygate", principal = p.id(), kind = "api_key", outcome = "authenticated");
                 record_on_span(Some((p.id(), "api_key")), "authenticated");
+                self.counters
+                    .count(AuthOutcome::Authenticated(CredentialKind::ApiKey));
                 extensions.insert(p);
             }
             #[cfg(feature = "jwt")]
             Admission::Token(v) => {
                 tracing::debug!(target: "keygate", principal = v.principal.id(), kind = "jwt", outcome = "authenticated");
                 record_on_span(Some((v.principal.id(), "jwt")), "authenticated");
+                self.counters
+                    .count(AuthOutcome::Authenticated(CredentialKind::Jwt));
                 extensions.insert(v.principal.clone());
                 if let Some(claims) = &v.claims {
                     claims.insert_into(extensions);
@@ -293,10 +342,20 @@ impl AuthConfig {
         }
     }
 
-    /// The response turning `req` away with `error`.
-    pub(crate) fn reject<B>(&self, error: &AuthError, req: &Request<B>) -> Response<Bytes> {
+    /// The response turning `req` away with `error`; `key` is the record of a known key that
+    /// was refused.
+    pub(crate) fn reject<B>(
+        &self,
+        error: &AuthError,
+        key: Option<Arc<KeyRecord>>,
+        req: &Request<B>,
+    ) -> Response<Bytes> {
+        if let Some(events) = &self.events {
+            self.emit_refused(&**events, &RequestHead::of(req), error, key);
+        }
         tracing::debug!(target: "keygate", outcome = error.kind(), "rejected");
         record_on_span(None, error.kind());
+        self.counters.count(AuthOutcome::of_error(error));
         self.rendering.render(error, req)
     }
 
@@ -306,14 +365,41 @@ impl AuthConfig {
     pub(crate) fn conclude<B>(
         &self,
         req: &mut Request<B>,
-        result: Result<Admission, AuthError>,
+        result: Result<Admission, Refusal>,
     ) -> Result<(), Response<Bytes>> {
         match result {
             Ok(admission) => {
                 self.admit(req, admission);
                 Ok(())
             }
-            Err(error) => Err(self.reject(&error, req)),
+            Err(refusal) => Err(self.reject(&refusal.error, refusal.key, req)),
         }
+    }
+
+    // The events hook is told of a decision out of line: a layer without one pays a branch on
+    // an `Option`, and a client address is resolved only for a hook.
+
+    #[inline(never)]
+    fn emit_admitted(&self, hook: &dyn AuthEvents, head: &RequestHead<'_>, admission: &Admission) {
+        let principal = match admission {
+            Admission::Anonymous => None,
+            Admission::Key(p) => Some(p.clone()),
+            #[cfg(feature = "jwt")]
+            Admission::Token(v) => Some(v.principal.clone()),
+        };
+        let client = crate::client_addr::resolve_in(head, self.trusted_proxies());
+        hook.on_event(&AuthEvent::admitted(self.clock.now(), principal, client));
+    }
+
+    #[inline(never)]
+    fn emit_refused(
+        &self,
+        hook: &dyn AuthEvents,
+        head: &RequestHead<'_>,
+        error: &AuthError,
+        key: Option<Arc<KeyRecord>>,
+    ) {
+        let client = crate::client_addr::resolve_in(head, self.trusted_proxies());
+        hook.on_event(&AuthEvent::refused(self.clock.now(), error, key, client));
     }
 }

@@ -50,11 +50,12 @@ impl<B> crate::future::Wait<B> for AuthWait {
             }
             #[cfg(feature = "jwt")]
             Pending::Token(refetch, token) => match ready!(Pin::new(refetch).poll(cx)) {
-                crate::jwt::Refetch::Fetched => config.recheck_token(token),
+                crate::jwt::Refetch::Fetched => config.recheck_token(token).map_err(Into::into),
                 // The fetch failed, or took longer than the request may wait.
-                _ => Err(super::config::token_error(
-                    crate::jwt::VerifyError::KeysUnavailable,
-                )),
+                _ => {
+                    let unavailable = crate::jwt::VerifyError::KeysUnavailable;
+                    Err(super::config::token_error(unavailable).into())
+                }
             },
         };
         let concluded = config.conclude(request, result);

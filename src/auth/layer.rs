@@ -83,6 +83,8 @@ impl<M> AuthLayer<M> {
                 strip: false,
                 rendering: Rendering::default(),
                 clock: crate::clock::system(),
+                events: None,
+                counters: crate::metrics::AuthCounters::new(),
             }),
             accepts: PhantomData,
         }
@@ -90,6 +92,33 @@ impl<M> AuthLayer<M> {
 
     fn config(&mut self) -> &mut AuthConfig {
         Arc::make_mut(&mut self.config)
+    }
+
+    /// The credential sources, in order (for [`openapi`](crate::openapi)).
+    #[cfg(feature = "utoipa")]
+    pub(crate) fn credential_sources(&self) -> &[CredentialSource] {
+        &self.config.sources
+    }
+
+    /// Whether the layer looks API keys up in a store.
+    #[cfg(feature = "utoipa")]
+    pub(crate) fn accepts_keys(&self) -> bool {
+        self.config.keys.is_some()
+    }
+
+    /// Whether the layer verifies JWTs.
+    #[cfg(feature = "utoipa")]
+    pub(crate) fn accepts_jwts(&self) -> bool {
+        #[cfg(feature = "jwt")]
+        return self.config.jwt.is_some();
+        #[cfg(not(feature = "jwt"))]
+        false
+    }
+
+    /// Whether requests without a credential are let through.
+    #[cfg(feature = "utoipa")]
+    pub(crate) fn is_optional(&self) -> bool {
+        self.config.optional
     }
 
     /// Replaces the credential sources. They are all looked at; exactly one may hold a
@@ -155,9 +184,30 @@ impl<M> AuthLayer<M> {
          extractors behind this one that are not given their own."
     );
 
-    /// Reads time from `clock` to check key expiry.
+    /// Reads time from `clock` to check key expiry (and to time the events of
+    /// [`events`](Self::events)).
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.config().clock = Arc::new(clock);
+        self
+    }
+
+    /// Tells `hook` of every request the layer judges: one [`AuthEvent`](crate::events::AuthEvent)
+    /// each, admitted or turned away, with the time, the outcome, the caller (also a known key
+    /// that was refused) and the client's address when known, for audit logs and analytics. The
+    /// hook runs on the request's task and must not block; [`events::channel`](crate::events::channel)
+    /// takes the events to a task of their own, dropping and counting those it has no room for.
+    /// Called again, it replaces the hook. Without one (the default) no event is made.
+    ///
+    /// ```
+    /// use keygate::{auth::AuthLayer, events, store::MemoryStore};
+    ///
+    /// let (sender, receiver) = events::channel(1024);
+    /// let layer = AuthLayer::new(MemoryStore::new()).events(sender);
+    /// // tokio::spawn(audit(receiver));
+    /// # let _ = (layer, receiver);
+    /// ```
+    pub fn events(mut self, hook: impl crate::events::AuthEvents) -> Self {
+        self.config().events = Some(Arc::new(hook));
         self
     }
 }
@@ -321,6 +371,7 @@ impl<M> fmt::Debug for AuthLayer<M> {
             .field("optional", &self.config.optional)
             .field("strip_credential", &self.config.strip)
             .field("rendering", &self.config.rendering)
+            .field("events", &self.config.events.is_some())
             .finish_non_exhaustive()
     }
 }

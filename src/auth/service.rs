@@ -43,7 +43,10 @@ where
                 self.config.strip(&mut req, found_in);
                 Deferred::called(self.inner.call(req), ())
             }
-            Decision::Reject(error) => Deferred::answered(self.config.reject(&error, &req)),
+            Decision::Reject(refusal) => {
+                let response = self.config.reject(&refusal.error, refusal.key, &req);
+                Deferred::answered(response)
+            }
             Decision::Wait(pending) => {
                 let wait = AuthWait::new(pending, self.config.clone(), found_in);
                 Deferred::waiting(wait, &mut self.inner, req)

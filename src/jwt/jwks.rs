@@ -542,6 +542,7 @@ impl State {
         failures: &mut u32,
     ) -> Duration {
         let result = result.and_then(|fetched| self.apply(fetched));
+        crate::metrics::jwks_refresh(result.is_ok());
         let o = &self.options;
         let delay = match &result {
             Ok(delay) => {

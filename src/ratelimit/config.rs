@@ -14,6 +14,12 @@ use super::{
 use crate::clock::{Clock, SystemClock};
 use crate::credential::RequestHead;
 use crate::error::{AuthError, RateLimited, Rendering, Unavailable, retry_after_secs};
+use crate::metrics::{LimitDecision, OtherPolicy, PolicyCounters};
+
+/// The policy name of a key's own quota.
+const KEY: &str = "key";
+/// The policy name of an override.
+const OVERRIDE: &str = "override";
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 use crate::principal::Principal;
 use crate::store::{CreditOutcome, CreditStore, StoreError};
@@ -46,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) rendering: Rendering,
     pub(crate) outage: OutageLog,
     shadow_log: Arc<quick_cache::sync::Cache<String, u64>>,
+    /// The decision counters of the lists built per request: a key's own quota, an override.
+    own_counters: (PolicyCounters, PolicyCounters),
 }
 
 /// Which limits apply to a request.
@@ -74,6 +82,7 @@ impl Config {
             rendering: Rendering::default(),
             outage: OutageLog::new(),
             shadow_log: Arc::new(quick_cache::sync::Cache::new(SHADOW_LOG_ENTRIES)),
+            own_counters: (PolicyCounters::new(KEY), PolicyCounters::new(OVERRIDE)),
         };
         config.derive();
         config
@@ -125,8 +134,13 @@ impl Config {
         }
     }
 
-    fn own(&self, name: &str, limits: &Limits) -> Which {
-        Which::Own(Arc::new(Policies::new(name, self.adjust(limits))))
+    fn own(&self, name: &'static str, limits: &Limits) -> Which {
+        let counters = match name {
+            OVERRIDE => self.own_counters.1.clone(),
+            _ => self.own_counters.0.clone(),
+        };
+        let policies = Policies::with_counters(name, self.adjust(limits), counters);
+        Which::Own(Arc::new(policies))
     }
 
     /// The limits of a principal: an override, its own quota, its tier, or the default.
@@ -134,10 +148,10 @@ impl Config {
         if let Some(overrides) = &self.overrides
             && let Some(limits) = overrides.get(principal.id())
         {
-            return self.own("override", &limits);
+            return self.own(OVERRIDE, &limits);
         }
         if let Some(quota) = principal.quota() {
-            return self.own("key", quota);
+            return self.own(KEY, quota);
         }
         if let Some(tier) = principal.tier()
             && let Some(i) = self.tiers.iter().position(|(name, _)| &**name == tier)
@@ -150,7 +164,7 @@ impl Config {
     /// The limits `key_by` picked.
     pub(crate) fn which_for_key(&self, quota: Option<&Limits>) -> Which {
         match quota {
-            Some(limits) => self.own("key", limits),
+            Some(limits) => self.own(KEY, limits),
             None => Which::Default,
         }
     }
@@ -164,10 +178,14 @@ impl Config {
         which: &Which,
         answer: Result<Verdict, RateLimitError>,
         credits_next: bool,
+        shadow_entry: bool,
     ) -> Result<Verdict, AuthError> {
         let verdict = match answer {
             Ok(verdict) => verdict,
             Err(e) => {
+                self.policies(which)
+                    .counters
+                    .count(LimitDecision::Unavailable);
                 warn_outage!(self.outage, e, "rate limiter");
                 return Err(AuthError::Unavailable(Unavailable::RateLimiter(Arc::new(
                     e,
@@ -183,8 +201,13 @@ impl Config {
         let policies = self.policies(which);
         self.log_shadow_denials(subject, policies, &verdict);
         let Some(denied) = verdict.longest_denial() else {
+            // Admitted: counted now, or once the credits are spent.
+            if !credits_next {
+                count_admitted(policies, &verdict, shadow_entry);
+            }
             return Ok(verdict);
         };
+        policies.counters.count(LimitDecision::Limited);
         let name = policies.name(denied);
         tracing::debug!(
             target: "keygate",
@@ -206,13 +229,16 @@ impl Config {
 
     /// A place among the caller's requests in flight, when the layer limits them: `Ok(None)`
     /// when it does not, an error when the caller has as many in flight as it may.
-    pub(crate) fn enter(&self, subject: Subject<'_>) -> Result<Option<Permit>, AuthError> {
+    pub(crate) fn enter(&self, subject: Subject<'_>) -> Result<Entry, AuthError> {
         let Some((limiter, max)) = &self.concurrency else {
-            return Ok(None);
+            return Ok(Entry::default());
         };
         let key = subject.key_for(self.by);
         if let Some(permit) = limiter.acquire(key, *max) {
-            return Ok(Some(permit));
+            return Ok(Entry {
+                permit: Some(permit),
+                shadow_denied: false,
+            });
         }
         if self.shadow {
             if !self.shadow_quiet(key, "concurrency", Duration::from_secs(1)) {
@@ -224,9 +250,13 @@ impl Config {
                     "rate limit exceeded (shadow)"
                 );
             }
-            return Ok(None);
+            return Ok(Entry {
+                permit: None,
+                shadow_denied: true,
+            });
         }
         tracing::debug!(target: "keygate", principal = subject.key, outcome = "concurrency_limited");
+        crate::metrics::limit_other(OtherPolicy::Concurrency, LimitDecision::Limited);
         if let Some(usage) = &self.usage {
             usage.record(subject.key, false);
         }
@@ -245,6 +275,7 @@ impl Config {
         which: &Which,
         verdict: &Verdict,
         answer: Result<CreditOutcome, StoreError>,
+        shadow_entry: bool,
     ) -> Result<(), AuthError> {
         let record = |allowed| {
             if let Some(usage) = &self.usage {
@@ -256,9 +287,11 @@ impl Config {
             Ok(_) => {
                 info_recovered!(self.outage, "credit store");
                 record(true);
+                count_admitted(self.policies(which), verdict, shadow_entry);
                 return Ok(());
             }
             Err(e) => {
+                crate::metrics::limit_other(OtherPolicy::Credits, LimitDecision::Unavailable);
                 warn_outage!(self.outage, e, "credit store");
                 return Err(AuthError::Unavailable(Unavailable::KeyStore(Arc::new(e))));
             }
@@ -274,9 +307,11 @@ impl Config {
                 );
             }
             record(true);
+            crate::metrics::limit_other(OtherPolicy::Credits, LimitDecision::ShadowLimited);
             return Ok(());
         }
         record(false);
+        crate::metrics::limit_other(OtherPolicy::Credits, LimitDecision::Limited);
         tracing::debug!(target: "keygate", principal = key, outcome = "credits_exhausted");
         let (retry_after, detail) = match refill_in {
             Some(wait) => {
@@ -349,4 +384,24 @@ impl crate::future::Then for Headers {
                 .write(response.headers_mut(), &verdict, config.style);
         }
     }
+}
+
+/// Counts a request admitted by `policies` with `verdict`: through, or through although a
+/// shadow limit would have refused it (the concurrency limit first, then the list's).
+fn count_admitted(policies: &Policies, verdict: &Verdict, shadow_entry: bool) {
+    if shadow_entry {
+        crate::metrics::limit_other(OtherPolicy::Concurrency, LimitDecision::ShadowLimited);
+    } else if verdict.shadow_denials().next().is_some() {
+        policies.counters.count(LimitDecision::ShadowLimited);
+    } else {
+        policies.counters.count(LimitDecision::Allowed);
+    }
+}
+
+/// How a request entered the concurrency limit: its place (when the layer limits requests in
+/// flight), and whether a shadow limit would have refused it one.
+#[derive(Default)]
+pub(crate) struct Entry {
+    pub(crate) permit: Option<Permit>,
+    pub(crate) shadow_denied: bool,
 }

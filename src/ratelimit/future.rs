@@ -20,6 +20,8 @@ pub(crate) struct LimitWait {
     cost: u32,
     which: Which,
     permit: Option<Permit>,
+    /// Whether a shadow concurrency limit would have refused the request.
+    shadow_entry: bool,
     config: Arc<Config>,
 }
 
@@ -37,7 +39,7 @@ impl LimitWait {
         spender: Option<&str>,
         cost: u32,
         which: Which,
-        permit: Option<Permit>,
+        (permit, shadow_entry): (Option<Permit>, bool),
         config: &Arc<Config>,
     ) -> Self {
         Self {
@@ -48,6 +50,7 @@ impl LimitWait {
             cost,
             which,
             permit,
+            shadow_entry,
             config: config.clone(),
         }
     }
@@ -58,7 +61,7 @@ impl LimitWait {
         spender: &str,
         which: Which,
         verdict: Verdict,
-        permit: Option<Permit>,
+        (permit, shadow_entry): (Option<Permit>, bool),
         config: &Arc<Config>,
     ) -> Self {
         Self {
@@ -69,6 +72,7 @@ impl LimitWait {
             cost: 0,
             which,
             permit,
+            shadow_entry,
             config: config.clone(),
         }
     }
@@ -97,13 +101,15 @@ impl<B> crate::future::Wait<B> for LimitWait {
                     let config = self.config.clone();
                     let subject = Subject::with_owner(&self.key, self.owner.as_deref());
                     let credits_next = self.spender.is_some() && config.credits.is_some();
-                    let verdict = match config.outcome(subject, &self.which, answer, credits_next) {
-                        Ok(verdict) => verdict,
-                        Err(error) => {
-                            self.stage = Stage::Done;
-                            return Poll::Ready(Err(config.rendering.render(&error, request)));
-                        }
-                    };
+                    let shadow = self.shadow_entry;
+                    let verdict =
+                        match config.outcome(subject, &self.which, answer, credits_next, shadow) {
+                            Ok(verdict) => verdict,
+                            Err(error) => {
+                                self.stage = Stage::Done;
+                                return Poll::Ready(Err(config.rendering.render(&error, request)));
+                            }
+                        };
                     match (&self.spender, &config.credits) {
                         (Some(id), Some(credits)) => {
                             self.stage = Stage::Credits(credits.spend(id, self.cost), verdict);
@@ -123,7 +129,13 @@ impl<B> crate::future::Wait<B> for LimitWait {
                     let config = self.config.clone();
                     let id = self.spender.as_deref().unwrap_or_default();
                     return Poll::Ready(
-                        match config.credit_outcome(id, &self.which, &verdict, answer) {
+                        match config.credit_outcome(
+                            id,
+                            &self.which,
+                            &verdict,
+                            answer,
+                            self.shadow_entry,
+                        ) {
                             Ok(()) => Ok(self.admit(verdict)),
                             Err(error) => Err(config.rendering.render(&error, request)),
                         },

@@ -39,6 +39,8 @@ pub(crate) struct Policies {
     pub(crate) limits: Limits,
     names: Box<[Arc<str>]>,
     policy_value: HeaderValue,
+    /// The decisions counted under this list's name.
+    pub(crate) counters: crate::metrics::PolicyCounters,
 }
 
 impl Policies {
@@ -46,6 +48,16 @@ impl Policies {
     /// tier's name, `key`); otherwise each limit its own name or one derived from its window,
     /// made unique within the list.
     pub(crate) fn new(name: &str, limits: Limits) -> Self {
+        Self::with_counters(name, limits, crate::metrics::PolicyCounters::new(name))
+    }
+
+    /// [`new`](Self::new), with decisions counted by `counters` (registered once for lists
+    /// built per request).
+    pub(crate) fn with_counters(
+        name: &str,
+        limits: Limits,
+        counters: crate::metrics::PolicyCounters,
+    ) -> Self {
         let mut names: Vec<Arc<str>> = Vec::with_capacity(limits.len());
         for limit in limits.iter() {
             let base: String = match limit.name() {
@@ -75,6 +87,7 @@ impl Policies {
             );
         }
         Self {
+            counters,
             limits,
             names: names.into(),
             policy_value: HeaderValue::try_from(value).unwrap_or(HeaderValue::from_static("")),

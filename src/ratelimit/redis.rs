@@ -15,6 +15,7 @@ use super::usage_redis::push_key_part;
 use super::{
     Check, CheckAll, Decision, MemoryLimiter, Quota, RateLimitError, RateLimiter, Subject, Verdict,
 };
+use crate::metrics::RedisOp;
 use crate::{Limit, Limits};
 
 /// The key prefix a [`RedisLimiter`] uses unless told otherwise ([`RedisLimiter::prefix`]).
@@ -824,7 +825,8 @@ impl<C: ConnectionLike + Clone + Send + Sync + 'static> Inner<C> {
         &self,
         call: impl Future<Output = RedisResult<T>>,
     ) -> Result<T, RateLimitError> {
-        let error = match tokio::time::timeout(self.timeout, call).await {
+        let answer = crate::metrics::timed_redis(RedisOp::RateLimit, self.timeout, call).await;
+        let error = match answer {
             Ok(Ok(reply)) => {
                 if !self.healthy.swap(true, Ordering::Relaxed) {
                     tracing::info!(target: "keygate", "Redis rate limiter reachable again");

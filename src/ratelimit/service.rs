@@ -80,8 +80,8 @@ where
             }
         };
         let cost = config.cost.as_ref().map_or(1, |f| f(&head));
-        let permit = match config.enter(subject) {
-            Ok(permit) => permit,
+        let (permit, shadow_entry) = match config.enter(subject) {
+            Ok(entry) => (entry.permit, entry.shadow_denied),
             Err(error) => {
                 let response = config.rendering.render(&error, &req);
                 return ResponseFuture::new(Deferred::answered(response));
@@ -91,10 +91,12 @@ where
             .limiter
             .check_all(subject, &config.policies(&which).limits, cost);
         let Some(answer) = check.take_ready() else {
-            let wait = LimitWait::limits(check, subject, spender, cost, which, permit, config);
+            let entry = (permit, shadow_entry);
+            let wait = LimitWait::limits(check, subject, spender, cost, which, entry, config);
             return ResponseFuture::new(Deferred::waiting(wait, &mut self.inner, req));
         };
-        let verdict = match config.outcome(subject, &which, answer, spender.is_some()) {
+        let credits_next = spender.is_some();
+        let verdict = match config.outcome(subject, &which, answer, credits_next, shadow_entry) {
             Ok(verdict) => verdict,
             Err(error) => {
                 let response = config.rendering.render(&error, &req);
@@ -105,13 +107,15 @@ where
             let mut spend = credits.spend(id, cost);
             match spend.take_ready() {
                 Some(answer) => {
-                    if let Err(error) = config.credit_outcome(id, &which, &verdict, answer) {
+                    let decided = config.credit_outcome(id, &which, &verdict, answer, shadow_entry);
+                    if let Err(error) = decided {
                         let response = config.rendering.render(&error, &req);
                         return ResponseFuture::new(Deferred::answered(response));
                     }
                 }
                 None => {
-                    let wait = LimitWait::credits(spend, id, which, verdict, permit, config);
+                    let entry = (permit, shadow_entry);
+                    let wait = LimitWait::credits(spend, id, which, verdict, entry, config);
                     return ResponseFuture::new(Deferred::waiting(wait, &mut self.inner, req));
                 }
             }

@@ -17,6 +17,7 @@ use super::{
 use crate::MaybeReady;
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord};
+use crate::metrics::{CacheCounters, CacheResult};
 use crate::outage::{OutageLog, info_recovered, warn_outage};
 
 /// How long a record is answered from the cache without asking the backend, by default.
@@ -176,6 +177,8 @@ struct Inner<S> {
     /// Backend failures hidden by serving stale records (the others reach the layer, which logs
     /// them).
     outage: OutageLog,
+    /// Counts the lookups by result (with the `metrics` feature).
+    counters: CacheCounters,
     store: S,
 }
 
@@ -382,10 +385,22 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         let now = inner.now();
         if let Some(entry) = inner.map.get(&MapKey::of(digest)) {
             // Fresh, or stale while a refresh runs (a failure is neither).
-            if now < entry.fresh_until || (now < entry.usable_until && now < entry.retry_at) {
+            let result = if now < entry.fresh_until {
+                match entry.record {
+                    Some(_) => Some(CacheResult::Hit),
+                    None => Some(CacheResult::NegativeHit),
+                }
+            } else if now < entry.usable_until && now < entry.retry_at {
+                Some(CacheResult::Stale)
+            } else {
+                None
+            };
+            if let Some(result) = result {
+                inner.counters.count(result);
                 return Lookup::ready(Ok(entry.record));
             }
         }
+        inner.counters.count(CacheResult::Miss);
         let inner = self.inner.clone();
         let digest = *digest;
         Lookup::pending(async move { inner.resolve(digest).await })
@@ -781,6 +796,7 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
                 epoch: AtomicU64::new(0),
                 stamps: AtomicU64::new(0),
                 outage: OutageLog::new(),
+                counters: CacheCounters::new(),
                 store: self.store,
             }),
         }

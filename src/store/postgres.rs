@@ -722,12 +722,15 @@ impl KeyStore for PostgresStore {
         let sql = self.settings.sql.clone();
         let timeout = self.settings.timeout;
         let digest = *digest;
-        Lookup::pending(async move {
-            match tokio::time::timeout(timeout, find(&pool, &sql.lookup, &digest)).await {
-                Ok(found) => found,
-                Err(_) => Err(StoreError::Timeout),
-            }
-        })
+        Lookup::pending(crate::metrics::timed_lookup(
+            crate::metrics::Store::Postgres,
+            async move {
+                match tokio::time::timeout(timeout, find(&pool, &sql.lookup, &digest)).await {
+                    Ok(found) => found,
+                    Err(_) => Err(StoreError::Timeout),
+                }
+            },
+        ))
     }
 }
 

@@ -22,6 +22,7 @@ use super::{
 };
 use crate::client_addr::Networks;
 use crate::key::{Credits, KeyDigest, KeyFormat, KeyRecord, KeyStatus, Scopes};
+use crate::metrics::{RedisOp, timed_redis};
 use crate::{Limits, MaybeReady};
 
 /// The key prefix a [`RedisStore`] uses unless told otherwise ([`RedisStore::prefix`]).
@@ -977,16 +978,19 @@ impl KeyStore for RedisStore {
         let records = self.prefixed("r:");
         let mut conn = self.inner.conn.clone();
         let timeout = self.inner.timeout;
-        Lookup::pending(async move {
-            let mut invocation = LOOKUP.key(key);
-            invocation.arg(records);
-            let call = invocation.invoke_async::<Option<Vec<Option<String>>>>(&mut conn);
-            match tokio::time::timeout(timeout, call).await {
-                Ok(Ok(reply)) => found(reply),
-                Ok(Err(e)) => Err(StoreError::unavailable(e)),
-                Err(_) => Err(StoreError::Timeout),
-            }
-        })
+        Lookup::pending(crate::metrics::timed_lookup(
+            crate::metrics::Store::Redis,
+            async move {
+                let mut invocation = LOOKUP.key(key);
+                invocation.arg(records);
+                let call = invocation.invoke_async::<Option<Vec<Option<String>>>>(&mut conn);
+                match timed_redis(RedisOp::KeyLookup, timeout, call).await {
+                    Ok(Ok(reply)) => found(reply),
+                    Ok(Err(e)) => Err(StoreError::unavailable(e)),
+                    Err(_) => Err(StoreError::Timeout),
+                }
+            },
+        ))
     }
 }
 
@@ -1037,7 +1041,7 @@ impl CreditStore for RedisStore {
             let mut invocation = SPEND.key(key);
             invocation.arg(cost);
             let call = invocation.invoke_async::<Vec<i64>>(&mut conn);
-            match tokio::time::timeout(timeout, call).await {
+            match timed_redis(RedisOp::Credits, timeout, call).await {
                 Ok(Ok(reply)) => spend_outcome(&reply).map_err(StoreError::unavailable),
                 Ok(Err(e)) => Err(StoreError::unavailable(e)),
                 Err(_) => Err(StoreError::Timeout),

@@ -31,3 +31,39 @@ pub fn database_url() -> String {
         "postgres://postgres@127.0.0.1:5432/test",
     )
 }
+
+/// Drops the PostgreSQL schema `name` of the database at `url`, after ending the sessions that
+/// name it as their `application_name` (a test's own, which may still hold locks): on a runtime
+/// of its own, as a `Drop` may run while the test's runtime unwinds. A failure is printed, not
+/// raised, so that it never hides the test's own.
+#[cfg(feature = "postgres")]
+pub fn drop_schema(url: &str, name: &str) {
+    use sqlx::Connection;
+    let (url, schema) = (url.to_owned(), name.to_owned());
+    let dropped = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&url).await?;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = $1 AND pid <> pg_backend_pid()",
+            )
+            .bind(&schema)
+            .execute(&mut conn)
+            .await?;
+            sqlx::raw_sql(&format!(
+                r#"SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS "{schema}" CASCADE"#
+            ))
+            .execute(&mut conn)
+            .await?;
+            conn.close().await
+        })
+    })
+    .join();
+    if !matches!(dropped, Ok(Ok(()))) {
+        eprintln!("could not drop the test schema {name}");
+    }
+}
