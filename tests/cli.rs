@@ -367,6 +367,7 @@ async fn usage_errors_exit_2() {
     let issue = [
         "--store", pg, "keys", "issue", "--owner", "o", "--scope", "s",
     ];
+    let long_name = "o".repeat(257);
     for (option, value, what) in [
         ("--quota", "10/fortnight", "unit"),
         ("--quota", "", "quota"),
@@ -375,6 +376,9 @@ async fn usage_errors_exit_2() {
         ("--expires-in", "101y", "100 years"),
         ("--key-prefix", "has space", "prefix"),
         ("--scope", "a b", "scope"),
+        ("--id", " ", "blank"),
+        ("--id", "a\u{7}b", "control characters"),
+        ("--id", long_name.as_str(), "256 bytes"),
     ] {
         let mut args = issue.to_vec();
         args.extend([option, value]);

@@ -4145,8 +4145,7 @@ fn metrics_configuration() {
 async fn metrics_are_served_in_the_prometheus_format_without_a_credential() {
     let server = Server::start(&[("METRICS", "1"), ("RATE_LIMIT", "1/min")]).await;
     let key = server.demo_key().to_owned();
-    // A process has one global recorder, shared by the tests of this binary that serve
-    // metrics: the counts are read as differences.
+    // A process has one global recorder: the counts are read as differences.
     let count = |text: &str, series: &str| -> u64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
@@ -4191,18 +4190,13 @@ async fn metrics_are_served_in_the_prometheus_format_without_a_credential() {
         "{}",
         after.body
     );
-    assert_eq!(
-        count(&after.body, unknown) - count(&before.body, unknown),
-        1
-    );
-    assert_eq!(
-        count(&after.body, allowed) - count(&before.body, allowed),
-        1
-    );
-    assert_eq!(
-        count(&after.body, limited) - count(&before.body, limited),
-        1
-    );
+    // Other tests of this binary serving at the same time count into the same series (a process
+    // has one recorder): each count grew by this test's request at least. The exact counts are
+    // `tests/metrics.rs`'s.
+    for series in [unknown, allowed, limited] {
+        let grew = count(&after.body, series) - count(&before.body, series);
+        assert!(grew >= 1, "{series} grew by {grew}:\n{}", after.body);
+    }
     // No label holds the key or the principal's id.
     assert!(!after.body.contains(&key) && !after.body.contains("demo"));
     server.stop().await;

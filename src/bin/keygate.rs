@@ -255,7 +255,7 @@ enum Keys {
 #[derive(Args)]
 struct IssueArgs {
     /// Who the key belongs to (a user, a team, a customer account).
-    #[arg(long)]
+    #[arg(long, value_parser = parse::name)]
     owner: String,
 
     /// A scope the key grants, such as weather:read; repeat for more.
@@ -273,7 +273,7 @@ struct IssueArgs {
     expires_in: Option<Duration>,
 
     /// The record's id [default: key_ and 24 random characters].
-    #[arg(long)]
+    #[arg(long, value_parser = parse::name)]
     id: Option<String>,
 }
 

@@ -90,6 +90,23 @@ pub(crate) fn identifier(text: &str) -> Result<String, String> {
     }
 }
 
+/// The longest id or owner, in bytes: the admin API's limit.
+const MAX_NAME_LEN: usize = 256;
+
+/// `--owner` and `--id`: what the admin API accepts too (not blank, at most 256 bytes, no
+/// control characters), so that the tool writes no record the API would refuse.
+pub(crate) fn name(text: &str) -> Result<String, String> {
+    if text.trim().is_empty() {
+        Err("the value is blank".to_owned())
+    } else if text.len() > MAX_NAME_LEN {
+        Err(format!("longer than {MAX_NAME_LEN} bytes"))
+    } else if text.chars().any(char::is_control) {
+        Err("has control characters".to_owned())
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
 /// A value that must not be empty (`--prefix`, `--usage-prefix`).
 pub(crate) fn not_empty(text: &str) -> Result<String, String> {
     if text.is_empty() {
@@ -102,6 +119,15 @@ pub(crate) fn not_empty(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_follow_the_admin_api() {
+        assert_eq!(name("acme"), Ok("acme".to_owned()));
+        assert!(name("").is_err() && name("  ").is_err());
+        assert!(name("a\nb").is_err());
+        assert!(name(&"x".repeat(257)).is_err());
+        assert!(name(&"x".repeat(256)).is_ok());
+    }
 
     #[test]
     fn durations() {
