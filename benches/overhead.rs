@@ -20,7 +20,12 @@
 //!     is checked before the store is asked);
 //!   - `unknown_key`: a well-formed key (good checksum) that the store does not hold: 401;
 //!   - `malformed_key`: the store's prefix with a broken checksum, `.key_format(format)` on the
-//!     layer: 401 without asking the store.
+//!     layer: 401 without asking the store;
+//!   - `missing_credential`: no credential: 401;
+//!   - `two_credentials`: the valid key in the query and in `x-api-key`: 400.
+//!
+//!   A refusal whose body and challenge do not vary sends a body serialised once and a
+//!   challenge built once per realm, so the refusals cost no more than `valid_key`.
 //! - `floor/sha256_plus_dashmap`: the floor of an API-key check (DESIGN.md, "Performance
 //!   model"): one SHA-256 of the key (`KeyDigest::of`) and one lookup in a
 //!   `DashMap<KeyDigest, Arc<KeyRecord>>` of 10 000 entries (std's default hasher), taking the
@@ -52,7 +57,8 @@ use keygate::auth::AuthLayer;
 use keygate::key::{ApiKey, FormatError, KeyDigest, KeyFormat, KeyRecord};
 use keygate::store::MemoryStore;
 use support::{
-    Counting, KEYS, bench_service, finish, group, header_request, query_request, runtime,
+    Counting, KEYS, bare_request, bench_service, finish, group, header_request, query_request,
+    runtime, two_credentials_request,
 };
 use tokio::runtime::Runtime;
 use tower::Layer as _;
@@ -118,6 +124,21 @@ mod support {
     /// `GET /v1/current.json?key=KEY&q=London`.
     pub fn query_request(key: &str) -> Request<Body> {
         Request::get(format!("{PATH}?key={key}&q=London"))
+            .body(Body::empty())
+            .expect("a valid request")
+    }
+
+    /// `GET /v1/current.json?q=London`, no credential.
+    pub fn bare_request() -> Request<Body> {
+        Request::get(format!("{PATH}?q=London"))
+            .body(Body::empty())
+            .expect("a valid request")
+    }
+
+    /// `GET /v1/current.json?key=KEY&q=London` with `x-api-key: KEY` too: two credentials.
+    pub fn two_credentials_request(key: &str) -> Request<Body> {
+        Request::get(format!("{PATH}?key={key}&q=London"))
+            .header("x-api-key", key)
             .body(Body::empty())
             .expect("a valid request")
     }
@@ -257,6 +278,13 @@ fn check_paths(fx: &Fixture) {
         StatusCode::UNAUTHORIZED,
         0,
     );
+    expect(&plain, bare_request(), StatusCode::UNAUTHORIZED, 0);
+    expect(
+        &plain,
+        two_credentials_request(&fx.valid),
+        StatusCode::BAD_REQUEST,
+        0,
+    );
     let outside = AuthLayer::new(counting.clone()).layer(finish(support::router()));
     let before = counting.count();
     let req = query_request(&fx.valid);
@@ -341,6 +369,10 @@ fn auth(c: &mut Criterion, fx: &Fixture) {
     });
     bench_service(&mut g, &fx.rt, "malformed_key", &formatted, || {
         query_request(&fx.malformed)
+    });
+    bench_service(&mut g, &fx.rt, "missing_credential", &plain, bare_request);
+    bench_service(&mut g, &fx.rt, "two_credentials", &plain, || {
+        two_credentials_request(&fx.valid)
     });
     g.finish();
 }

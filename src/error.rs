@@ -450,6 +450,35 @@ impl AuthError {
         realm: &str,
         resource_metadata: Option<&str>,
     ) -> Option<HeaderValue> {
+        // The challenges that depend on the realm and the metadata URL alone are built once
+        // per realm: a refusal does not format its header anew.
+        let fixed = match self {
+            Self::MissingCredential => Some(0),
+            Self::InvalidRequest(_) => Some(1),
+            Self::InvalidCredential(InvalidCredential::TokenExpired) => Some(2),
+            Self::InvalidCredential(_) => Some(3),
+            _ => None,
+        };
+        let Some(kind) = fixed else {
+            return self.build_www_authenticate(realm, resource_metadata);
+        };
+        let key = ChallengeRef(kind, realm, resource_metadata);
+        if let Some(value) = CHALLENGES.get(&key) {
+            return Some(value);
+        }
+        let value = self.build_www_authenticate(realm, resource_metadata)?;
+        CHALLENGES.insert(
+            ChallengeKey(kind, realm.into(), resource_metadata.map(Into::into)),
+            value.clone(),
+        );
+        Some(value)
+    }
+
+    fn build_www_authenticate(
+        &self,
+        realm: &str,
+        resource_metadata: Option<&str>,
+    ) -> Option<HeaderValue> {
         let realm = quote(realm);
         let mut value = match self {
             Self::MissingCredential => format!("Bearer realm={realm}"),
@@ -489,6 +518,43 @@ impl AuthError {
         self.http_response(ctx.realm, ctx.resource_metadata)
     }
 
+    /// The body of a refusal whose body never varies, serialised the first time it is sent:
+    /// a flood of bad keys costs no serialisation per request. `None` for the errors whose
+    /// detail varies (scopes, a claims check's detail, a rate limit's wait).
+    fn fixed_body(&self) -> Option<Bytes> {
+        use std::sync::OnceLock;
+        // One body per arm: each expansion is a static of its own.
+        macro_rules! once {
+            () => {{
+                static BODY: OnceLock<Bytes> = OnceLock::new();
+                let body = BODY.get_or_init(|| {
+                    let status = self.status();
+                    let title = status.canonical_reason().unwrap_or("Error");
+                    problem_body("about:blank", title, status, &self.detail())
+                });
+                Some(body.clone())
+            }};
+        }
+        match self {
+            Self::MissingCredential => once!(),
+            Self::InvalidRequest(CredentialError::Ambiguous) => once!(),
+            Self::InvalidRequest(CredentialError::Repeated) => once!(),
+            Self::InvalidRequest(CredentialError::Empty) => once!(),
+            Self::InvalidRequest(CredentialError::TooLong) => once!(),
+            Self::InvalidRequest(CredentialError::InvalidCharacters) => once!(),
+            Self::InvalidRequest(CredentialError::MalformedAuthorization) => once!(),
+            Self::InvalidCredential(InvalidCredential::TokenExpired) => once!(),
+            // Every other refused credential has the same body: the client learns nothing of
+            // why (unknown, revoked, disabled, ...).
+            Self::InvalidCredential(_) => once!(),
+            Self::Forbidden(Forbidden::AddressNotAllowed) => once!(),
+            Self::Unavailable(_) => once!(),
+            Self::MissingLayer => once!(),
+            Self::ClaimsType(_) => once!(),
+            _ => None,
+        }
+    }
+
     fn http_response(&self, realm: &str, resource_metadata: Option<&str>) -> Response<Bytes> {
         let status = self.status();
         let (problem_type, title) = match self {
@@ -498,13 +564,10 @@ impl AuthError {
             ),
             _ => ("about:blank", status.canonical_reason().unwrap_or("Error")),
         };
-        let body = serde_json::json!({
-            "type": problem_type,
-            "title": title,
-            "status": status.as_u16(),
-            "detail": self.detail(),
-        });
-        let mut res = Response::new(Bytes::from(body.to_string()));
+        let body = self
+            .fixed_body()
+            .unwrap_or_else(|| problem_body(problem_type, title, status, &self.detail()));
+        let mut res = Response::new(body);
         *res.status_mut() = status;
         let headers = res.headers_mut();
         headers.insert(
@@ -561,6 +624,37 @@ impl AuthError {
         }
         res
     }
+}
+
+/// The challenges built so far, by kind, realm and metadata URL. Realms and metadata URLs come
+/// from the service's configuration, so a few entries serve every refusal; the bound keeps a
+/// responder that makes up realms from growing it.
+static CHALLENGES: std::sync::LazyLock<quick_cache::sync::Cache<ChallengeKey, HeaderValue>> =
+    std::sync::LazyLock::new(|| quick_cache::sync::Cache::new(256));
+
+/// A key of [`CHALLENGES`].
+#[derive(Hash, PartialEq, Eq)]
+struct ChallengeKey(u8, Box<str>, Option<Box<str>>);
+
+/// A [`ChallengeKey`] looked up without allocating; hashes as the key does.
+#[derive(Hash)]
+struct ChallengeRef<'a>(u8, &'a str, Option<&'a str>);
+
+impl quick_cache::Equivalent<ChallengeKey> for ChallengeRef<'_> {
+    fn equivalent(&self, key: &ChallengeKey) -> bool {
+        self.0 == key.0 && self.1 == &*key.1 && self.2 == key.2.as_deref()
+    }
+}
+
+/// An `application/problem+json` body (RFC 9457).
+fn problem_body(problem_type: &str, title: &str, status: StatusCode, detail: &str) -> Bytes {
+    let body = serde_json::json!({
+        "type": problem_type,
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    Bytes::from(body.to_string())
 }
 
 /// Seconds to wait, rounded up, at least 1.
@@ -752,6 +846,89 @@ impl fmt::Debug for Rendering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn challenges_are_built_once_per_realm_and_metadata() {
+        let missing = AuthError::MissingCredential;
+        let first = missing.www_authenticate("cached realm").unwrap();
+        let again = missing.www_authenticate("cached realm").unwrap();
+        assert_eq!(first, "Bearer realm=\"cached realm\"");
+        assert_eq!(first.as_bytes().as_ptr(), again.as_bytes().as_ptr());
+        // Another realm, another metadata URL, another error: each its own value.
+        let other = missing.www_authenticate("other realm").unwrap();
+        assert_eq!(other, "Bearer realm=\"other realm\"");
+        let with_url = missing
+            .www_authenticate_with("cached realm", Some("https://a.example/m"))
+            .unwrap();
+        assert_eq!(
+            with_url,
+            "Bearer realm=\"cached realm\", resource_metadata=\"https://a.example/m\""
+        );
+        let expired = AuthError::InvalidCredential(InvalidCredential::TokenExpired);
+        assert_eq!(
+            expired.www_authenticate("cached realm").unwrap(),
+            "Bearer realm=\"cached realm\", error=\"invalid_token\", error_description=\"token expired\""
+        );
+        let unknown = AuthError::InvalidCredential(InvalidCredential::UnknownKey);
+        assert_eq!(
+            unknown.www_authenticate("cached realm").unwrap(),
+            "Bearer realm=\"cached realm\", error=\"invalid_token\""
+        );
+        assert_eq!(
+            missing.www_authenticate("cached realm").unwrap(),
+            "Bearer realm=\"cached realm\""
+        );
+    }
+
+    #[test]
+    fn fixed_bodies_are_the_problem_bodies_serialised_once() {
+        let store_down = StoreError::Timeout;
+        let fixed = [
+            AuthError::MissingCredential,
+            AuthError::InvalidRequest(CredentialError::Ambiguous),
+            AuthError::InvalidRequest(CredentialError::Repeated),
+            AuthError::InvalidRequest(CredentialError::Empty),
+            AuthError::InvalidRequest(CredentialError::TooLong),
+            AuthError::InvalidRequest(CredentialError::InvalidCharacters),
+            AuthError::InvalidRequest(CredentialError::MalformedAuthorization),
+            AuthError::InvalidCredential(InvalidCredential::TokenExpired),
+            AuthError::InvalidCredential(InvalidCredential::UnknownKey),
+            AuthError::InvalidCredential(InvalidCredential::RevokedKey),
+            AuthError::Forbidden(Forbidden::AddressNotAllowed),
+            AuthError::Unavailable(Unavailable::KeyStore(Arc::new(store_down))),
+            AuthError::MissingLayer,
+        ];
+        for error in &fixed {
+            let status = error.status();
+            let fresh = problem_body(
+                "about:blank",
+                status.canonical_reason().unwrap_or("Error"),
+                status,
+                &error.detail(),
+            );
+            let first = error.to_http_response("api");
+            let again = error.to_http_response("api");
+            assert_eq!(first.body(), &fresh, "{error:?}");
+            // The same buffer: nothing serialised for the second refusal.
+            assert_eq!(first.body().as_ptr(), again.body().as_ptr(), "{error:?}");
+        }
+        // Refused credentials share one body, so that the client learns nothing of why.
+        let unknown = AuthError::InvalidCredential(InvalidCredential::UnknownKey);
+        let revoked = AuthError::InvalidCredential(InvalidCredential::RevokedKey);
+        assert_eq!(
+            unknown.to_http_response("a").body(),
+            revoked.to_http_response("b").body()
+        );
+        // Bodies whose detail varies are built for each refusal.
+        let scope = AuthError::InsufficientScope(InsufficientScope::new("weather:read"));
+        assert!(scope.fixed_body().is_none());
+        let denied = AuthError::Forbidden(Forbidden::Denied("No.".into()));
+        assert!(denied.fixed_body().is_none());
+        assert!(
+            String::from_utf8_lossy(denied.to_http_response("a").body())
+                .contains("\"detail\":\"No.\"")
+        );
+    }
 
     #[test]
     fn www_authenticate_values() {
