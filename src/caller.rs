@@ -6,9 +6,12 @@ use http::Extensions;
 use crate::error::Rendering;
 use crate::principal::Principal;
 
-/// Put into every request `AuthLayer` lets through, with or without a [`Principal`]: it tells
-/// the layers and extractors behind it that the layer ran (no `Principal` then means an
-/// anonymous caller, not a forgotten layer) and how it renders errors.
+/// Put into a request `AuthLayer` lets through without a [`Principal`], or with its rendering
+/// settings when they are not the defaults: it tells the layers and extractors behind it that
+/// the layer ran (no `Principal` then means an anonymous caller, not a forgotten layer) and how
+/// it renders errors. A request admitted as a `Principal` with the default settings carries
+/// none: the `Principal` says the layer ran, and the defaults are what the layers behind use
+/// without settings.
 #[derive(Clone, Debug)]
 pub(crate) struct Passed {
     pub(crate) rendering: Rendering,

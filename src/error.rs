@@ -772,6 +772,11 @@ pub(crate) struct Rendering {
 }
 
 impl Rendering {
+    /// Whether nothing is set: a layer behind renders as it would without these settings.
+    pub(crate) fn is_default(&self) -> bool {
+        self.realm.is_none() && self.responder.is_none() && self.resource_metadata.is_none()
+    }
+
     pub(crate) fn set_realm(&mut self, realm: impl Into<Arc<str>>) {
         self.realm = Some(realm.into());
     }

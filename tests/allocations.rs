@@ -1,7 +1,8 @@
 //! Heap allocations per request through an axum `Router` with an `AuthLayer`, counted by a
 //! global allocator that counts the allocations of the test's own thread: a valid API key, a
 //! cached JWT, and the refusals (unknown key, bad checksum, no credential, two credentials),
-//! each against the bare router in the same run.
+//! each against the router with a layer that does nothing (what axum's `Router::layer` costs
+//! any layer) in the same run.
 //!
 //! The request is built before counting starts; what is counted is the service call and the
 //! drop of its response, as `benches/overhead.rs` measures time.
@@ -119,14 +120,31 @@ fn allocations_per_request() {
     let bearer = format!("Bearer {token}");
 
     let bare = finish(router());
-    let keys = finish(router().layer(AuthLayer::new(store.clone()).key_format(format)));
+    let noop = finish(router().layer(tower::layer::util::Identity::new()));
+    let keys = finish(router().layer(AuthLayer::new(store.clone()).key_format(format.clone())));
+    let realm = finish(
+        router().layer(
+            AuthLayer::new(store.clone())
+                .key_format(format)
+                .realm("api"),
+        ),
+    );
     let jwt = finish(router().layer(AuthLayer::jwt_only(verifier)));
 
     let query = |k: &str| format!("/v1/current.json?key={k}&q=London");
-    let (baseline, status) = count(&rt, &bare, || get_with(&query(&key), &[]));
+    let (bare_count, status) = count(&rt, &bare, || get_with(&query(&key), &[]));
+    assert_eq!(status, StatusCode::OK);
+    let (baseline, status) = count(&rt, &noop, || get_with(&query(&key), &[]));
     assert_eq!(status, StatusCode::OK);
     let cases = [
         ("valid key", &keys, query(&key), vec![], StatusCode::OK),
+        (
+            "valid key, realm set",
+            &realm,
+            query(&key),
+            vec![],
+            StatusCode::OK,
+        ),
         (
             "cached JWT",
             &jwt,
@@ -163,7 +181,8 @@ fn allocations_per_request() {
             StatusCode::BAD_REQUEST,
         ),
     ];
-    let mut report = format!("bare router: {baseline} allocations\n");
+    let mut report =
+        format!("bare router: {bare_count} allocations\nnoop layer: {baseline} allocations\n");
     let mut added = Vec::new();
     for (what, app, uri, headers, expected) in &cases {
         let (n, status) = count(&rt, app, || get_with(uri, headers));
@@ -173,17 +192,17 @@ fn allocations_per_request() {
     }
     println!("{report}");
     let added_by = |what: &str| added.iter().find(|(w, _)| *w == what).map(|(_, n)| *n);
-    // What keygate adds to the router's own, as measured when this test was written: bounds
-    // that fail on a regression. An admitted request: six, of which four are the extensions
-    // map's (the first insert allocates the map's box, its table and the value's box, each
-    // later one its value's box: the rendering settings the layers behind read, then the
-    // `Principal`, whose key record's `Arc` is shared, nothing copied); the other two are not
-    // yet accounted for. A refusal allocates nothing beyond its response: its body is
-    // serialised once and its challenge built once per realm, so it allocates what the bare
-    // router's own 200 does.
+    // What keygate adds to the router with a layer, as measured when this test was written:
+    // bounds that fail on a regression. An admitted request with the default rendering: three,
+    // what putting the `Principal` into the extensions costs (the map's box, its table, the
+    // value's box; the key record's `Arc` is shared, nothing copied). With a realm (or a
+    // responder, or metadata) set, one more: the settings the layers behind read. A refusal
+    // allocates nothing beyond its response: its body is serialised once and its challenge
+    // built once per realm, so it allocates no more than the router's own 200.
     for (what, at_most) in [
-        ("valid key", 6),
-        ("cached JWT", 6),
+        ("valid key", 3),
+        ("valid key, realm set", 4),
+        ("cached JWT", 3),
         ("unknown key", 0),
         ("bad checksum", 0),
         ("no credential", 0),

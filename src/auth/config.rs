@@ -303,9 +303,15 @@ impl AuthConfig {
             self.emit_admitted(&**events, &RequestHead::of(req), &admission);
         }
         let extensions = req.extensions_mut();
-        extensions.insert(Passed {
-            rendering: self.rendering.clone(),
-        });
+        // A `Principal` tells the layers behind that a layer ran; the rendering settings go
+        // along when there is none, when they are not the defaults, or to replace an outer
+        // layer's: a request admitted with the defaults costs no second extension.
+        let principal = !matches!(admission, Admission::Anonymous);
+        if !(principal && self.rendering.is_default() && extensions.get::<Passed>().is_none()) {
+            extensions.insert(Passed {
+                rendering: self.rendering.clone(),
+            });
+        }
         match admission {
             Admission::Anonymous => {
                 tracing::debug!(target: "keygate", outcome = "anonymous");
