@@ -31,6 +31,10 @@
 //!   `DashMap<KeyDigest, Arc<KeyRecord>>` of 10 000 entries (std's default hasher), taking the
 //!   record out of the map (an `Arc` clone) as a store must.
 //!
+//! - `ratelimit/*`: the router with `.layer(RateLimitLayer::new(MemoryLimiter::new(), 10⁹/s))`
+//!   then `.layer(AuthLayer::new(store))` (the authentication outermost), the valid key in the
+//!   query: `draft_headers` with the default `RateLimit-Policy` and `RateLimit` headers,
+//!   `no_headers` with `HeaderStyle::None`; against `auth/valid_key`.
 //! - `metrics/*`: what recording keygate's metrics costs a request when the application
 //!   installed no recorder (the package builds keygate with its `metrics` feature, so every
 //!   `auth/*` figure includes it too): `record_admitted_request` records what one request
@@ -502,6 +506,35 @@ fn metrics(c: &mut Criterion) {
     g.finish();
 }
 
+/// The router with a rate limit behind the authentication, with and without its headers.
+fn ratelimit(c: &mut Criterion, fx: &Fixture) {
+    use keygate::Quota;
+    use keygate::ratelimit::{HeaderStyle, MemoryLimiter, RateLimitLayer};
+    let mut g = group(c, "ratelimit");
+    let quota = Quota::per_second(1_000_000_000);
+    let layered = |style: HeaderStyle| {
+        let limit = RateLimitLayer::new(MemoryLimiter::new(), quota).headers(style);
+        finish(
+            support::router()
+                .layer(limit)
+                .layer(AuthLayer::new(fx.store.clone())),
+        )
+    };
+    let draft = layered(HeaderStyle::Draft);
+    let none = layered(HeaderStyle::None);
+    assert_eq!(
+        support::status(&fx.rt, &draft, query_request(&fx.valid)),
+        StatusCode::OK
+    );
+    bench_service(&mut g, &fx.rt, "draft_headers", &draft, || {
+        query_request(&fx.valid)
+    });
+    bench_service(&mut g, &fx.rt, "no_headers", &none, || {
+        query_request(&fx.valid)
+    });
+    g.finish();
+}
+
 fn overhead(c: &mut Criterion) {
     let fx = Fixture::new();
     metrics(c);
@@ -509,6 +542,7 @@ fn overhead(c: &mut Criterion) {
     auth(c, &fx);
     floor(c, &fx);
     jwt(c, &fx);
+    ratelimit(c, &fx);
 }
 
 criterion_group!(benches, overhead);
