@@ -577,66 +577,11 @@ mod redis_backed {
     use keygate::ratelimit::RedisLimiter;
     use keygate::store::{CachedStore, KeyManager, RedisStore};
     use redis::aio::ConnectionManager;
-    use services::redis_url;
+    use services::{Cleanup, redis_url, unique_prefix};
 
     /// The timeout of the limiter whose outage is counted: short, so that a request waits
     /// little for a Redis that is away, yet long enough for a loaded machine's round trips.
     const SHORT: Duration = Duration::from_secs(1);
-
-    /// A prefix no other test or run uses.
-    fn unique_prefix(test: &str) -> String {
-        let mut r = [0u8; 8];
-        getrandom::fill(&mut r).unwrap();
-        format!("kgtest:metrics:{test}:{:016x}:", u64::from_le_bytes(r))
-    }
-
-    /// Deletes every Redis key under its prefix when dropped, so that a failed test cleans up
-    /// too.
-    struct Cleanup {
-        url: String,
-        prefix: String,
-    }
-
-    impl Cleanup {
-        /// Fails at once (not while a failed test unwinds) without `KEYGATE_TEST_REDIS_URL`.
-        fn new(prefix: &str) -> Self {
-            Self {
-                url: redis_url(),
-                prefix: prefix.to_owned(),
-            }
-        }
-    }
-
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let deleted = (|| -> redis::RedisResult<()> {
-                let mut conn = redis::Client::open(self.url.as_str())?.get_connection()?;
-                let mut cursor = 0u64;
-                loop {
-                    let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(format!("{}*", self.prefix))
-                        .arg("COUNT")
-                        .arg(1000)
-                        .query(&mut conn)?;
-                    if !batch.is_empty() {
-                        redis::cmd("DEL").arg(&batch).query::<i64>(&mut conn)?;
-                    }
-                    if next == 0 {
-                        return Ok(());
-                    }
-                    cursor = next;
-                }
-            })();
-            if let Err(e) = deleted {
-                eprintln!(
-                    "could not delete the test's keys under {}: {e}",
-                    self.prefix
-                );
-            }
-        }
-    }
 
     /// A proxy to the test's Redis, and a connection manager through it.
     async fn proxied() -> (Proxy, ConnectionManager) {
@@ -669,7 +614,7 @@ mod redis_backed {
     #[ignore = "needs KEYGATE_TEST_REDIS_URL"]
     fn a_redis_limiter_times_its_commands_and_counts_its_outage() {
         run(|recorded| async move {
-            let prefix = unique_prefix("limiter");
+            let prefix = unique_prefix("metrics-limiter");
             let _cleanup = Cleanup::new(&prefix);
             let (proxy, conn) = proxied().await;
             let limiter = RedisLimiter::new(conn).prefix(&prefix).timeout(SHORT);
@@ -736,7 +681,7 @@ mod redis_backed {
     #[ignore = "needs KEYGATE_TEST_REDIS_URL"]
     fn a_cached_redis_store_counts_misses_and_hits_and_times_its_lookups() {
         run(|recorded| async move {
-            let prefix = unique_prefix("store");
+            let prefix = unique_prefix("metrics-store");
             let _cleanup = Cleanup::new(&prefix);
             let store = RedisStore::connect(&redis_url())
                 .await

@@ -30,7 +30,7 @@ use keygate::store::{
     RedisStore, StoreError,
 };
 use redis::aio::ConnectionManager;
-use services::redis_url;
+use services::{Cleanup, keys_under, redis_url, unique_prefix};
 use tokio::sync::mpsc;
 
 /// No test runs longer than this.
@@ -48,69 +48,6 @@ async fn bounded<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(TEST_LIMIT, f)
         .await
         .expect("the test took too long")
-}
-
-/// A prefix no other test or run uses.
-fn unique_prefix(test: &str) -> String {
-    let mut r = [0u8; 8];
-    getrandom::fill(&mut r).unwrap();
-    format!("kgtest:{test}:{:016x}:", u64::from_le_bytes(r))
-}
-
-/// Deletes every Redis key under its prefix when dropped, so that a failed test cleans up too.
-struct Cleanup {
-    url: String,
-    prefix: String,
-}
-
-impl Cleanup {
-    fn new(prefix: &str) -> Self {
-        Self {
-            url: redis_url(),
-            prefix: prefix.to_owned(),
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        match keys_under(&self.url, &self.prefix) {
-            Ok(keys) if !keys.is_empty() => {
-                let deleted = redis::Client::open(self.url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("DEL").arg(&keys).query::<i64>(&mut c));
-                if let Err(e) = deleted {
-                    eprintln!(
-                        "could not delete the test's keys under {}: {e}",
-                        self.prefix
-                    );
-                }
-            }
-            Ok(_) => {}
-            Err(e) => eprintln!("could not list the test's keys under {}: {e}", self.prefix),
-        }
-    }
-}
-
-/// Every Redis key whose name starts with `prefix` (which holds no glob character).
-fn keys_under(url: &str, prefix: &str) -> redis::RedisResult<Vec<String>> {
-    let mut conn = redis::Client::open(url)?.get_connection()?;
-    let mut keys = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query(&mut conn)?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
 }
 
 /// A store on the test's Redis under `prefix`.

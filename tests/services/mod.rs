@@ -67,3 +67,71 @@ pub fn drop_schema(url: &str, name: &str) {
         eprintln!("could not drop the test schema {name}");
     }
 }
+
+/// A prefix no other test or run uses.
+#[cfg(feature = "redis")]
+pub fn unique_prefix(test: &str) -> String {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).unwrap();
+    format!("kgtest:{test}:{:016x}:", u64::from_le_bytes(r))
+}
+
+/// Deletes every Redis key under its prefix when dropped, so that a failed test cleans up too.
+#[cfg(feature = "redis")]
+pub struct Cleanup {
+    url: String,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl Cleanup {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            url: redis_url(),
+            prefix: prefix.to_owned(),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        match keys_under(&self.url, &self.prefix) {
+            Ok(keys) if !keys.is_empty() => {
+                let deleted = redis::Client::open(self.url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("DEL").arg(&keys).query::<i64>(&mut c));
+                if let Err(e) = deleted {
+                    eprintln!(
+                        "could not delete the test's keys under {}: {e}",
+                        self.prefix
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("could not list the test's keys under {}: {e}", self.prefix),
+        }
+    }
+}
+
+/// Every Redis key whose name starts with `prefix` (which holds no glob character).
+#[cfg(feature = "redis")]
+pub fn keys_under(url: &str, prefix: &str) -> redis::RedisResult<Vec<String>> {
+    let mut conn = redis::Client::open(url)?.get_connection()?;
+    let mut keys = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut conn)?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
