@@ -416,14 +416,36 @@ impl TokenIssuer {
             aud: self.aud.as_deref(),
             extra: claims,
         };
-        let token =
-            jsonwebtoken::encode(&header, &claims, &self.key).map_err(IssueError::Signing)?;
+        let token = encode(&header, &claims, &self.key).map_err(IssueError::Signing)?;
         Ok(IssuedToken {
             access_token: token,
             token_type: "Bearer",
             expires_in: exp.saturating_sub(now),
         })
     }
+}
+
+/// `jsonwebtoken::encode`, signed by aws-lc-rs whatever crypto provider the process installed
+/// (see [`signed_by`](super::verifier::signed_by)): the header and the claims as base64url JSON,
+/// then the signature of both.
+fn encode(
+    header: &Header,
+    claims: &impl Serialize,
+    key: &EncodingKey,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signer = (jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.signer_factory)(&header.alg, key)?;
+    if signer.algorithm() != header.alg {
+        return Err(jsonwebtoken::errors::ErrorKind::InvalidAlgorithm.into());
+    }
+    let mut token = URL_SAFE_NO_PAD.encode(serde_json::to_vec(header)?);
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(serde_json::to_vec(claims)?, &mut token);
+    let signature = signer.try_sign(token.as_bytes())?;
+    token.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+    Ok(token)
 }
 
 /// The latest `exp` written: 2^53 − 1 seconds, the largest integer every JSON reader (a double)
