@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Decision, Verdict};
@@ -104,23 +105,35 @@ impl Policies {
     pub(crate) fn write(&self, headers: &mut HeaderMap, verdict: &Verdict, style: HeaderStyle) {
         let decisions = verdict.decisions();
         if matches!(style, HeaderStyle::Draft | HeaderStyle::Both) {
-            append(headers, &RATELIMIT_POLICY, &self.policy_value);
-            // Written by hand rather than with `write!`: this runs for every admitted request.
-            let mut value = String::with_capacity(32 * decisions.len());
+            append(headers, &RATELIMIT_POLICY, self.policy_value.clone());
+            // Written by hand rather than with `write!`, into a buffer of the exact length that
+            // becomes the header value without a copy: this runs for every admitted request,
+            // and the value is its one allocation.
+            let len: usize = decisions
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let separator = if i > 0 { 2 } else { 0 };
+                    let digits = decimal_len(d.remaining.into()) + decimal_len(reset_secs(d));
+                    separator + self.name(i).len() + r#""";r=;t="#.len() + digits
+                })
+                .sum();
+            let mut value = Vec::with_capacity(len);
             let mut digits = itoa::Buffer::new();
             for (i, d) in decisions.iter().enumerate() {
                 if i > 0 {
-                    value.push_str(", ");
+                    value.extend_from_slice(b", ");
                 }
-                value.push('"');
-                value.push_str(self.name(i));
-                value.push_str("\";r=");
-                value.push_str(digits.format(d.remaining));
-                value.push_str(";t=");
-                value.push_str(digits.format(reset_secs(d)));
+                value.push(b'"');
+                value.extend_from_slice(self.name(i).as_bytes());
+                value.extend_from_slice(b"\";r=");
+                value.extend_from_slice(digits.format(d.remaining).as_bytes());
+                value.extend_from_slice(b";t=");
+                value.extend_from_slice(digits.format(reset_secs(d)).as_bytes());
             }
-            if let Ok(v) = HeaderValue::try_from(value) {
-                append(headers, &RATELIMIT, &v);
+            debug_assert_eq!(value.len(), len);
+            if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
+                append(headers, &RATELIMIT, v);
             }
         }
         if matches!(style, HeaderStyle::Legacy | HeaderStyle::Both)
@@ -143,6 +156,11 @@ impl Policies {
     }
 }
 
+/// The number of decimal digits of `n`.
+fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
+
 /// Seconds until a limit resets: 0 when it is full, else rounded up.
 pub(crate) fn reset_secs(d: &Decision) -> u64 {
     if d.reset_after.is_zero() {
@@ -152,19 +170,24 @@ pub(crate) fn reset_secs(d: &Decision) -> u64 {
     }
 }
 
-fn append(headers: &mut HeaderMap, name: &HeaderName, value: &HeaderValue) {
-    match headers.get(name) {
-        Some(existing) if !existing.is_empty() => {
-            let mut joined = Vec::with_capacity(existing.len() + 2 + value.len());
-            joined.extend_from_slice(existing.as_bytes());
+/// Sets `name` to `value`, or appends `value` to the list a layer further in wrote (one lookup).
+fn append(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    match headers.entry(name) {
+        Entry::Occupied(mut existing) if !existing.get().is_empty() => {
+            let old = existing.get().as_bytes();
+            let mut joined = Vec::with_capacity(old.len() + 2 + value.len());
+            joined.extend_from_slice(old);
             joined.extend_from_slice(b", ");
             joined.extend_from_slice(value.as_bytes());
             if let Ok(v) = HeaderValue::from_bytes(&joined) {
-                headers.insert(name.clone(), v);
+                existing.insert(v);
             }
         }
-        _ => {
-            headers.insert(name.clone(), value.clone());
+        Entry::Occupied(mut empty) => {
+            empty.insert(value);
+        }
+        Entry::Vacant(vacant) => {
+            vacant.insert(value);
         }
     }
 }
@@ -189,6 +212,13 @@ mod tests {
             remaining,
             reset_after: Duration::from_millis(reset_ms),
             retry_after: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn decimal_len_counts_digits() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_295, u64::MAX] {
+            assert_eq!(decimal_len(n), n.to_string().len(), "{n}");
         }
     }
 
