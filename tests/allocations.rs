@@ -193,9 +193,11 @@ fn allocations_per_request() {
     println!("{report}");
     let added_by = |what: &str| added.iter().find(|(w, _)| *w == what).map(|(_, n)| *n);
     // What keygate adds to the router with a layer, as measured when this test was written:
-    // bounds that fail on a regression. An admitted request with the default rendering: three,
-    // what putting the `Principal` into the extensions costs (the map's box, its table, the
-    // value's box; the key record's `Arc` is shared, nothing copied). With a realm (or a
+    // bounds that fail on a regression. An admitted request with the default rendering: three.
+    // Two are what putting the `Principal` into the extensions costs: the value's box, and the
+    // map's larger table (axum's router put three extensions in before, filling the first
+    // table); the key record's `Arc` is shared, nothing copied. The third is axum's: it boxes
+    // the body of every layer's response that is not its own `Body` type. With a realm (or a
     // responder, or metadata) set, one more: the settings the layers behind read. A refusal
     // allocates nothing beyond its response: its body is serialised once and its challenge
     // built once per realm, so it allocates no more than the router's own 200.
