@@ -42,10 +42,50 @@
 //!   (a cache hit, an authenticated API key, an allowed decision), against `empty`, the same
 //!   loop recording nothing. The goal: at most 20 ns per request.
 //!
+//! - `compare/*`: the crates users pick instead, through the same router, every request
+//!   `GET /v1/current.json?q=London` with its credential in a header:
+//!   - `bare_router_header`: the router without any layer, `x-api-key: KEY`: the baseline of
+//!     the cases below (the request's header is dropped inside the measurement too);
+//!   - `tower_governor`: `tower_governor`'s `GovernorLayer`, keyed by the `x-api-key` header
+//!     (a `KeyExtractor` owning the header's value, as an application writes one), a quota of
+//!     one cell per nanosecond and a burst of 10⁹ (never refuses), no headers (its default);
+//!     a request without the header gets its 500;
+//!   - `tower_governor_headers`: the same with `use_headers()` (`x-ratelimit-limit` and
+//!     `x-ratelimit-remaining` on every response);
+//!   - `keygate_auth`: `AuthLayer` over the store, `x-api-key: KEY` (as `auth/valid_key_header`,
+//!     measured next to the others);
+//!   - `keygate_auth_ratelimit`: a `RateLimitLayer` (`MemoryLimiter`, 10⁹/s, keyed by the
+//!     principal, draft headers) behind the `AuthLayer`, as `ratelimit/draft_headers` but with
+//!     the key in `x-api-key`; `keygate_auth_ratelimit_no_headers` with `HeaderStyle::None`;
+//!   - `tower_http_bearer`: tower-http's `ValidateRequestHeaderLayer::bearer("token")`,
+//!     `Authorization: Bearer token`: one header compared with a constant, the floor of any
+//!     credential check through a `Router::layer`.
+//!
+//!   Every case is one `Router::layer` more than the bare router but the rate-limited ones,
+//!   which are one more than `keygate_auth`. The figures to compare:
+//!   - what keygate's rate limit adds, `keygate_auth_ratelimit − keygate_auth`, against all
+//!     `tower_governor` adds, `tower_governor − bare_router_header`: each difference holds one
+//!     `Router::layer`. The goal: the first at most the second. Like for like:
+//!     `keygate_auth_ratelimit_no_headers − keygate_auth` against the same, and
+//!     `keygate_auth_ratelimit − keygate_auth` against `tower_governor_headers −
+//!     bare_router_header` (headers on both sides);
+//!   - an API-key check, `keygate_auth − bare_router_header`, against the bearer compare,
+//!     `tower_http_bearer − bare_router_header` (what any layer that looks at a header costs).
+//!
+//!   Subtract `baseline/noop_layer − baseline/bare_router` from a difference to leave out what
+//!   axum charges for the `Router::layer` itself.
+//!
+//!   Groups measured one after the other see different loads on a shared machine, so before
+//!   its group `compare` also prints `paired/compare` lines: the cases above and the two
+//!   `baseline/*` timed in turn, in rounds of 200 requests, 300 rounds; the best round of each
+//!   (the least disturbed one), the differences above from those, and whether the goal is met.
+//!   These lines are the figures to read the comparison from.
+//!
 //! The goal: `auth/valid_key − baseline/bare_router` ≤ 1.5 × the floor.
 //!
 //! Before measuring, every case is checked once to take the path it is named after (status, and
-//! whether the store was asked).
+//! whether the store was asked; for `compare/*`, 200 with the credential, the layer's refusal
+//! without it, and the rate-limit headers where a case writes them).
 //!
 //! Layout: `support` builds routers, requests and stores; each group is a function taking the
 //! shared [`Fixture`], called from `overhead`. Benches of other layers (rate limiter, JWT) add
@@ -535,6 +575,234 @@ fn ratelimit(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
+/// A `tower_governor` key extractor reading the `x-api-key` header, as an application keying
+/// its limit by API key without authenticating writes one: the header's value, owned.
+#[derive(Clone, Copy)]
+struct ApiKeyHeader;
+
+impl tower_governor::key_extractor::KeyExtractor for ApiKeyHeader {
+    type Key = String;
+
+    fn extract<T>(&self, req: &http::Request<T>) -> Result<String, tower_governor::GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(tower_governor::GovernorError::UnableToExtractKey)
+    }
+}
+
+/// The layers users pick instead, against keygate's, every request carrying its credential in a
+/// header: `tower_governor` keyed by `x-api-key`, tower-http's bearer check, and keygate's
+/// `AuthLayer` alone and with a `RateLimitLayer` behind it.
+fn compare(c: &mut Criterion, fx: &Fixture) {
+    use keygate::Quota;
+    use keygate::ratelimit::{HeaderStyle, MemoryLimiter, RateLimitLayer};
+    use tower_governor::GovernorLayer;
+    use tower_governor::governor::GovernorConfigBuilder;
+    use tower_http::validate_request::ValidateRequestHeaderLayer;
+
+    let rt = &fx.rt;
+    let bare = finish(support::router());
+    // One cell replenished every nanosecond (10⁹/s) and a burst of 10⁹: never refuses, as the
+    // keygate limit below.
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(ApiKeyHeader)
+        .finish()
+        .expect("a non-zero period and burst");
+    let governed =
+        finish(support::router().layer(GovernorLayer::<_, _, axum::body::Body>::new(governor)));
+    let governor_headers = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(1_000_000_000)
+        .key_extractor(ApiKeyHeader)
+        .use_headers()
+        .finish()
+        .expect("a non-zero period and burst");
+    let governed_headers = finish(support::router().layer(
+        GovernorLayer::<_, _, axum::body::Body>::new(governor_headers),
+    ));
+    // Deprecated by tower-http as "too basic to be useful in real applications": here the
+    // floor of any credential check, one header compared with a constant.
+    #[allow(deprecated)]
+    let bearer = finish(support::router().layer(ValidateRequestHeaderLayer::bearer(BEARER)));
+    let auth = finish(support::router().layer(AuthLayer::new(fx.store.clone())));
+    let limited_with = |style: HeaderStyle| {
+        let limit = RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(1_000_000_000))
+            .headers(style);
+        finish(
+            support::router()
+                .layer(limit)
+                .layer(AuthLayer::new(fx.store.clone())),
+        )
+    };
+    let limited = limited_with(HeaderStyle::Draft);
+    let limited_no_headers = limited_with(HeaderStyle::None);
+    let bearer_request = || {
+        http::Request::get(format!("{}?q=London", support::PATH))
+            .header("authorization", format!("Bearer {BEARER}"))
+            .body(axum::body::Body::empty())
+            .expect("a valid request")
+    };
+
+    // Each case answers 200 with its credential, and refuses a request without one.
+    let check = |app: &axum::Router, good: http::Request<axum::body::Body>, refused| {
+        let response = rt.block_on(support::send(app, good));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(support::status(rt, app, bare_request()), refused);
+        response
+    };
+    check(&bare, header_request(&fx.valid), StatusCode::OK);
+    // tower_governor answers a request its extractor finds no key in with 500.
+    let response = check(
+        &governed,
+        header_request(&fx.valid),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    );
+    assert!(!response.headers().contains_key("x-ratelimit-remaining"));
+    let response = check(
+        &governed_headers,
+        header_request(&fx.valid),
+        StatusCode::INTERNAL_SERVER_ERROR,
+    );
+    assert!(response.headers().contains_key("x-ratelimit-remaining"));
+    check(&bearer, bearer_request(), StatusCode::UNAUTHORIZED);
+    check(&auth, header_request(&fx.valid), StatusCode::UNAUTHORIZED);
+    let response = check(
+        &limited,
+        header_request(&fx.valid),
+        StatusCode::UNAUTHORIZED,
+    );
+    assert!(response.headers().contains_key("ratelimit-policy"));
+    assert!(response.headers().contains_key("ratelimit"));
+    let response = check(
+        &limited_no_headers,
+        header_request(&fx.valid),
+        StatusCode::UNAUTHORIZED,
+    );
+    assert!(!response.headers().contains_key("ratelimit-policy"));
+
+    let header = || header_request(&fx.valid);
+    let query = || query_request(&fx.valid);
+    let noop = finish(support::router().layer(Identity::new()));
+    let cases: &[PairedCase<'_>] = &[
+        ("bare_router", &bare, &query),
+        ("noop_layer", &noop, &query),
+        ("bare_router_header", &bare, &header),
+        ("tower_governor", &governed, &header),
+        ("tower_governor_headers", &governed_headers, &header),
+        ("keygate_auth", &auth, &header),
+        ("keygate_auth_ratelimit", &limited, &header),
+        (
+            "keygate_auth_ratelimit_no_headers",
+            &limited_no_headers,
+            &header,
+        ),
+        ("tower_http_bearer", &bearer, &bearer_request),
+    ];
+    let best = paired(rt, cases);
+    let ns = |name: &str| {
+        let i = cases.iter().position(|(case, ..)| *case == name);
+        best[i.expect("a paired case")]
+    };
+    let line: Vec<String> = cases
+        .iter()
+        .zip(&best)
+        .map(|((case, ..), ns)| format!("{case} {ns:.0} ns"))
+        .collect();
+    println!("paired/compare: {}", line.join(", "));
+    let limit_adds = ns("keygate_auth_ratelimit") - ns("keygate_auth");
+    let limit_adds_bare = ns("keygate_auth_ratelimit_no_headers") - ns("keygate_auth");
+    let governor_adds = ns("tower_governor") - ns("bare_router_header");
+    let governor_adds_headers = ns("tower_governor_headers") - ns("bare_router_header");
+    println!(
+        "paired/compare: RateLimitLayer adds {limit_adds:.0} ns with draft headers \
+         (keygate_auth_ratelimit − keygate_auth), {limit_adds_bare:.0} ns without \
+         (keygate_auth_ratelimit_no_headers − keygate_auth); tower_governor adds \
+         {governor_adds:.0} ns in total (tower_governor − bare_router_header), \
+         {governor_adds_headers:.0} ns with its headers (tower_governor_headers − \
+         bare_router_header)"
+    );
+    println!(
+        "paired/compare: goal RateLimitLayer (draft headers) ≤ tower_governor: {:.2}× ({}); \
+         headers on both sides: {:.2}×, none on either: {:.2}×; each difference holds one \
+         Router::layer, {:.0} ns (noop_layer − bare_router)",
+        limit_adds / governor_adds,
+        if limit_adds <= governor_adds {
+            "met"
+        } else {
+            "not met"
+        },
+        limit_adds / governor_adds_headers,
+        limit_adds_bare / governor_adds,
+        ns("noop_layer") - ns("bare_router"),
+    );
+    println!(
+        "paired/compare: AuthLayer adds {:.0} ns (keygate_auth − bare_router_header), the bearer \
+         compare {:.0} ns (tower_http_bearer − bare_router_header)",
+        ns("keygate_auth") - ns("bare_router_header"),
+        ns("tower_http_bearer") - ns("bare_router_header"),
+    );
+
+    let mut g = group(c, "compare");
+    bench_service(&mut g, rt, "bare_router_header", &bare, header);
+    bench_service(&mut g, rt, "tower_governor", &governed, header);
+    bench_service(
+        &mut g,
+        rt,
+        "tower_governor_headers",
+        &governed_headers,
+        header,
+    );
+    bench_service(&mut g, rt, "keygate_auth", &auth, header);
+    bench_service(&mut g, rt, "keygate_auth_ratelimit", &limited, header);
+    bench_service(
+        &mut g,
+        rt,
+        "keygate_auth_ratelimit_no_headers",
+        &limited_no_headers,
+        header,
+    );
+    bench_service(&mut g, rt, "tower_http_bearer", &bearer, bearer_request);
+    g.finish();
+}
+
+/// A case of [`paired`]: its name, its router and what makes its requests.
+type PairedCase<'a> = (
+    &'a str,
+    &'a axum::Router,
+    &'a dyn Fn() -> http::Request<axum::body::Body>,
+);
+
+/// Times `cases` in turn, in rounds of `BATCH` requests each (built before the round's clock
+/// starts, sent one after the other as `bench_service` sends them), and returns the best round
+/// of each case, in nanoseconds a request: on a shared machine the least disturbed round.
+fn paired(rt: &Runtime, cases: &[PairedCase<'_>]) -> Vec<f64> {
+    const ROUNDS: usize = 300;
+    const BATCH: u32 = 200;
+    let mut best = vec![f64::MAX; cases.len()];
+    for _ in 0..ROUNDS {
+        for (case, (_, app, make)) in cases.iter().enumerate() {
+            let requests: Vec<_> = (0..BATCH).map(|_| make()).collect();
+            let elapsed = rt.block_on(async {
+                let start = std::time::Instant::now();
+                for req in requests {
+                    drop(black_box(support::send(*app, req).await));
+                }
+                start.elapsed()
+            });
+            let ns = elapsed.as_nanos() as f64 / f64::from(BATCH);
+            best[case] = best[case].min(ns);
+        }
+    }
+    best
+}
+
+/// The token `compare/tower_http_bearer` expects, as `Authorization: Bearer token`.
+const BEARER: &str = "token";
+
 fn overhead(c: &mut Criterion) {
     let fx = Fixture::new();
     metrics(c);
@@ -543,6 +811,7 @@ fn overhead(c: &mut Criterion) {
     floor(c, &fx);
     jwt(c, &fx);
     ratelimit(c, &fx);
+    compare(c, &fx);
 }
 
 criterion_group!(benches, overhead);

@@ -578,7 +578,7 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
     let after = rss_bytes();
     println!(
         "  after sweep:  {} keys, RSS {:.1} MiB ({:.1} bytes/key of the first batch still \
-         resident: the tables keep their capacity, the allocator keeps freed key strings), \
+         resident: the tables gave their space back, which the allocator may keep), \
          sweep {:?}",
         limiter.len(),
         after as f64 / 1048576.0,
@@ -586,7 +586,8 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
         sweep_time,
     );
 
-    // The memory is reused: a quarter as many new keys cost (almost) nothing more.
+    // The tables shrank with the sweep: a quarter as many new keys cost no more per key than
+    // the first batch did (less where the allocator hands the freed space out again).
     let m = n / 4;
     drive(&limiter, &q, n, m);
     assert_eq!(limiter.len() as u64, m);
@@ -598,8 +599,8 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
         again as f64 / 1048576.0,
     );
     assert!(
-        growth < per_key / 2.0,
-        "swept memory is not reused: {growth:.1} bytes/key growth"
+        growth <= per_key * 1.25,
+        "new keys after a sweep cost {growth:.1} bytes/key, the first batch {per_key:.1}"
     );
     clock.advance(Duration::from_secs(61));
     assert_eq!(limiter.sweep() as u64, m);

@@ -1,4 +1,3 @@
-use std::collections::VecDeque;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, fence};
@@ -17,6 +16,9 @@ use crate::{Limit, Limits, MAX_LIMITS};
 
 /// The default limit on tracked keys of a [`MemoryLimiter`].
 const DEFAULT_MAX_KEYS: usize = 4_000_000;
+/// The largest limit on tracked keys: a shard keeps its entries' places in 32 bits, and may
+/// hold a few more entries than the limit while new keys of other shards are inserted.
+const MAX_MAX_KEYS: usize = i32::MAX as usize;
 
 /// The in-memory limiter: GCRA rates with one atomic timestamp per key, and lists of limits
 /// (rates and fixed-window caps, per caller or per owner) decided atomically.
@@ -46,16 +48,31 @@ const DEFAULT_MAX_KEYS: usize = 4_000_000;
 /// **Memory stays bounded, and so does the work of every decision.** An entry whose theoretical
 /// arrival time has passed holds no information (it is the same as no entry), so it can be
 /// dropped at any time; so can a list's entry once every rate in it has passed its time and
-/// every fixed window in it has ended. Each shard keeps its keys in a ring, oldest first; every
-/// new key looks at the two oldest entries of its shard and drops those that went idle (a live
-/// one goes to the back of the ring). So the table holds about twice the keys active within one
-/// burst window, and no decision ever walks the table: the cost of forgetting is a constant per
-/// new key, not a pause now and then. The limiter also never holds more than `max_keys` entries
-/// (default 4,000,000; a list's caller and owner entries count one each): a new key that
-/// arrives at that limit looks at up to 16 more of its shard's oldest entries and, when none of
-/// them is idle, fails with [`RateLimitError::Full`] (503) rather than go unlimited or evict a
-/// live limit. A flood of new keys at capacity thus costs each request a few microseconds,
-/// never a sweep of millions of entries.
+/// every fixed window in it has ended. Each shard keeps its entries in an array, with an index
+/// from a key's hash to its place, and a cursor that goes round the array: every new key looks
+/// at the next two entries at its shard's cursor and drops those that went idle (the newest
+/// entry takes a dropped one's place, behind the cursor). So the table holds about twice the
+/// keys active within one burst window, and no decision ever walks the table: the cost of
+/// forgetting is a constant per new key, not a pause now and then. The limiter also never holds
+/// more than `max_keys` entries (default 4,000,000; a list's caller and owner entries count one
+/// each): a new key that arrives at that limit looks at up to 16 more entries at its shard's
+/// cursor and, when none of them is idle, fails with [`RateLimitError::Full`] (503) rather than
+/// go unlimited or evict a live limit. A flood of new keys at capacity thus costs each request
+/// a few microseconds, never a sweep of millions of entries.
+///
+/// **Memory follows the live keys.** A key of the single-rate path up to 22 bytes long is an
+/// entry of 32 bytes (a longer one is kept on the heap besides), and 5 bytes per bucket of its
+/// index, whose buckets are a power of two, filled up to 7/8; the array grows by half when full.
+/// That is about 40 to 60 bytes of heap a key, whatever their number once in the thousands (56
+/// at 1,000,000 keys on a machine of 16 shards, where `governor`'s keyed limiter holds 89: see
+/// `benches/limiter_memory.rs`). When keys go idle and are dropped, the array and its index
+/// shrink once they hold less than a quarter of their room, to 1.5 and twice what is left: a
+/// copy of the live entries (the index is rebuilt), made only after at least as many entries
+/// were dropped, so still a constant per dropped entry on average. The new key that triggers
+/// it waits for that copy, as one that makes a shard's table grow waits for it to grow (a
+/// shard holds an eighth of the keys or less, as there are 8 shards per core). Only new keys and
+/// [`sweep`](Self::sweep) drop entries: after a spike, a limiter that sees no new keys keeps
+/// its room until swept.
 ///
 /// ```
 /// use keygate::ratelimit::{MemoryLimiter, RateLimiter};
@@ -99,8 +116,9 @@ pub struct MemoryLimiter {
 
 struct Inner {
     shards: Box<[RwLock<Shard>]>,
-    shift: u32,
-    hasher: foldhash::fast::RandomState,
+    /// The number of shards less one (a power of two less one): see [`Inner::shard_of`].
+    shard_mask: usize,
+    hasher: Hasher,
     clock: SharedClock,
     /// Whether `clock` is the system's: its wall time is then read once a millisecond and
     /// carried forward by its monotonic time in between (see [`Inner::wall_nanos`]).
@@ -119,21 +137,27 @@ struct Inner {
 /// within this delay.
 const WALL_CLOCK_READ_EVERY: u64 = 1_000_000;
 
-struct Shard {
-    /// Keys of the single-rate path.
-    table: HashTable<Entry>,
-    /// The hashes of the shard's entries, oldest first: the order in which idle entries are
-    /// looked for. May hold hashes of entries already gone (dropped when reached).
-    ring: VecDeque<u64>,
-    /// Callers' and owners' entries of lists of limits.
-    lists: HashTable<ListEntry>,
-    /// As `ring`, for `lists`.
-    list_ring: VecDeque<u64>,
+/// The hasher of the limiter's keys: one seed per limiter.
+type Hasher = foldhash::fast::RandomState;
+
+/// The hash every table of a limiter files `key` under.
+#[inline]
+fn hash_key(hasher: &Hasher, key: &[u8]) -> u64 {
+    hasher.hash_one(key)
 }
 
+struct Shard {
+    /// Keys of the single-rate path.
+    single: Table<Entry>,
+    /// Callers' and owners' entries of lists of limits.
+    lists: Table<ListEntry>,
+}
+
+/// A key of the single-rate path: 32 bytes, its key inline up to 22 bytes. Its hash is not
+/// kept (it is computed again from the key on the rare paths that need it: growing or
+/// shrinking the index, dropping the entry).
 struct Entry {
     key: StoredKey,
-    hash: u64,
     tat: AtomicU64,
 }
 
@@ -280,65 +304,239 @@ impl ListEntry {
     }
 }
 
-/// What the ring of a table needs of its entries.
-trait Hashed {
-    fn hash(&self) -> u64;
+/// What a [`Table`] needs of its entries: the hash its index files them under.
+trait Stored {
+    fn hash(&self, hasher: &Hasher) -> u64;
 }
 
-impl Hashed for Entry {
-    fn hash(&self) -> u64 {
+impl Stored for Entry {
+    #[inline]
+    fn hash(&self, hasher: &Hasher) -> u64 {
+        hash_key(hasher, self.key.as_bytes())
+    }
+}
+
+impl Stored for ListEntry {
+    #[inline]
+    fn hash(&self, _: &Hasher) -> u64 {
         self.hash
     }
 }
 
-impl Hashed for ListEntry {
-    fn hash(&self) -> u64 {
-        self.hash
+/// A shard's entries of one kind: a dense array, and an index from a key's hash to its place
+/// in the array (4 bytes and a control byte per bucket).
+///
+/// The array holds nothing but entries, so memory follows the entries: it grows by half when
+/// full, and shrinks once a quarter full; the index, whose buckets are a power of two, shrinks
+/// once its load falls below a quarter of its capacity. Idle entries are looked for by a
+/// cursor that goes round the array, so finding them costs no lookup and needs no list of
+/// their own: a new entry goes at the end, and dropping one moves the last (the newest) into
+/// its place, behind the cursor, to be looked at in the cursor's next round.
+struct Table<T> {
+    entries: Vec<T>,
+    /// Indices into `entries`, by the hash of their key.
+    index: HashTable<u32>,
+    /// The next entry the search for idle entries looks at.
+    cursor: usize,
+}
+
+/// Below this capacity (entries) a table is not shrunk: it is small already.
+const SHRINK_ABOVE: usize = 64;
+
+impl<T: Stored> Table<T> {
+    fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+            index: HashTable::new(),
+            cursor: 0,
+        }
     }
-}
 
-impl Shard {
-    /// The rings anew from the tables: every entry once, in the table's order.
-    fn rebuild_rings(&mut self) {
-        rebuild(&mut self.ring, &self.table);
-        rebuild(&mut self.list_ring, &self.lists);
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
     }
-}
 
-fn rebuild<T: Hashed>(ring: &mut VecDeque<u64>, table: &HashTable<T>) {
-    ring.clear();
-    ring.extend(table.iter().map(Hashed::hash));
-}
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 
-/// Looks at up to `steps` of a ring's oldest entries: drops the idle ones, moves the live ones
-/// to the back. Returns how many were dropped.
-fn step_ring<T: Hashed>(
-    ring: &mut VecDeque<u64>,
-    table: &mut HashTable<T>,
-    steps: usize,
-    mut idle: impl FnMut(&mut T) -> bool,
-) -> usize {
-    let mut removed = 0;
-    for _ in 0..steps.min(ring.len()) {
-        let Some(hash) = ring.pop_front() else {
-            break;
+    /// The entry filed under `hash` for which `eq` holds.
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&T> {
+        let entries = &self.entries;
+        let at = *self
+            .index
+            .find(hash, |&at| entries.get(at as usize).is_some_and(&mut eq))?;
+        entries.get(at as usize)
+    }
+
+    /// As [`find`](Self::find), to change the entry.
+    fn find_mut(&mut self, hash: u64, mut eq: impl FnMut(&T) -> bool) -> Option<&mut T> {
+        let entries = &self.entries;
+        let at = *self
+            .index
+            .find(hash, |&at| entries.get(at as usize).is_some_and(&mut eq))?;
+        self.entries.get_mut(at as usize)
+    }
+
+    /// Adds `value`, which no entry matches, filed under `hash`. The limiter holds far fewer
+    /// than `u32::MAX` entries ([`MAX_MAX_KEYS`]), so a place fits in 32 bits.
+    fn insert(&mut self, hash: u64, value: T, hasher: &Hasher) {
+        if self.entries.len() == self.entries.capacity() {
+            // By half, not by doubling: at most a third of the array is ever room to grow.
+            self.entries.reserve_exact((self.entries.len() / 2).max(4));
+        }
+        let at = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries.push(value);
+        let entries = &self.entries;
+        self.index
+            .insert_unique(hash, at, |&i| rehash(entries, i, hasher));
+    }
+
+    /// Drops the entry at `at`: the last entry takes its place.
+    fn remove_at(&mut self, at: usize, hasher: &Hasher) {
+        let Some(entry) = self.entries.get(at) else {
+            return;
         };
-        // A hash without its entry was dropped by a full sweep.
-        if let Ok(mut entry) = table.find_entry(hash, |e| e.hash() == hash) {
-            if idle(entry.get_mut()) {
-                entry.remove();
-                removed += 1;
-            } else {
-                ring.push_back(hash);
+        let found = self
+            .index
+            .find_entry(entry.hash(hasher), |&i| i as usize == at);
+        debug_assert!(found.is_ok(), "every entry is indexed");
+        if let Ok(found) = found {
+            found.remove();
+        }
+        let last = self.entries.len() - 1;
+        self.entries.swap_remove(at);
+        if let Some(moved) = self.entries.get(at) {
+            let hash = moved.hash(hasher);
+            if let Some(i) = self.index.find_mut(hash, |&i| i as usize == last) {
+                *i = u32::try_from(at).unwrap_or(u32::MAX);
             }
         }
     }
-    // Hashes whose entry is gone are dropped as they are reached, and a full sweep rebuilds
-    // the ring; a ring far longer than its table is rebuilt here, so it stays bounded.
-    if ring.len() > 2 * table.len() + STEPS_AT_CAPACITY {
-        rebuild(ring, table);
+
+    /// Looks at up to `steps` entries at the cursor: drops the idle ones, passes the live
+    /// ones. Returns how many were dropped.
+    fn step(
+        &mut self,
+        steps: usize,
+        hasher: &Hasher,
+        mut idle: impl FnMut(&mut T) -> bool,
+    ) -> usize {
+        let mut removed = 0;
+        for _ in 0..steps {
+            if self.cursor >= self.entries.len() {
+                if self.entries.is_empty() {
+                    break;
+                }
+                self.cursor = 0;
+            }
+            let at = self.cursor;
+            if idle(&mut self.entries[at]) {
+                self.remove_at(at, hasher);
+                removed += 1;
+            }
+            // Past the live entry, or past the one moved into the dropped one's place (the
+            // newest, which the next round looks at).
+            self.cursor += 1;
+        }
+        if removed > 0 {
+            self.shrink_if_sparse(hasher);
+        }
+        removed
     }
-    removed
+
+    /// Keeps the entries for which `keep` holds, and shrinks what became sparse. Returns how
+    /// many were dropped.
+    fn retain(&mut self, hasher: &Hasher, mut keep: impl FnMut(&mut T) -> bool) -> usize {
+        let before = self.entries.len();
+        let (mut at, cursor) = (0, self.cursor);
+        let mut kept_before_cursor = 0;
+        self.entries.retain_mut(|e| {
+            let kept = keep(e);
+            if kept && at < cursor {
+                kept_before_cursor += 1;
+            }
+            at += 1;
+            kept
+        });
+        self.cursor = kept_before_cursor;
+        let removed = before - self.entries.len();
+        if removed > 0 {
+            // Every entry after the first dropped one moved: the index is built anew, at the
+            // size it needs when it had become sparse.
+            if self.sparse_index() {
+                self.index = HashTable::with_capacity(2 * self.entries.len());
+            } else {
+                self.index.clear();
+            }
+            let Self { entries, index, .. } = self;
+            for (at, entry) in entries.iter().enumerate() {
+                let at = u32::try_from(at).unwrap_or(u32::MAX);
+                index.insert_unique(entry.hash(hasher), at, |&i| rehash(entries, i, hasher));
+            }
+            self.shrink_if_sparse(hasher);
+        }
+        removed
+    }
+
+    /// Whether the index holds less than a quarter of what its buckets can.
+    fn sparse_index(&self) -> bool {
+        // hashbrown fills its buckets up to 7/8.
+        let capacity = self.index.num_buckets() / 8 * 7;
+        capacity > SHRINK_ABOVE && self.entries.len() < capacity / 4
+    }
+
+    /// Shrinks the array and the index when they hold less than a quarter of their capacity,
+    /// to 1.5 times and twice the entries. Each is a copy (the index's a rehash) of the
+    /// entries left, done only after the table lost three quarters of its capacity since it
+    /// last grew or shrank: a constant per dropped entry, amortised.
+    fn shrink_if_sparse(&mut self, hasher: &Hasher) {
+        let len = self.entries.len();
+        if self.entries.capacity() > SHRINK_ABOVE && len < self.entries.capacity() / 4 {
+            self.entries.shrink_to(len + len / 2);
+        }
+        if self.sparse_index() {
+            let entries = &self.entries;
+            self.index
+                .shrink_to(2 * len, |&i| rehash(entries, i, hasher));
+        }
+    }
+}
+
+#[cfg(test)]
+impl<T: Stored> Table<T> {
+    /// Panics unless the index points to every entry, under the entry's hash, and to nothing
+    /// else.
+    fn assert_consistent(&self, hasher: &Hasher) {
+        assert_eq!(self.index.len(), self.entries.len());
+        for (at, entry) in self.entries.iter().enumerate() {
+            let found = self.index.find(entry.hash(hasher), |&i| i as usize == at);
+            assert!(
+                found.is_some(),
+                "entry {at} of {} not indexed",
+                self.entries.len()
+            );
+        }
+    }
+
+    /// The room the table holds: entries, and index buckets (none when it holds no
+    /// allocation).
+    fn footprint(&self) -> (usize, usize) {
+        let buckets = if self.index.allocation_size() == 0 {
+            0
+        } else {
+            self.index.num_buckets()
+        };
+        (self.entries.capacity(), buckets)
+    }
+}
+
+/// The hash of the entry an index points to, for the index to move it.
+#[inline]
+fn rehash<T: Stored>(entries: &[T], at: u32, hasher: &Hasher) -> u64 {
+    entries.get(at as usize).map_or(0, |e| e.hash(hasher))
 }
 
 /// Entries of its shard each new key looks at, so the table stays near its live size.
@@ -675,9 +873,10 @@ impl MemoryLimiterBuilder {
         self
     }
 
-    /// Tracks at most `max` keys at once (default 4,000,000; see [`MemoryLimiter`]). At least 1.
+    /// Tracks at most `max` keys at once (default 4,000,000; see [`MemoryLimiter`]). At least 1,
+    /// at most 2³¹ − 1 (2,147,483,647, some 64 GiB of entries; a larger `max` is taken as that).
     pub fn max_keys(mut self, max: usize) -> Self {
-        self.max_keys = max.max(1);
+        self.max_keys = max.clamp(1, MAX_MAX_KEYS);
         self
     }
 
@@ -720,15 +919,13 @@ impl MemoryLimiter {
                 shards: (0..shards)
                     .map(|_| {
                         RwLock::new(Shard {
-                            table: HashTable::new(),
-                            ring: VecDeque::new(),
-                            lists: HashTable::new(),
-                            list_ring: VecDeque::new(),
+                            single: Table::new(),
+                            lists: Table::new(),
                         })
                     })
                     .collect(),
-                shift: 64 - shards.trailing_zeros(),
-                hasher: foldhash::fast::RandomState::default(),
+                shard_mask: shards - 1,
+                hasher: Hasher::default(),
                 clock,
                 system_clock,
                 wall_offset: AtomicU64::new(wall.wrapping_sub(mono)),
@@ -782,17 +979,15 @@ impl MemoryLimiter {
                 .unwrap_or(NO_DECISION);
         }
         let now = self.inner.clock.monotonic_nanos();
-        let hash = self.inner.hasher.hash_one(key);
+        let hash = hash_key(&self.inner.hasher, key.as_bytes());
         let shard = self
             .inner
             .shard(hash)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let tat = shard
-            .table
-            .find(hash, |e| {
-                e.hash == hash && e.key.as_bytes() == key.as_bytes()
-            })
+            .single
+            .find(hash, |e| e.key.as_bytes() == key.as_bytes())
             .map_or(0, |e| e.tat.load(Ordering::Acquire));
         gcra::decide(tat, now, quota, cost).0
     }
@@ -864,35 +1059,41 @@ impl Inner {
         wall
     }
 
+    /// The shard of a key's hash. Its bits are apart from those hashbrown reads (the top seven,
+    /// its tag, and the low ones, the bucket), so that the keys of one shard differ in both.
+    #[inline]
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.shard_mask
+    }
+
+    #[inline]
     fn shard(&self, hash: u64) -> &RwLock<Shard> {
-        &self.shards[(hash >> self.shift) as usize]
+        &self.shards[self.shard_of(hash)]
     }
 
     fn sweep_shard(&self, shard: &mut Shard, mono: u64, wall: u64) -> usize {
-        let before = shard.table.len() + shard.lists.len();
-        shard.table.retain(|e| e.tat.load(Ordering::Acquire) > mono);
-        shard.lists.retain(|e| !e.is_idle(mono, wall));
-        let removed = before - shard.table.len() - shard.lists.len();
+        let hasher = &self.hasher;
+        let removed = shard.single.retain(hasher, |e| *e.tat.get_mut() > mono)
+            + shard.lists.retain(hasher, |e| !e.is_idle(mono, wall));
         self.len.fetch_sub(removed, Ordering::Relaxed);
-        shard.rebuild_rings();
         removed
     }
 
-    /// Looks at up to `steps` of the oldest entries of each of the shard's rings: drops the
-    /// idle ones, moves the live ones to the back. Returns how many were dropped.
+    /// Looks at up to `steps` entries at the cursor of each of the shard's tables: drops the
+    /// idle ones, passes the live ones. Returns how many were dropped.
     fn sweep_steps(&self, shard: &mut Shard, now: &mut Now, steps: usize) -> usize {
         let mut removed = 0;
-        if !shard.ring.is_empty() {
+        if !shard.single.is_empty() {
             let mono = *now.mono.get_or_insert_with(|| self.clock.monotonic_nanos());
-            removed += step_ring(&mut shard.ring, &mut shard.table, steps, |e| {
-                *e.tat.get_mut() <= mono
-            });
+            removed += shard
+                .single
+                .step(steps, &self.hasher, |e| *e.tat.get_mut() <= mono);
         }
-        if !shard.list_ring.is_empty() {
+        if !shard.lists.is_empty() {
             let (mono, wall) = now.both(self);
-            removed += step_ring(&mut shard.list_ring, &mut shard.lists, steps, |e| {
-                e.is_idle(mono, wall)
-            });
+            removed += shard
+                .lists
+                .step(steps, &self.hasher, |e| e.is_idle(mono, wall));
         }
         self.len.fetch_sub(removed, Ordering::Relaxed);
         removed
@@ -900,21 +1101,23 @@ impl Inner {
 
     #[inline]
     fn decide(&self, key: &str, quota: &Quota, cost: u32) -> Result<Decision, RateLimitError> {
-        let hash = self.hasher.hash_one(key);
+        let hash = hash_key(&self.hasher, key.as_bytes());
         let lock = self.shard(hash);
         let now = self.clock.monotonic_nanos();
         {
             let shard = lock.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = shard.table.find(hash, |e| {
-                e.hash == hash && e.key.as_bytes() == key.as_bytes()
-            }) {
+            if let Some(entry) = shard
+                .single
+                .find(hash, |e| e.key.as_bytes() == key.as_bytes())
+            {
                 return Ok(update(&entry.tat, now, quota, cost));
             }
         }
         let mut shard = lock.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = shard.table.find(hash, |e| {
-            e.hash == hash && e.key.as_bytes() == key.as_bytes()
-        }) {
+        if let Some(entry) = shard
+            .single
+            .find(hash, |e| e.key.as_bytes() == key.as_bytes())
+        {
             return Ok(update(&entry.tat, now, quota, cost));
         }
         let (decision, new_tat) = gcra::decide(0, now, quota, cost);
@@ -932,16 +1135,11 @@ impl Inner {
                 return Err(RateLimitError::Full);
             }
         }
-        shard.table.insert_unique(
-            hash,
-            Entry {
-                key: StoredKey::new(key),
-                hash,
-                tat: AtomicU64::new(new_tat),
-            },
-            |e| e.hash,
-        );
-        shard.ring.push_back(hash);
+        let entry = Entry {
+            key: StoredKey::new(key),
+            tat: AtomicU64::new(new_tat),
+        };
+        shard.single.insert(hash, entry, &self.hasher);
         self.len.fetch_add(1, Ordering::Relaxed);
         Ok(decision)
     }
@@ -949,12 +1147,12 @@ impl Inner {
     fn target<'k>(&self, key: &'k str, owner: bool) -> Target<'k> {
         // The namespace is told apart by `owner`, not by the hash: a caller and an owner of
         // one name may share a bucket, never an entry.
-        let hash = self.hasher.hash_one(key);
+        let hash = hash_key(&self.hasher, key.as_bytes());
         Target {
             key,
             owner,
             hash,
-            shard: (hash >> self.shift) as usize,
+            shard: self.shard_of(hash),
         }
     }
 
@@ -1241,18 +1439,14 @@ impl Inner {
             // A new entry (any slot a state was found in went with the old one).
             let mut slots = Slots::new();
             out.commit(plan, t, &mut slots, &mut now, self);
-            shard.lists.insert_unique(
-                target.hash,
-                ListEntry {
-                    hash: target.hash,
-                    version: AtomicU64::new(0),
-                    owner: target.owner,
-                    slots,
-                    key: StoredKey::new(target.key),
-                },
-                |e| e.hash,
-            );
-            shard.list_ring.push_back(target.hash);
+            let entry = ListEntry {
+                hash: target.hash,
+                version: AtomicU64::new(0),
+                owner: target.owner,
+                slots,
+                key: StoredKey::new(target.key),
+            };
+            shard.lists.insert(target.hash, entry, &self.hasher);
             self.len.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
@@ -1458,22 +1652,163 @@ mod tests {
     }
 
     #[test]
-    fn sweep_keeps_the_ring_in_step_with_the_table() {
+    fn sweep_keeps_the_index_in_step_with_the_entries() {
         let clock = ManualClock::new();
         let l = MemoryLimiter::builder().clock(clock.clone()).build();
         let q = Quota::per_second(1);
-        for i in 0..500 {
-            assert!(allowed(&l, &format!("k{i}"), &q));
+        let hour = Quota::per_hour(1);
+        // Short keys and keys too long to keep inline; every third one lives an hour.
+        let key = |i: usize| {
+            if i.is_multiple_of(2) {
+                format!("k{i}")
+            } else {
+                format!("a_key_longer_than_twenty_two_bytes_{i}")
+            }
+        };
+        for i in 0..3000 {
+            assert!(allowed(
+                &l,
+                &key(i),
+                if i.is_multiple_of(3) { &hour } else { &q }
+            ));
         }
         clock.advance(Duration::from_secs(2));
-        assert_eq!(l.sweep(), 500);
-        assert!(l.is_empty());
-        for shard in l.inner.shards.iter() {
-            let shard = shard.read().unwrap();
-            assert_eq!(shard.ring.len(), shard.table.len());
+        assert_eq!(l.sweep(), 2000);
+        assert_consistent(&l);
+        for i in 0..3000 {
+            assert_eq!(
+                l.peek(&key(i), &hour, 1).allowed,
+                !i.is_multiple_of(3),
+                "{}",
+                key(i)
+            );
         }
+        clock.advance(Duration::from_secs(3600));
+        assert_eq!(l.sweep(), 1000);
+        assert!(l.is_empty());
+        assert_consistent(&l);
         assert!(allowed(&l, "k1", &q));
         assert_eq!(l.len(), 1);
+    }
+
+    /// Panics unless every shard's indices point to their entries.
+    fn assert_consistent(l: &MemoryLimiter) {
+        for shard in l.inner.shards.iter() {
+            let shard = shard.read().unwrap();
+            shard.single.assert_consistent(&l.inner.hasher);
+            shard.lists.assert_consistent(&l.inner.hasher);
+        }
+    }
+
+    /// The room the limiter's tables hold, over all shards: single-rate entries and index
+    /// buckets, then list entries and index buckets.
+    fn footprint(l: &MemoryLimiter) -> [usize; 4] {
+        l.inner.shards.iter().fold([0; 4], |mut sum, shard| {
+            let shard = shard.read().unwrap();
+            let (a, b) = shard.single.footprint();
+            let (c, d) = shard.lists.footprint();
+            for (s, n) in sum.iter_mut().zip([a, b, c, d]) {
+                *s += n;
+            }
+            sum
+        })
+    }
+
+    #[test]
+    fn an_entry_is_half_a_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 32);
+        assert_eq!(std::mem::size_of::<StoredKey>(), 24);
+    }
+
+    #[test]
+    fn the_cursor_drops_idle_entries_and_passes_live_ones() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
+        let hour = Quota::per_hour(1);
+        for i in 0..2000 {
+            assert!(allowed(&l, &format!("live{i}"), &hour));
+        }
+        let second = Quota::per_second(1);
+        for i in 0..2000 {
+            assert!(allowed(&l, &format!("idle{i}"), &second));
+        }
+        clock.advance(Duration::from_secs(2));
+        // Each new key looks at two entries of its shard: the idle ones go within a round of
+        // every cursor, the live ones all stay.
+        for i in 0..6000 {
+            assert!(allowed(&l, &format!("new{i}"), &second));
+            clock.advance(Duration::from_micros(10));
+        }
+        assert_consistent(&l);
+        assert_eq!(
+            l.len(),
+            2000 + 6000,
+            "every idle entry went, and no live one"
+        );
+        assert!((0..2000).all(|i| !l.peek(&format!("live{i}"), &hour, 1).allowed));
+        assert!((0..6000).all(|i| !l.peek(&format!("new{i}"), &second, 1).allowed));
+    }
+
+    #[test]
+    fn a_spike_gone_idle_shrinks_the_tables_under_new_keys() {
+        let clock = ManualClock::new();
+        let l = MemoryLimiter::builder().clock(clock.clone()).build();
+        let q = Quota::per_second(1);
+        for i in 0..100_000 {
+            assert!(allowed(&l, &format!("spike{i}"), &q));
+        }
+        let [entries, buckets, ..] = footprint(&l);
+        assert!(entries >= 100_000 && buckets >= 100_000);
+        clock.advance(Duration::from_secs(2)); // the spike is idle
+        // Traffic of new keys, each live for a second: about 1,000 live at a time.
+        for i in 0..100_000 {
+            assert!(allowed(&l, &format!("new{i}"), &q));
+            clock.advance(Duration::from_millis(1));
+        }
+        assert!(l.len() < 4_000, "{} entries", l.len());
+        let [after_entries, after_buckets, ..] = footprint(&l);
+        assert!(
+            after_entries * 10 < entries && after_buckets * 10 < buckets,
+            "entries {entries} -> {after_entries}, buckets {buckets} -> {after_buckets}"
+        );
+        assert_consistent(&l);
+        // The live keys (the last second's) kept their state through every move and rehash.
+        assert!((99_100..100_000).all(|i| !l.peek(&format!("new{i}"), &q, 1).allowed));
+        // And the tables grow again for the next spike.
+        for i in 0..50_000 {
+            assert!(allowed(&l, &format!("again{i}"), &q));
+        }
+        assert!(footprint(&l)[0] >= 50_000);
+        assert_consistent(&l);
+    }
+
+    #[test]
+    fn sweeping_shrinks_the_tables_of_both_kinds() {
+        let clock = clock_at(10);
+        let l = on(&clock);
+        let q = Quota::per_second(1);
+        let limits = list("1/s, 10/min;fixed");
+        for i in 0..50_000 {
+            assert!(allowed(&l, &format!("single{i}"), &q));
+            assert!(all(&l, Subject::new(&format!("list{i}")), &limits).allowed());
+        }
+        // A few keys that stay live.
+        let hour = Quota::per_hour(1);
+        for i in 0..100 {
+            assert!(allowed(&l, &format!("live{i}"), &hour));
+        }
+        let before = footprint(&l);
+        assert!(before.iter().all(|&n| n >= 50_000), "{before:?}");
+        clock.advance(Duration::from_secs(60)); // 00:01:10: every window has ended
+        assert_eq!(l.sweep(), 100_000);
+        let after = footprint(&l);
+        assert!(
+            after[0] < 1_000 && after[1] < 1_000 && after[2] == 0 && after[3] == 0,
+            "{before:?} -> {after:?}"
+        );
+        assert_consistent(&l);
+        assert!((0..100).all(|i| !l.peek(&format!("live{i}"), &hour, 1).allowed));
+        assert_eq!(l.len(), 100);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -1776,10 +2111,7 @@ mod tests {
         clock.advance(Duration::from_secs(1)); // 00:01:00
         assert_eq!(l.sweep(), 100);
         assert!(l.is_empty());
-        for shard in l.inner.shards.iter() {
-            let shard = shard.read().unwrap();
-            assert_eq!(shard.list_ring.len(), shard.lists.len());
-        }
+        assert_consistent(&l);
     }
 
     #[test]
