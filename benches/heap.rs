@@ -1,5 +1,5 @@
 //! A global allocator that counts the bytes in use, for the benches that measure memory per
-//! entry (`cargo bench -p keygate-benches --bench memory`).
+//! entry (`cargo bench -p keygate-benches --bench limiter_memory`, `--bench store_memory`).
 //!
 //! Install it in a bench binary with `#[global_allocator] static HEAP: Counting = Counting;`,
 //! then read [`in_use`] before and after building a structure: the difference is the heap it
