@@ -10,7 +10,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use crate::body::ResponseBody;
+use crate::body::LayerBody;
 use crate::ratelimit::Permit;
 
 const POLLED_AFTER_COMPLETION: &str = "ResponseFuture polled after completion";
@@ -118,8 +118,9 @@ impl<S, B, W, ResB> Future for Deferred<S, B, W>
 where
     S: Service<Request<B>, Response = Response<ResB>>,
     W: Wait<B>,
+    ResB: LayerBody,
 {
-    type Output = Result<Response<ResponseBody<ResB>>, S::Error>;
+    type Output = Result<Response<ResB>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -134,9 +135,10 @@ where
                     if let Some(then) = then {
                         then.apply(&mut response);
                     }
-                    return Poll::Ready(Ok(
-                        response.map(|body| ResponseBody::with_guard(body, guard))
-                    ));
+                    if let Some(permit) = guard {
+                        response = response.map(|body| body.hold(permit));
+                    }
+                    return Poll::Ready(Ok(response));
                 }
                 DeferredProj::Waiting { wait, pending } => {
                     let (_, request) = pending.as_mut().expect(POLLED_AFTER_COMPLETION);
@@ -147,12 +149,12 @@ where
                             let future = service.call(request);
                             self.set(Self::called(future, then));
                         }
-                        Err(response) => return Poll::Ready(Ok(response.map(ResponseBody::full))),
+                        Err(response) => return Poll::Ready(Ok(response.map(ResB::full))),
                     }
                 }
                 DeferredProj::Answered { response } => {
                     let response = response.take().expect(POLLED_AFTER_COMPLETION);
-                    return Poll::Ready(Ok(response.map(ResponseBody::full)));
+                    return Poll::Ready(Ok(response.map(ResB::full)));
                 }
             }
         }
@@ -185,8 +187,9 @@ macro_rules! define_response_future {
         impl<S, B, ResB> std::future::Future for ResponseFuture<S, B>
         where
             S: tower::Service<http::Request<B>, Response = http::Response<ResB>>,
+            ResB: crate::LayerBody,
         {
-            type Output = Result<http::Response<crate::ResponseBody<ResB>>, S::Error>;
+            type Output = Result<http::Response<ResB>, S::Error>;
 
             fn poll(
                 self: std::pin::Pin<&mut Self>,
@@ -218,9 +221,12 @@ mod tests {
     use http_body_util::Full;
 
     use super::*;
+    use crate::body::ResponseBody;
     use crate::ratelimit::ConcurrencyLimiter;
 
-    type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, &'static str>>>>;
+    /// A streaming body: `Full` itself is complete when made, and drops a permit at once.
+    type Streamed = ResponseBody<Full<Bytes>>;
+    type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<Streamed>, &'static str>>>>;
 
     /// An inner service that answers, fails, or never answers.
     #[derive(Clone, Copy)]
@@ -231,7 +237,7 @@ mod tests {
     }
 
     impl Service<Request<()>> for Inner {
-        type Response = Response<Full<Bytes>>;
+        type Response = Response<Streamed>;
         type Error = &'static str;
         type Future = BoxFuture;
 
@@ -241,9 +247,9 @@ mod tests {
 
         fn call(&mut self, _: Request<()>) -> BoxFuture {
             match *self {
-                Self::Answers => Box::pin(std::future::ready(Ok(Response::new(Full::new(
-                    Bytes::from_static(b"hello"),
-                ))))),
+                Self::Answers => Box::pin(std::future::ready(Ok(Response::new(
+                    ResponseBody::new(Full::new(Bytes::from_static(b"hello"))),
+                )))),
                 Self::Fails => Box::pin(std::future::ready(Err("inner failed"))),
                 Self::Hangs => Box::pin(std::future::pending()),
             }

@@ -29,7 +29,7 @@ macro_rules! define_inner_service_accessors {
 /// `impl<S, ReqB, ResB> Service<Request<ReqB>> for Foo<S>`.
 macro_rules! forward_service_plumbing {
     () => {
-        type Response = http::Response<crate::ResponseBody<ResB>>;
+        type Response = http::Response<ResB>;
         type Error = S::Error;
         type Future = ResponseFuture<S, ReqB>;
 
@@ -120,7 +120,7 @@ pub mod tonic;
 
 // Plumbing: named in the layers' `Service` types and by implementers of stores, limiters and
 // key sources, rarely by a service's own code.
-pub use body::ResponseBody;
+pub use body::{LayerBody, ResponseBody};
 pub use limits::{Limit, LimitBy, Limits, MAX_LIMITS};
 pub use maybe::MaybeReady;
 pub use principal::{Principal, PrincipalKind};

@@ -1,8 +1,8 @@
 //! Heap allocations per request through an axum `Router` with an `AuthLayer`, counted by a
 //! global allocator that counts the allocations of the test's own thread: a valid API key, a
-//! cached JWT, and the refusals (unknown key, bad checksum, no credential, two credentials),
-//! each against the router with a layer that does nothing (what axum's `Router::layer` costs
-//! any layer) in the same run.
+//! cached JWT, a valid key behind a `RateLimitLayer`, and the refusals (unknown key, bad
+//! checksum, no credential, two credentials), each against the router with as many layers that
+//! do nothing (what axum's `Router::layer` costs any layer) in the same run.
 //!
 //! The request is built before counting starts; what is counted is the service call and the
 //! drop of its response, as `benches/overhead.rs` measures time.
@@ -18,9 +18,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::get;
 use http::{Request, StatusCode};
+use keygate::Quota;
 use keygate::auth::AuthLayer;
 use keygate::jwt::{JwtKey, JwtVerifier};
 use keygate::key::{KeyFormat, KeyRecord};
+use keygate::ratelimit::{HeaderStyle, MemoryLimiter, RateLimitLayer};
 use keygate::store::MemoryStore;
 use tower::ServiceExt;
 
@@ -125,16 +127,36 @@ fn allocations_per_request() {
     let realm = finish(
         router().layer(
             AuthLayer::new(store.clone())
-                .key_format(format)
+                .key_format(format.clone())
                 .realm("api"),
         ),
     );
     let jwt = finish(router().layer(AuthLayer::jwt_only(verifier)));
+    let limited = |style| {
+        finish(
+            router()
+                .layer(
+                    RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(1_000_000_000))
+                        .headers(style),
+                )
+                .layer(AuthLayer::new(store.clone()).key_format(format.clone())),
+        )
+    };
+    let limited_draft = limited(HeaderStyle::Draft);
+    let limited_quiet = limited(HeaderStyle::None);
 
     let query = |k: &str| format!("/v1/current.json?key={k}&q=London");
     let (bare_count, status) = count(&rt, &bare, || get_with(&query(&key), &[]));
     assert_eq!(status, StatusCode::OK);
     let (baseline, status) = count(&rt, &noop, || get_with(&query(&key), &[]));
+    assert_eq!(status, StatusCode::OK);
+    // The rate-limited cases go through two layers: their baseline is two that do nothing.
+    let noop2 = finish(
+        router()
+            .layer(tower::layer::util::Identity::new())
+            .layer(tower::layer::util::Identity::new()),
+    );
+    let (baseline2, status) = count(&rt, &noop2, || get_with(&query(&key), &[]));
     assert_eq!(status, StatusCode::OK);
     let cases = [
         ("valid key", &keys, query(&key), vec![], StatusCode::OK),
@@ -150,6 +172,20 @@ fn allocations_per_request() {
             &jwt,
             "/v1/current.json?q=London".to_owned(),
             vec![("authorization", bearer.as_str())],
+            StatusCode::OK,
+        ),
+        (
+            "valid key, rate limited, no headers",
+            &limited_quiet,
+            query(&key),
+            vec![],
+            StatusCode::OK,
+        ),
+        (
+            "valid key, rate limited, draft headers",
+            &limited_draft,
+            query(&key),
+            vec![],
             StatusCode::OK,
         ),
         (
@@ -181,30 +217,41 @@ fn allocations_per_request() {
             StatusCode::BAD_REQUEST,
         ),
     ];
-    let mut report =
-        format!("bare router: {bare_count} allocations\nnoop layer: {baseline} allocations\n");
+    let mut report = format!(
+        "bare router: {bare_count} allocations\nnoop layer: {baseline} allocations\n\
+         two noop layers: {baseline2} allocations\n"
+    );
     let mut added = Vec::new();
     for (what, app, uri, headers, expected) in &cases {
         let (n, status) = count(&rt, app, || get_with(uri, headers));
         assert_eq!(status, *expected, "{what}");
-        report.push_str(&format!("{what}: {n} (+{})\n", n.saturating_sub(baseline)));
-        added.push((*what, n.saturating_sub(baseline)));
+        let base = if what.contains("rate limited") {
+            baseline2
+        } else {
+            baseline
+        };
+        report.push_str(&format!("{what}: {n} (+{})\n", n.saturating_sub(base)));
+        added.push((*what, n.saturating_sub(base)));
     }
     println!("{report}");
     let added_by = |what: &str| added.iter().find(|(w, _)| *w == what).map(|(_, n)| *n);
     // What keygate adds to the router with a layer, as measured when this test was written:
-    // bounds that fail on a regression. An admitted request with the default rendering: three.
-    // Two are what putting the `Principal` into the extensions costs: the value's box, and the
-    // map's larger table (axum's router put three extensions in before, filling the first
-    // table); the key record's `Arc` is shared, nothing copied. The third is axum's: it boxes
-    // the body of every layer's response that is not its own `Body` type. With a realm (or a
-    // responder, or metadata) set, one more: the settings the layers behind read. A refusal
+    // bounds that fail on a regression. An admitted request with the default rendering: two,
+    // what putting the `Principal` into the extensions costs: the value's box, and the map's
+    // larger table (axum's router put three extensions in before, filling the first table);
+    // the key record's `Arc` is shared, nothing copied. The layers answer in the inner
+    // service's own body type, so axum boxes no response body of theirs. With a realm (or a
+    // responder, or metadata) set, one more: the settings the layers behind read. A
+    // `RateLimitLayer` behind adds nothing with no headers, and with draft headers the
+    // `RateLimit` value (the `RateLimit-Policy` one is built once and shared). A refusal
     // allocates nothing beyond its response: its body is serialised once and its challenge
     // built once per realm, so it allocates no more than the router's own 200.
     for (what, at_most) in [
-        ("valid key", 3),
-        ("valid key, realm set", 4),
-        ("cached JWT", 3),
+        ("valid key", 2),
+        ("valid key, realm set", 3),
+        ("cached JWT", 2),
+        ("valid key, rate limited, no headers", 2),
+        ("valid key, rate limited, draft headers", 3),
         ("unknown key", 0),
         ("bad checksum", 0),
         ("no credential", 0),

@@ -586,8 +586,10 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
         sweep_time,
     );
 
-    // The tables shrank with the sweep: a quarter as many new keys cost no more per key than
-    // the first batch did (less where the allocator hands the freed space out again).
+    // The tables shrank with the sweep (the RSS fell above); a quarter as many new keys then
+    // cost about what the first batch did per key: their tables sit at another point between
+    // two doublings, and the allocator may or may not hand the freed space out again, which
+    // moves the figure by up to a quarter from run to run (46 to 54 bytes against 43 seen).
     let m = n / 4;
     drive(&limiter, &q, n, m);
     assert_eq!(limiter.len() as u64, m);
@@ -599,7 +601,7 @@ fn million_keys_resident_bytes_before_and_after_sweep() {
         again as f64 / 1048576.0,
     );
     assert!(
-        growth <= per_key * 1.25,
+        growth <= per_key * 1.5,
         "new keys after a sweep cost {growth:.1} bytes/key, the first batch {per_key:.1}"
     );
     clock.advance(Duration::from_secs(61));

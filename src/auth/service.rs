@@ -1,7 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
@@ -29,7 +28,7 @@ impl<S> Auth<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for Auth<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: crate::LayerBody,
 {
     forward_service_plumbing!();
 

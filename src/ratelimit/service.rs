@@ -1,7 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
@@ -41,7 +40,7 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimit<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: crate::LayerBody,
 {
     forward_service_plumbing!();
 

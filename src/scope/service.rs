@@ -1,6 +1,5 @@
 use std::fmt;
 
-use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
@@ -38,7 +37,7 @@ impl<S: fmt::Debug> fmt::Debug for RequireScope<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RequireScope<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: crate::LayerBody,
 {
     forward_service_plumbing!();
 
@@ -91,7 +90,7 @@ impl<S: fmt::Debug> fmt::Debug for RequirePrincipal<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RequirePrincipal<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: crate::LayerBody,
 {
     forward_service_plumbing!();
 
@@ -159,7 +158,7 @@ impl<S: fmt::Debug, T> fmt::Debug for RequireClaims<S, T> {
 impl<S, T, ReqB, ResB> Service<Request<ReqB>> for RequireClaims<S, T>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: crate::LayerBody,
     T: Send + Sync + 'static,
 {
     forward_service_plumbing!();
