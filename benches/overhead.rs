@@ -57,6 +57,11 @@
 //!   - `keygate_auth_ratelimit`: a `RateLimitLayer` (`MemoryLimiter`, 10⁹/s, keyed by the
 //!     principal, draft headers) behind the `AuthLayer`, as `ratelimit/draft_headers` but with
 //!     the key in `x-api-key`; `keygate_auth_ratelimit_no_headers` with `HeaderStyle::None`;
+//!   - `keygate_auth_ratelimit_stacked`: the `AuthLayer` and the `RateLimitLayer` (draft
+//!     headers) in one `tower::ServiceBuilder` given to one `Router::layer`, as the deployment
+//!     guide stacks them; `keygate_auth_governor_stacked`: the `AuthLayer` and
+//!     `tower_governor` stacked the same way (the differences against `keygate_auth` hold no
+//!     `Router::layer`);
 //!   - `tower_http_bearer`: tower-http's `ValidateRequestHeaderLayer::bearer("token")`,
 //!     `Authorization: Bearer token`: one header compared with a constant, the floor of any
 //!     credential check through a `Router::layer`.
@@ -640,6 +645,34 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
     };
     let limited = limited_with(HeaderStyle::Draft);
     let limited_no_headers = limited_with(HeaderStyle::None);
+    // The two layers in one `Router::layer`, as the deployment guide stacks them, and
+    // `tower_governor` stacked the same way behind the `AuthLayer`: the differences against
+    // `keygate_auth` then hold no `Router::layer` of their own.
+    let stacked = finish(
+        support::router().layer(
+            tower::ServiceBuilder::new()
+                .layer(AuthLayer::new(fx.store.clone()))
+                .layer(RateLimitLayer::new(
+                    MemoryLimiter::new(),
+                    Quota::per_second(1_000_000_000),
+                )),
+        ),
+    );
+    let governed_stacked = {
+        let governor = GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor(ApiKeyHeader)
+            .finish()
+            .expect("a non-zero period and burst");
+        finish(
+            support::router().layer(
+                tower::ServiceBuilder::new()
+                    .layer(AuthLayer::new(fx.store.clone()))
+                    .layer(GovernorLayer::<_, _, axum::body::Body>::new(governor)),
+            ),
+        )
+    };
     let bearer_request = || {
         http::Request::get(format!("{}?q=London", support::PATH))
             .header("authorization", format!("Bearer {BEARER}"))
@@ -683,6 +716,17 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
         StatusCode::UNAUTHORIZED,
     );
     assert!(!response.headers().contains_key("ratelimit-policy"));
+    let response = check(
+        &stacked,
+        header_request(&fx.valid),
+        StatusCode::UNAUTHORIZED,
+    );
+    assert!(response.headers().contains_key("ratelimit"));
+    check(
+        &governed_stacked,
+        header_request(&fx.valid),
+        StatusCode::UNAUTHORIZED,
+    );
 
     let header = || header_request(&fx.valid);
     let query = || query_request(&fx.valid);
@@ -701,6 +745,8 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
             &header,
         ),
         ("tower_http_bearer", &bearer, &bearer_request),
+        ("keygate_auth_ratelimit_stacked", &stacked, &header),
+        ("keygate_auth_governor_stacked", &governed_stacked, &header),
     ];
     let best = paired(rt, cases);
     let ns = |name: &str| {
@@ -738,6 +784,16 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
         limit_adds / governor_adds_headers,
         limit_adds_bare / governor_adds,
         ns("noop_layer") - ns("bare_router"),
+    );
+    let stacked_adds = ns("keygate_auth_ratelimit_stacked") - ns("keygate_auth");
+    let governor_stacked_adds = ns("keygate_auth_governor_stacked") - ns("keygate_auth");
+    println!(
+        "paired/compare: in one Router::layer behind the AuthLayer (ServiceBuilder), \
+         RateLimitLayer (draft headers) adds {stacked_adds:.0} ns, tower_governor \
+         {governor_stacked_adds:.0} ns: {:.2}×; RateLimitLayer stacked against all \
+         tower_governor adds alone: {:.2}×",
+        stacked_adds / governor_stacked_adds,
+        stacked_adds / governor_adds,
     );
     println!(
         "paired/compare: AuthLayer adds {:.0} ns (keygate_auth − bare_router_header), the bearer \
