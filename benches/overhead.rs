@@ -62,6 +62,8 @@
 //!     guide stacks them; `keygate_auth_governor_stacked`: the `AuthLayer` and
 //!     `tower_governor` stacked the same way (the differences against `keygate_auth` hold no
 //!     `Router::layer`);
+//!   - `keygate_jwt_cached` (paired lines only): `AuthLayer::jwt_only` with an HS256 token the
+//!     verifier has seen before, in `Authorization: Bearer`, against `keygate_auth`;
 //!   - `tower_http_bearer`: tower-http's `ValidateRequestHeaderLayer::bearer("token")`,
 //!     `Authorization: Bearer token`: one header compared with a constant, the floor of any
 //!     credential check through a `Router::layer`.
@@ -679,6 +681,23 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
             .body(axum::body::Body::empty())
             .expect("a valid request")
     };
+    // An HS256 token the verifier has seen before, against the API key in the same rounds.
+    let jwt_secret = b"a benchmark secret of 32 bytes!!";
+    let jwt_token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "key_00042", "exp": 4_000_000_000u64, "scope": "weather:read"}),
+        &jsonwebtoken::EncodingKey::from_secret(jwt_secret),
+    )
+    .expect("an encodable token");
+    let jwt_cached = finish(support::router().layer(AuthLayer::jwt_only(
+        keygate::jwt::JwtVerifier::with_keys([keygate::jwt::JwtKey::hmac(jwt_secret)]),
+    )));
+    let jwt_request = || {
+        http::Request::get(format!("{}?q=London", support::PATH))
+            .header("authorization", format!("Bearer {jwt_token}"))
+            .body(axum::body::Body::empty())
+            .expect("a valid request")
+    };
 
     // Each case answers 200 with its credential, and refuses a request without one.
     let check = |app: &axum::Router, good: http::Request<axum::body::Body>, refused| {
@@ -702,6 +721,7 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
     );
     assert!(response.headers().contains_key("x-ratelimit-remaining"));
     check(&bearer, bearer_request(), StatusCode::UNAUTHORIZED);
+    check(&jwt_cached, jwt_request(), StatusCode::UNAUTHORIZED);
     check(&auth, header_request(&fx.valid), StatusCode::UNAUTHORIZED);
     let response = check(
         &limited,
@@ -747,6 +767,7 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
         ("tower_http_bearer", &bearer, &bearer_request),
         ("keygate_auth_ratelimit_stacked", &stacked, &header),
         ("keygate_auth_governor_stacked", &governed_stacked, &header),
+        ("keygate_jwt_cached", &jwt_cached, &jwt_request),
     ];
     let best = paired(rt, cases);
     let ns = |name: &str| {
@@ -794,6 +815,18 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
          tower_governor adds alone: {:.2}×",
         stacked_adds / governor_stacked_adds,
         stacked_adds / governor_adds,
+    );
+    let jwt_adds = ns("keygate_jwt_cached") - ns("bare_router_header");
+    let key_adds = ns("keygate_auth") - ns("bare_router_header");
+    println!(
+        "paired/compare: a cached HS256 token adds {jwt_adds:.0} ns (keygate_jwt_cached − \
+         bare_router_header), {:.2}× what the API key adds; goal at most 1×: {}",
+        jwt_adds / key_adds,
+        if jwt_adds <= key_adds {
+            "met"
+        } else {
+            "not met"
+        },
     );
     println!(
         "paired/compare: AuthLayer adds {:.0} ns (keygate_auth − bare_router_header), the bearer \
