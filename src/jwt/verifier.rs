@@ -3,7 +3,7 @@ use std::fmt;
 use std::hash::BuildHasher as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -525,11 +525,7 @@ impl JwtVerifier {
         if token.len() > c.max_len {
             return Outcome::Done(Err(VerifyError::TooLong));
         }
-        let now = c
-            .clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = c.clock.unix_secs();
         let hash = c.cache.as_ref().map(|cache| cache.hash(token));
         if let (Some(cache), Some(hash)) = (&c.cache, hash)
             && let Some(hit) = cache.get(hash, token)
@@ -757,11 +753,7 @@ impl JwtVerifier {
 
     /// Now, by its clock, in whole seconds since the epoch.
     pub(crate) fn now_secs(&self) -> u64 {
-        self.inner
-            .clock
-            .now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        self.inner.clock.unix_secs()
     }
 
     /// Checks a token routed to it, whose payload was decoded already; no cache.
