@@ -20,6 +20,7 @@
 //!   `x-api-key` or in the `key` query parameter);
 //! - `api_key_ratelimit`: a `RateLimitLayer` (`MemoryLimiter`, 10⁹/s, keyed by the principal,
 //!   draft `RateLimit-Policy` and `RateLimit` headers) behind that `AuthLayer`;
+//!   `api_key_ratelimit_no_headers` the same with `HeaderStyle::None`;
 //! - `tower_governor`: `tower_governor`'s `GovernorLayer` keyed by the `x-api-key` header, one
 //!   cell per nanosecond and a burst of 10⁹ (never refuses);
 //! - `bearer`: tower-http's `ValidateRequestHeaderLayer::bearer("token")`.
@@ -60,7 +61,8 @@ const KEYS: usize = 10_000;
 const BEARER: &str = "token";
 /// What the command line takes.
 const USAGE: &str = "usage: serve SCENARIO [ADDR]\n\
-    SCENARIO: bare | noop | api_key | api_key_ratelimit | tower_governor | bearer\n\
+    SCENARIO: bare | noop | api_key | api_key_ratelimit | api_key_ratelimit_no_headers |\n\
+    \x20         tower_governor | bearer\n\
     ADDR: a loopback address to listen on, 127.0.0.1:0 by default";
 
 /// The router without any layer: one route answering a small static JSON.
@@ -115,10 +117,15 @@ fn scenario(name: &str) -> Option<(Router, Option<String>, String)> {
             let header = format!("x-api-key: {key}");
             (router().layer(AuthLayer::new(store)), Some(key), header)
         }
-        "api_key_ratelimit" => {
+        "api_key_ratelimit" | "api_key_ratelimit_no_headers" => {
             let (store, key) = store();
+            let style = if name == "api_key_ratelimit" {
+                HeaderStyle::Draft
+            } else {
+                HeaderStyle::None
+            };
             let limit = RateLimitLayer::new(MemoryLimiter::new(), Quota::per_second(1_000_000_000))
-                .headers(HeaderStyle::Draft);
+                .headers(style);
             let app = router().layer(limit).layer(AuthLayer::new(store));
             let header = format!("x-api-key: {key}");
             (app, Some(key), header)
