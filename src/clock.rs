@@ -156,6 +156,9 @@ impl Clock for ManualClock {
 pub(crate) type SharedClock = Arc<dyn Clock>;
 
 pub(crate) fn system() -> SharedClock {
+    // The counter calibrates itself once a process (about half a millisecond): when a layer,
+    // store or verifier is built rather than on its first request.
+    counter();
     Arc::new(SystemClock)
 }
 
