@@ -613,21 +613,21 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
     let bare = finish(support::router());
     // One cell replenished every nanosecond (10⁹/s) and a burst of 10⁹: never refuses, as the
     // keygate limit below.
-    let governor = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .key_extractor(ApiKeyHeader)
-        .finish()
-        .expect("a non-zero period and burst");
-    let governed =
-        finish(support::router().layer(GovernorLayer::<_, _, axum::body::Body>::new(governor)));
-    let governor_headers = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(1_000_000_000)
-        .key_extractor(ApiKeyHeader)
-        .use_headers()
-        .finish()
-        .expect("a non-zero period and burst");
+    // Its builder changes type with the key extractor and with `use_headers`, so each
+    // configuration finishes on its own.
+    let governor_builder = || {
+        GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(1_000_000_000)
+            .key_extractor(ApiKeyHeader)
+    };
+    const CONFIG: &str = "a non-zero period and burst";
+    let governor_layer = || {
+        let config = governor_builder().finish().expect(CONFIG);
+        GovernorLayer::<_, _, axum::body::Body>::new(config)
+    };
+    let governed = finish(support::router().layer(governor_layer()));
+    let governor_headers = governor_builder().use_headers().finish().expect(CONFIG);
     let governed_headers = finish(support::router().layer(
         GovernorLayer::<_, _, axum::body::Body>::new(governor_headers),
     ));
@@ -660,27 +660,20 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
                 )),
         ),
     );
-    let governed_stacked = {
-        let governor = GovernorConfigBuilder::default()
-            .per_nanosecond(1)
-            .burst_size(1_000_000_000)
-            .key_extractor(ApiKeyHeader)
-            .finish()
-            .expect("a non-zero period and burst");
-        finish(
-            support::router().layer(
-                tower::ServiceBuilder::new()
-                    .layer(AuthLayer::new(fx.store.clone()))
-                    .layer(GovernorLayer::<_, _, axum::body::Body>::new(governor)),
-            ),
-        )
-    };
-    let bearer_request = || {
+    let governed_stacked = finish(
+        support::router().layer(
+            tower::ServiceBuilder::new()
+                .layer(AuthLayer::new(fx.store.clone()))
+                .layer(governor_layer()),
+        ),
+    );
+    let bearer_with = |token: &str| {
         http::Request::get(format!("{}?q=London", support::PATH))
-            .header("authorization", format!("Bearer {BEARER}"))
+            .header("authorization", format!("Bearer {token}"))
             .body(axum::body::Body::empty())
             .expect("a valid request")
     };
+    let bearer_request = || bearer_with(BEARER);
     // An HS256 token the verifier has seen before, against the API key in the same rounds.
     let jwt_secret = b"a benchmark secret of 32 bytes!!";
     let jwt_token = jsonwebtoken::encode(
@@ -692,12 +685,7 @@ fn compare(c: &mut Criterion, fx: &Fixture) {
     let jwt_cached = finish(support::router().layer(AuthLayer::jwt_only(
         keygate::jwt::JwtVerifier::with_keys([keygate::jwt::JwtKey::hmac(jwt_secret)]),
     )));
-    let jwt_request = || {
-        http::Request::get(format!("{}?q=London", support::PATH))
-            .header("authorization", format!("Bearer {jwt_token}"))
-            .body(axum::body::Body::empty())
-            .expect("a valid request")
-    };
+    let jwt_request = || bearer_with(&jwt_token);
 
     // Each case answers 200 with its credential, and refuses a request without one.
     let check = |app: &axum::Router, good: http::Request<axum::body::Body>, refused| {
